@@ -1,0 +1,30 @@
+//! Command-line parsing and the composition root: wires store → fs → fuse for `mount`.
+
+mod daemon;
+mod logging;
+mod mount;
+
+use clap::{Parser, Subcommand};
+
+pub use logging::LogFormat;
+
+/// Mount object-storage buckets as file systems.
+#[derive(Debug, Parser)]
+#[command(name = "pail", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Mount a bucket (s3://, gs://, file://, memory://) at a directory.
+    Mount(Box<mount::MountArgs>),
+}
+
+/// Run the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Mount(args) => mount::run(*args),
+    }
+}

@@ -1,0 +1,236 @@
+//! The inode table: inode numbers for keys, cached stats with expiry, kernel lookup counts
+//! and the negative-lookup cache. Never held across an `.await`.
+
+use std::collections::HashMap;
+use std::time::{Instant, SystemTime};
+
+/// Inode number of the mount root.
+pub const ROOT_INO: u64 = 1;
+
+/// File or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file (an object).
+    File,
+    /// A directory (a prefix, or a marker object).
+    Dir,
+}
+
+/// The remote state of an inode as last seen.
+#[derive(Debug, Clone)]
+pub struct Stat {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time.
+    pub mtime: SystemTime,
+    /// ETag of the object, when known.
+    pub etag: Option<String>,
+}
+
+/// One inode.
+#[derive(Debug, Clone)]
+pub struct Inode {
+    /// Inode number.
+    pub ino: u64,
+    /// Parent inode number.
+    pub parent: u64,
+    /// Name in the parent.
+    pub name: String,
+    /// Full key; directory keys end in `/` (the root may be "").
+    pub key: String,
+    /// File or directory.
+    pub kind: Kind,
+    /// Last known stat.
+    pub stat: Stat,
+    /// When the stat must be refreshed from the store.
+    pub expiry: Instant,
+    /// Kernel lookup count.
+    pub lookups: u64,
+    /// A new file being written through this mount, not yet in the store.
+    pub local: bool,
+}
+
+/// All inodes of a mount.
+#[derive(Debug)]
+pub struct Inodes {
+    map: HashMap<u64, Inode>,
+    by_name: HashMap<(u64, String), u64>,
+    negative: HashMap<(u64, String), Instant>,
+    next: u64,
+}
+
+impl Inodes {
+    /// A table holding only the root, whose key is `prefix`.
+    pub fn new(prefix: &str, mtime: SystemTime) -> Self {
+        let root = Inode {
+            ino: ROOT_INO,
+            parent: ROOT_INO,
+            name: String::new(),
+            key: prefix.to_string(),
+            kind: Kind::Dir,
+            stat: Stat {
+                size: 0,
+                mtime,
+                etag: None,
+            },
+            expiry: far_future(),
+            lookups: 1,
+            local: false,
+        };
+        Inodes {
+            map: HashMap::from([(ROOT_INO, root)]),
+            by_name: HashMap::new(),
+            negative: HashMap::new(),
+            next: ROOT_INO + 1,
+        }
+    }
+
+    /// The inode `ino`.
+    pub fn get(&self, ino: u64) -> Option<&Inode> {
+        self.map.get(&ino)
+    }
+
+    /// The inode `ino`, mutably.
+    pub fn get_mut(&mut self, ino: u64) -> Option<&mut Inode> {
+        self.map.get_mut(&ino)
+    }
+
+    /// The child `name` of `parent`, if known.
+    pub fn child(&self, parent: u64, name: &str) -> Option<&Inode> {
+        let ino = self.by_name.get(&(parent, name.to_string()))?;
+        self.map.get(ino)
+    }
+
+    /// Children of `parent` that exist only locally (files being written).
+    pub fn local_children(&self, parent: u64) -> Vec<Inode> {
+        self.map
+            .values()
+            .filter(|i| i.parent == parent && i.local && i.ino != ROOT_INO)
+            .filter(|i| self.by_name.get(&(parent, i.name.clone())) == Some(&i.ino))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether `(parent, name)` is cached as absent and the cache entry is still valid.
+    pub fn is_negative(&self, parent: u64, name: &str, now: Instant) -> bool {
+        self.negative
+            .get(&(parent, name.to_string()))
+            .is_some_and(|until| *until > now)
+    }
+
+    /// Insert or refresh the child `name` of `parent`. A child whose kind changed gets a new
+    /// inode number. Returns the inode number.
+    pub fn upsert(
+        &mut self,
+        parent: u64,
+        name: &str,
+        key: String,
+        kind: Kind,
+        stat: Stat,
+        expiry: Instant,
+        local: bool,
+    ) -> u64 {
+        let id = (parent, name.to_string());
+        self.negative.remove(&id);
+        if let Some(&ino) = self.by_name.get(&id) {
+            if let Some(inode) = self.map.get_mut(&ino) {
+                if inode.kind == kind && !(inode.local && !local) {
+                    inode.stat = stat;
+                    inode.expiry = expiry;
+                    inode.key = key;
+                    return ino;
+                }
+                if inode.local && !local {
+                    // A file being written shadows the store until it is closed.
+                    return ino;
+                }
+            }
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.map.insert(
+            ino,
+            Inode {
+                ino,
+                parent,
+                name: name.to_string(),
+                key,
+                kind,
+                stat,
+                expiry,
+                lookups: 0,
+                local,
+            },
+        );
+        self.by_name.insert(id, ino);
+        ino
+    }
+
+    /// Forget the name `(parent, name)` (after unlink/rmdir), caching it as absent.
+    pub fn remove_name(&mut self, parent: u64, name: &str, negative_until: Instant) {
+        let id = (parent, name.to_string());
+        if let Some(ino) = self.by_name.remove(&id) {
+            if let Some(inode) = self.map.get_mut(&ino) {
+                inode.local = false;
+                if inode.lookups == 0 {
+                    self.map.remove(&ino);
+                }
+            }
+        }
+        self.negative.insert(id, negative_until);
+    }
+
+    /// Add `n` kernel references to `ino`.
+    pub fn add_lookups(&mut self, ino: u64, n: u64) {
+        if let Some(inode) = self.map.get_mut(&ino) {
+            inode.lookups += n;
+        }
+    }
+
+    /// Drop `n` kernel references; an inode with none left (and not being written) is freed.
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let Some(inode) = self.map.get_mut(&ino) else {
+            return;
+        };
+        inode.lookups = inode.lookups.saturating_sub(n);
+        if inode.lookups == 0 && !inode.local {
+            self.drop_inode(ino);
+        }
+    }
+
+    /// Free zero-reference inodes among `inos` (entries a plain readdir created).
+    pub fn sweep(&mut self, inos: &[u64]) {
+        for &ino in inos {
+            if ino != ROOT_INO
+                && self
+                    .map
+                    .get(&ino)
+                    .is_some_and(|i| i.lookups == 0 && !i.local)
+            {
+                self.drop_inode(ino);
+            }
+        }
+    }
+
+    fn drop_inode(&mut self, ino: u64) {
+        if let Some(inode) = self.map.remove(&ino) {
+            let id = (inode.parent, inode.name);
+            if self.by_name.get(&id) == Some(&ino) {
+                self.by_name.remove(&id);
+            }
+        }
+    }
+
+    /// Number of inodes held (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// An instant far enough ahead to mean "never expires".
+pub fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(100 * 365 * 24 * 3600)
+}

@@ -1,0 +1,230 @@
+//! Reading one open file: a prefetcher that ramps up parallel ranged GETs for sequential
+//! reads and fetches only the requested range for random ones.
+//!
+//! The reader keeps a queue of ranged GETs running ahead of the read position. The window
+//! (bytes requested ahead) starts small and doubles on every sequential read, up to
+//! `max_window`; a read outside the queue cancels it and is served by one exact GET. The
+//! last two consumed parts are kept so that slightly out-of-order kernel reads are served
+//! from memory. Memory per reader is bounded by `max_window + 2 * part_size`.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+use tokio::task::JoinHandle;
+
+use super::error::{FsError, FsResult};
+use crate::store::Store;
+
+/// Tunables of the prefetcher.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadConfig {
+    /// Size of one ranged GET once the window is open.
+    pub part_size: u64,
+    /// Window at the start of a sequential stream.
+    pub initial_window: u64,
+    /// Largest window (bytes requested ahead of the reader).
+    pub max_window: u64,
+}
+
+impl Default for ReadConfig {
+    fn default() -> Self {
+        ReadConfig {
+            part_size: 8 << 20,
+            initial_window: 1 << 20,
+            max_window: 64 << 20,
+        }
+    }
+}
+
+struct Part {
+    start: u64,
+    end: u64,
+    task: JoinHandle<FsResult<Bytes>>,
+}
+
+struct Ready {
+    start: u64,
+    data: Bytes,
+}
+
+impl Ready {
+    fn end(&self) -> u64 {
+        self.start + self.data.len() as u64
+    }
+    fn contains(&self, off: u64) -> bool {
+        off >= self.start && off < self.end()
+    }
+}
+
+/// The read state of one open file handle.
+pub struct Reader {
+    store: Store,
+    key: String,
+    size: u64,
+    etag: Option<String>,
+    cfg: ReadConfig,
+    window: u64,
+    /// Offset just after the last byte returned.
+    next_offset: u64,
+    /// Offset where the next prefetch part starts.
+    queue_end: u64,
+    queue: VecDeque<Part>,
+    recent: VecDeque<Ready>,
+    /// Number of GET requests sent (tests assert on it).
+    pub requests: u64,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        for p in &self.queue {
+            p.task.abort();
+        }
+    }
+}
+
+impl Reader {
+    /// A reader of `key` (`size` bytes, pinned to `etag` when given).
+    pub fn new(store: Store, key: String, size: u64, etag: Option<String>, cfg: ReadConfig) -> Self {
+        Reader {
+            store,
+            key,
+            size,
+            etag,
+            cfg,
+            window: cfg.initial_window,
+            next_offset: 0,
+            queue_end: 0,
+            queue: VecDeque::new(),
+            recent: VecDeque::new(),
+            requests: 0,
+        }
+    }
+
+    /// Read up to `len` bytes at `offset`.
+    pub async fn read(&mut self, offset: u64, len: u32) -> FsResult<Bytes> {
+        if offset >= self.size || len == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = (offset + len as u64).min(self.size);
+        let in_queue = offset >= self.next_offset && offset < self.queue_end;
+        let in_recent = self.recent.iter().any(|r| r.contains(offset));
+        let sequential = offset == self.next_offset || in_queue || in_recent;
+        if !sequential {
+            return self.read_random(offset, end).await;
+        }
+        if self.queue_end < end && self.queue.is_empty() {
+            // Start (or restart) the stream at this offset.
+            self.queue_end = offset;
+        }
+        self.fill(offset.max(self.next_offset));
+        let mut out = BytesMut::new();
+        let mut pos = offset;
+        while pos < end {
+            if let Some(r) = self.recent.iter().find(|r| r.contains(pos)) {
+                let from = (pos - r.start) as usize;
+                let to = ((end.min(r.end())) - r.start) as usize;
+                if out.is_empty() && pos + (to - from) as u64 == end {
+                    // The whole answer is one slice: no copy.
+                    let slice = r.data.slice(from..to);
+                    self.advance(end);
+                    return Ok(slice);
+                }
+                out.extend_from_slice(&r.data[from..to]);
+                pos += (to - from) as u64;
+                continue;
+            }
+            // Drop parts wholly before `pos`, then wait for the one holding it.
+            while self.queue.front().is_some_and(|p| p.end <= pos) {
+                if let Some(p) = self.queue.pop_front() {
+                    p.task.abort();
+                }
+            }
+            if self.queue.front().is_none_or(|p| p.start > pos) {
+                // Not covered (the queue was cut short): start it here.
+                self.abort_queue();
+                self.queue_end = pos;
+                self.fill(pos);
+            }
+            let part = self.queue.pop_front().expect("fill queued a part");
+            let data = match part.task.await {
+                Ok(r) => r?,
+                Err(e) => return Err(FsError::new(libc::EIO, format!("read task: {e}"))),
+            };
+            if data.len() as u64 != part.end - part.start {
+                return Err(FsError::new(
+                    libc::EIO,
+                    format!(
+                        "{:?}: short read at {}: got {} bytes, expected {}",
+                        self.key,
+                        part.start,
+                        data.len(),
+                        part.end - part.start
+                    ),
+                ));
+            }
+            self.recent.push_back(Ready {
+                start: part.start,
+                data,
+            });
+            while self.recent.len() > 2 {
+                self.recent.pop_front();
+            }
+            self.window = (self.window * 2).min(self.cfg.max_window);
+            self.fill(pos);
+        }
+        self.advance(end);
+        Ok(out.freeze())
+    }
+
+    fn advance(&mut self, end: u64) {
+        self.next_offset = self.next_offset.max(end);
+        let from = self.next_offset;
+        self.fill(from);
+    }
+
+    /// Queue GETs so that `window` bytes after `from` are requested.
+    fn fill(&mut self, from: u64) {
+        while self.queue_end < self.size && self.queue_end < from + self.window {
+            let chunk = self.cfg.part_size.min(self.window).max(1);
+            let start = self.queue_end;
+            let end = (start + chunk).min(self.size);
+            let store = self.store.clone();
+            let key = self.key.clone();
+            let etag = self.etag.clone();
+            self.requests += 1;
+            let task = tokio::spawn(async move {
+                store
+                    .get_range(&key, start..end, etag.as_deref())
+                    .await
+                    .map_err(FsError::from)
+            });
+            self.queue.push_back(Part { start, end, task });
+            self.queue_end = end;
+        }
+    }
+
+    fn abort_queue(&mut self) {
+        for p in self.queue.drain(..) {
+            p.task.abort();
+        }
+    }
+
+    async fn read_random(&mut self, offset: u64, end: u64) -> FsResult<Bytes> {
+        self.abort_queue();
+        self.window = self.cfg.initial_window;
+        self.requests += 1;
+        let data = self
+            .store
+            .get_range(&self.key, offset..end, self.etag.as_deref())
+            .await?;
+        if data.len() as u64 != end - offset {
+            return Err(FsError::new(
+                libc::EIO,
+                format!("{:?}: short read at {offset}", self.key),
+            ));
+        }
+        self.next_offset = end;
+        self.queue_end = end;
+        Ok(data)
+    }
+}

@@ -1,0 +1,514 @@
+//! Unit tests of the file-system core against the in-memory store (no kernel, no network).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
+};
+
+use super::*;
+
+fn config() -> FsConfig {
+    FsConfig {
+        metadata_ttl: Duration::from_secs(60),
+        read: ReadConfig {
+            part_size: 1024,
+            initial_window: 256,
+            max_window: 4096,
+        },
+        write: WriteConfig {
+            part_size: 1000,
+            max_in_flight: 2,
+        },
+        ..FsConfig::default()
+    }
+}
+
+fn fs_over(store: Store) -> Fs {
+    Fs::new(store, config())
+}
+
+fn data(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+async fn put(store: &Store, key: &str, bytes: &[u8]) {
+    store
+        .put(key, PutPayload::from(Bytes::copy_from_slice(bytes)))
+        .await
+        .unwrap();
+}
+
+async fn write_file(fs: &Fs, parent: u64, name: &str, bytes: &[u8]) -> Attr {
+    let (attr, fh) = fs.create(parent, name, true, 7).await.unwrap();
+    for (i, chunk) in bytes.chunks(300).enumerate() {
+        fs.write(fh, (i * 300) as u64, chunk).await.unwrap();
+    }
+    fs.flush(fh, 7).await.unwrap();
+    fs.release(fh).await.unwrap();
+    attr
+}
+
+async fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
+    let fh = fs.open(ino, OpenMode::default()).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let chunk = fs.read(fh, out.len() as u64, 333).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    fs.release(fh).await.unwrap();
+    out
+}
+
+async fn names(fs: &Fs, ino: u64) -> Vec<String> {
+    let fh = fs.opendir(ino).await.unwrap();
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let batch = fs.readdir(ino, fh, offset, 100).await.unwrap();
+        let Some(last) = batch.last() else { break };
+        offset = last.offset;
+        out.extend(batch.into_iter().map(|e| e.name));
+    }
+    fs.release(fh).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn missing_names_are_enoent_and_cached_as_absent() {
+    let fs = fs_over(Store::memory());
+    let e = fs.lookup(ROOT_INO, "nope").await.unwrap_err();
+    assert_eq!(e.errno, libc::ENOENT);
+    fs.lookup(ROOT_INO, "nope").await.unwrap_err();
+    assert_eq!(fs.counters.remote_lookups.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn objects_are_files_and_prefixes_are_directories() {
+    let store = Store::memory();
+    put(&store, "a.txt", b"hello").await;
+    put(&store, "dir/b.txt", b"bee").await;
+    put(&store, "dir/sub/c.txt", b"sea").await;
+    let fs = fs_over(store);
+    let a = fs.lookup(ROOT_INO, "a.txt").await.unwrap();
+    assert_eq!((a.kind, a.size, a.perm), (Kind::File, 5, 0o644));
+    let d = fs.lookup(ROOT_INO, "dir").await.unwrap();
+    assert_eq!((d.kind, d.perm), (Kind::Dir, 0o755));
+    assert_eq!(names(&fs, d.ino).await, [".", "..", "b.txt", "sub"]);
+    assert_eq!(read_all(&fs, a.ino).await, b"hello");
+}
+
+#[tokio::test]
+async fn a_directory_shadows_a_file_of_the_same_name() {
+    let store = Store::memory();
+    put(&store, "x", b"file").await;
+    put(&store, "x/inner", b"in").await;
+    let fs = fs_over(store);
+    assert_eq!(fs.lookup(ROOT_INO, "x").await.unwrap().kind, Kind::Dir);
+    assert_eq!(names(&fs, ROOT_INO).await, [".", "..", "x"]);
+}
+
+#[tokio::test]
+async fn the_mount_prefix_is_the_root() {
+    let store = Store::memory();
+    put(&store, "p/q/in.txt", b"in").await;
+    put(&store, "out.txt", b"out").await;
+    let fs = Fs::new(
+        store.clone(),
+        FsConfig {
+            prefix: "p/q/".into(),
+            ..config()
+        },
+    );
+    assert_eq!(names(&fs, ROOT_INO).await, [".", "..", "in.txt"]);
+    write_file(&fs, ROOT_INO, "new.txt", b"n").await;
+    assert!(store.head("p/q/new.txt").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn written_files_become_objects_at_close() {
+    let store = Store::memory();
+    let fs = fs_over(store.clone());
+    let bytes = data(5555); // several 1000-byte parts: a multipart upload
+    let (attr, fh) = fs.create(ROOT_INO, "f.bin", true, 7).await.unwrap();
+    for (i, chunk) in bytes.chunks(700).enumerate() {
+        fs.write(fh, (i * 700) as u64, chunk).await.unwrap();
+    }
+    assert!(store.head("f.bin").await.unwrap().is_none(), "visible before close");
+    assert_eq!(fs.getattr(attr.ino).await.unwrap().size, 5555);
+    assert!(names(&fs, ROOT_INO).await.contains(&"f.bin".to_string()));
+    fs.flush(fh, 7).await.unwrap();
+    fs.release(fh).await.unwrap();
+    let info = store.head("f.bin").await.unwrap().unwrap();
+    assert_eq!(info.size, 5555);
+    let fresh = fs_over(store);
+    let a = fresh.lookup(ROOT_INO, "f.bin").await.unwrap();
+    assert_eq!(read_all(&fresh, a.ino).await, bytes);
+}
+
+#[tokio::test]
+async fn small_and_empty_files_are_single_puts() {
+    let store = Store::memory();
+    let fs = fs_over(store.clone());
+    write_file(&fs, ROOT_INO, "small", b"abc").await;
+    let (_, fh) = fs.create(ROOT_INO, "empty", true, 7).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(store.head("small").await.unwrap().unwrap().size, 3);
+    assert_eq!(store.head("empty").await.unwrap().unwrap().size, 0);
+}
+
+#[tokio::test]
+async fn writes_must_be_sequential_for_new_files() {
+    let fs = fs_over(Store::memory());
+    let (_, fh) = fs.create(ROOT_INO, "f", true, 7).await.unwrap();
+    fs.write(fh, 0, b"abc").await.unwrap();
+    let e = fs.write(fh, 10, b"x").await.unwrap_err();
+    assert_eq!(e.errno, libc::EINVAL);
+}
+
+#[tokio::test]
+async fn overwrite_needs_o_trunc_and_replaces_the_object() {
+    let store = Store::memory();
+    put(&store, "f", b"old contents").await;
+    let fs = fs_over(store.clone());
+    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
+    let e = fs
+        .open(a.ino, OpenMode { write: true, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EPERM);
+    let fh = fs
+        .open(a.ino, OpenMode { write: true, truncate: true, pid: 7, ..Default::default() })
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"new").await.unwrap();
+    fs.flush(fh, 7).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(fs.getattr(a.ino).await.unwrap().size, 3);
+    assert_eq!(read_all(&fs, a.ino).await, b"new");
+}
+
+#[tokio::test]
+async fn exclusive_create_of_an_existing_file_is_eexist() {
+    let store = Store::memory();
+    put(&store, "f", b"x").await;
+    let fs = fs_over(store);
+    let e = fs.create(ROOT_INO, "f", true, 1).await.unwrap_err();
+    assert_eq!(e.errno, libc::EEXIST);
+}
+
+#[tokio::test]
+async fn sequential_reads_prefetch_in_parts_and_random_reads_fetch_only_the_range() {
+    let store = Store::memory();
+    let bytes = data(20_000);
+    put(&store, "big", &bytes).await;
+    let fs = fs_over(store);
+    let a = fs.lookup(ROOT_INO, "big").await.unwrap();
+    assert_eq!(read_all(&fs, a.ino).await, bytes);
+
+    let fh = fs.open(a.ino, OpenMode::default()).await.unwrap();
+    let got = fs.read(fh, 12_345, 100).await.unwrap();
+    assert_eq!(&got[..], &bytes[12_345..12_445]);
+    let got = fs.read(fh, 3, 10).await.unwrap();
+    assert_eq!(&got[..], &bytes[3..13]);
+    let h = fs.handle(fh).unwrap();
+    if let Handle::Read(r) = &*h.lock().await {
+        assert_eq!(r.requests, 2, "each random read is one exact GET");
+    } else {
+        panic!("not a read handle");
+    }
+    // Past the end: empty.
+    assert!(fs.read(fh, 30_000, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn slightly_out_of_order_reads_are_served_from_the_prefetched_parts() {
+    let store = Store::memory();
+    let bytes = data(10_000);
+    put(&store, "f", &bytes).await;
+    let fs = fs_over(store);
+    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
+    let fh = fs.open(a.ino, OpenMode::default()).await.unwrap();
+    for (off, len) in [(0u64, 100u32), (200, 100), (100, 100), (300, 500), (900, 100), (800, 100)] {
+        let got = fs.read(fh, off, len).await.unwrap();
+        assert_eq!(&got[..], &bytes[off as usize..(off as usize + len as usize)], "at {off}");
+    }
+    let h = fs.handle(fh).unwrap();
+    if let Handle::Read(r) = &*h.lock().await {
+        assert!(r.requests <= 6, "{} requests: reordering must not refetch", r.requests);
+    };
+}
+
+#[tokio::test]
+async fn listings_of_more_than_ten_thousand_entries_page_with_stable_offsets() {
+    let store = Store::memory();
+    for i in 0..10_050 {
+        put(&store, &format!("many/f{i:05}"), b"").await;
+    }
+    let fs = fs_over(store.clone());
+    let d = fs.lookup(ROOT_INO, "many").await.unwrap();
+    let fh = fs.opendir(d.ino).await.unwrap();
+    let first = fs.readdir(d.ino, fh, 0, 500).await.unwrap();
+    // The directory changes under the open handle: offsets stay valid.
+    put(&store, "many/a-new-one", b"").await;
+    let mut all: Vec<String> = first.iter().map(|e| e.name.clone()).collect();
+    let mut offset = first.last().unwrap().offset;
+    loop {
+        let batch = fs.readdir(d.ino, fh, offset, 500).await.unwrap();
+        let Some(last) = batch.last() else { break };
+        offset = last.offset;
+        all.extend(batch.into_iter().map(|e| e.name));
+    }
+    assert_eq!(all.len(), 10_052);
+    assert_eq!(all[2], "f00000");
+    assert_eq!(all.last().unwrap(), "f10049");
+    fs.release(fh).await.unwrap();
+    assert_eq!(fs.counters.listings.load(Ordering::Relaxed), 1);
+    assert!(fs.inode_count() < 10, "plain readdir must not pin inodes");
+}
+
+#[tokio::test]
+async fn mkdir_persists_and_rmdir_removes_only_empty_directories() {
+    let store = Store::memory();
+    let fs = fs_over(store.clone());
+    let d = fs.mkdir(ROOT_INO, "new").await.unwrap();
+    assert_eq!(d.kind, Kind::Dir);
+    assert_eq!(fs.mkdir(ROOT_INO, "new").await.unwrap_err().errno, libc::EEXIST);
+    // A fresh mount of the same bucket sees the empty directory.
+    let fresh = fs_over(store.clone());
+    assert_eq!(fresh.lookup(ROOT_INO, "new").await.unwrap().kind, Kind::Dir);
+    assert!(names(&fresh, ROOT_INO).await.contains(&"new".to_string()));
+
+    write_file(&fs, d.ino, "f", b"x").await;
+    assert_eq!(fs.rmdir(ROOT_INO, "new").await.unwrap_err().errno, libc::ENOTEMPTY);
+    fs.unlink(d.ino, "f").await.unwrap();
+    fs.rmdir(ROOT_INO, "new").await.unwrap();
+    let fresh = fs_over(store);
+    assert_eq!(fresh.lookup(ROOT_INO, "new").await.unwrap_err().errno, libc::ENOENT);
+}
+
+#[tokio::test]
+async fn unlink_deletes_the_object() {
+    let store = Store::memory();
+    put(&store, "gone", b"x").await;
+    let fs = fs_over(store.clone());
+    fs.lookup(ROOT_INO, "gone").await.unwrap();
+    fs.unlink(ROOT_INO, "gone").await.unwrap();
+    assert!(store.head("gone").await.unwrap().is_none());
+    assert_eq!(fs.lookup(ROOT_INO, "gone").await.unwrap_err().errno, libc::ENOENT);
+    assert_eq!(fs.unlink(ROOT_INO, "gone").await.unwrap_err().errno, libc::ENOENT);
+}
+
+#[tokio::test]
+async fn type_mismatches_have_their_errnos() {
+    let store = Store::memory();
+    put(&store, "d/f", b"x").await;
+    let fs = fs_over(store);
+    assert_eq!(fs.unlink(ROOT_INO, "d").await.unwrap_err().errno, libc::EISDIR);
+    let d = fs.lookup(ROOT_INO, "d").await.unwrap();
+    assert_eq!(fs.rmdir(d.ino, "f").await.unwrap_err().errno, libc::ENOTDIR);
+    let f = fs.lookup(d.ino, "f").await.unwrap();
+    assert_eq!(fs.lookup(f.ino, "x").await.unwrap_err().errno, libc::ENOTDIR);
+    assert_eq!(fs.opendir(f.ino).await.unwrap_err().errno, libc::ENOTDIR);
+    assert_eq!(fs.open(d.ino, OpenMode::default()).await.unwrap_err().errno, libc::EISDIR);
+}
+
+#[tokio::test]
+async fn read_only_mounts_refuse_every_change_with_erofs() {
+    let store = Store::memory();
+    put(&store, "f", b"x").await;
+    let fs = Fs::new(store, FsConfig { read_only: true, ..config() });
+    let f = fs.lookup(ROOT_INO, "f").await.unwrap();
+    let erofs = |r: FsResult<()>| assert_eq!(r.unwrap_err().errno, libc::EROFS);
+    erofs(fs.create(ROOT_INO, "g", false, 1).await.map(|_| ()));
+    erofs(fs.mkdir(ROOT_INO, "d").await.map(|_| ()));
+    erofs(fs.unlink(ROOT_INO, "f").await);
+    erofs(fs.rmdir(ROOT_INO, "f").await);
+    erofs(fs.open(f.ino, OpenMode { write: true, truncate: true, ..Default::default() }).await.map(|_| ()));
+    erofs(fs.setattr(f.ino, Some(0), None).await.map(|_| ()));
+    assert_eq!(read_all(&fs, f.ino).await, b"x");
+}
+
+#[tokio::test]
+async fn changes_in_the_store_show_after_the_metadata_ttl() {
+    let store = Store::memory();
+    put(&store, "f", b"one").await;
+    let fs = Fs::new(store.clone(), FsConfig { metadata_ttl: Duration::ZERO, ..config() });
+    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
+    put(&store, "f", b"three").await;
+    assert_eq!(fs.getattr(a.ino).await.unwrap().size, 5);
+    put(&store, "g", b"").await;
+    assert!(fs.lookup(ROOT_INO, "g").await.is_ok());
+}
+
+#[tokio::test]
+async fn forgotten_inodes_are_freed() {
+    let store = Store::memory();
+    put(&store, "f", b"x").await;
+    let fs = fs_over(store);
+    let before = fs.inode_count();
+    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
+    fs.lookup(ROOT_INO, "f").await.unwrap();
+    fs.forget(a.ino, 1);
+    assert_eq!(fs.inode_count(), before + 1);
+    fs.forget(a.ino, 1);
+    assert_eq!(fs.inode_count(), before);
+}
+
+#[tokio::test]
+async fn a_truncate_to_the_current_size_is_accepted_and_others_are_not() {
+    let store = Store::memory();
+    put(&store, "f", b"12345").await;
+    let fs = fs_over(store);
+    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
+    assert_eq!(fs.setattr(a.ino, Some(5), None).await.unwrap().size, 5);
+    assert_eq!(fs.setattr(a.ino, Some(2), None).await.unwrap_err().errno, libc::ENOTSUP);
+    let (c, fh) = fs.create(ROOT_INO, "new", false, 1).await.unwrap();
+    assert_eq!(fs.setattr(c.ino, Some(0), Some(fh)).await.unwrap().size, 0);
+}
+
+/// An in-memory store whose writes fail on demand.
+#[derive(Debug)]
+struct Failing {
+    inner: InMemory,
+    fail: Arc<AtomicBool>,
+}
+
+impl std::fmt::Display for Failing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "failing")
+    }
+}
+
+fn injected() -> object_store::Error {
+    object_store::Error::Generic {
+        store: "failing",
+        source: "injected failure".into(),
+    }
+}
+
+#[derive(Debug)]
+struct FailingUpload {
+    inner: Box<dyn MultipartUpload>,
+    fail: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl MultipartUpload for FailingUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        if self.fail.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(injected()) });
+        }
+        self.inner.put_part(data)
+    }
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(injected());
+        }
+        self.inner.complete().await
+    }
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.inner.abort().await
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Failing {
+    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(injected());
+        }
+        self.inner.put_opts(location, payload, opts).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(FailingUpload {
+            inner,
+            fail: self.fail.clone(),
+        }))
+    }
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+fn failing() -> (Store, Arc<AtomicBool>, Arc<Failing>) {
+    let fail = Arc::new(AtomicBool::new(false));
+    let inner = Arc::new(Failing {
+        inner: InMemory::new(),
+        fail: fail.clone(),
+    });
+    (Store::wrap(inner.clone()), fail, inner)
+}
+
+#[tokio::test]
+async fn a_failed_small_upload_fails_close_and_leaves_no_object() {
+    let (store, fail, _) = failing();
+    let fs = fs_over(store.clone());
+    let (_, fh) = fs.create(ROOT_INO, "f", true, 7).await.unwrap();
+    fs.write(fh, 0, b"data").await.unwrap();
+    fail.store(true, Ordering::SeqCst);
+    let e = fs.flush(fh, 7).await.unwrap_err();
+    assert_eq!(e.errno, libc::EIO);
+    assert!(e.message.contains("\"f\""), "{e}");
+    // Every later call reports it too.
+    assert_eq!(fs.release(fh).await.unwrap_err().errno, libc::EIO);
+    fail.store(false, Ordering::SeqCst);
+    assert!(store.head("f").await.unwrap().is_none());
+    assert_eq!(fs.lookup(ROOT_INO, "f").await.unwrap_err().errno, libc::ENOENT);
+}
+
+#[tokio::test]
+async fn a_failed_multipart_upload_fails_fsync_and_keeps_the_old_object() {
+    let (store, fail, inner) = failing();
+    put(&store, "f", b"old").await;
+    let fs = fs_over(store.clone());
+    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
+    let fh = fs
+        .open(a.ino, OpenMode { write: true, truncate: true, pid: 7, ..Default::default() })
+        .await
+        .unwrap();
+    fs.write(fh, 0, &data(2500)).await.unwrap();
+    fail.store(true, Ordering::SeqCst);
+    assert_eq!(fs.fsync(fh).await.unwrap_err().errno, libc::EIO);
+    fs.release(fh).await.unwrap_err();
+    let old = inner.get(&Path::from("f")).await.unwrap().bytes().await.unwrap();
+    assert_eq!(&old[..], b"old");
+}

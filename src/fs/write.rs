@@ -1,0 +1,199 @@
+//! Writing one new object: sequential writes are cut into parts that upload in parallel
+//! (multipart) while the writer is still writing; the object appears when the upload
+//! completes at close or fsync. A small file is sent in one PUT.
+//!
+//! Memory per writer is bounded by `part_size * (max_in_flight + 1)`. Any failure is kept
+//! and returned by every later call, so close()/fsync() report it; an incomplete multipart
+//! upload is aborted, so no partial object is ever visible.
+
+use std::collections::VecDeque;
+
+use bytes::BytesMut;
+use object_store::PutPayload;
+use tokio::task::JoinHandle;
+
+use super::error::{FsError, FsResult};
+use crate::store::{Store, Upload};
+
+/// Tunables of the uploader.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteConfig {
+    /// Size of one multipart part (also the single-PUT threshold).
+    pub part_size: usize,
+    /// Parts uploading at once per file.
+    pub max_in_flight: usize,
+}
+
+impl Default for WriteConfig {
+    fn default() -> Self {
+        WriteConfig {
+            part_size: 8 << 20,
+            max_in_flight: 4,
+        }
+    }
+}
+
+enum State {
+    Open,
+    Done,
+    Failed(FsError),
+}
+
+/// The write state of one file handle.
+pub struct Writer {
+    store: Store,
+    key: String,
+    cfg: WriteConfig,
+    buf: BytesMut,
+    written: u64,
+    upload: Option<Upload>,
+    in_flight: VecDeque<JoinHandle<object_store::Result<()>>>,
+    state: State,
+}
+
+impl Writer {
+    /// A writer of a new object at `key`.
+    pub fn new(store: Store, key: String, cfg: WriteConfig) -> Self {
+        Writer {
+            store,
+            key,
+            cfg,
+            buf: BytesMut::new(),
+            written: 0,
+            upload: None,
+            in_flight: VecDeque::new(),
+            state: State::Open,
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.written
+    }
+
+    /// Whether the object was uploaded (or the upload failed): no more writes.
+    pub fn is_finished(&self) -> bool {
+        !matches!(self.state, State::Open)
+    }
+
+    fn check_open(&self) -> FsResult<()> {
+        match &self.state {
+            State::Open => Ok(()),
+            State::Done => Err(FsError::new(
+                libc::EBADF,
+                format!("{:?}: already uploaded (closed or fsynced)", self.key),
+            )),
+            State::Failed(e) => Err(e.clone()),
+        }
+    }
+
+    /// Append `data` at `offset`, which must be the current end of the file.
+    pub async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.check_open()?;
+        if offset != self.written {
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!(
+                    "{:?}: out-of-order write at {offset}, file is {} bytes: new files are written sequentially",
+                    self.key, self.written
+                ),
+            ));
+        }
+        self.buf.extend_from_slice(data);
+        self.written += data.len() as u64;
+        while self.buf.len() >= self.cfg.part_size {
+            let part = self.buf.split_to(self.cfg.part_size).freeze();
+            if let Err(e) = self.send_part(PutPayload::from(part)).await {
+                return Err(self.fail(e).await);
+            }
+        }
+        Ok(data.len() as u32)
+    }
+
+    async fn send_part(&mut self, payload: PutPayload) -> FsResult<()> {
+        if self.upload.is_none() {
+            self.upload = Some(self.store.start_upload(&self.key).await?);
+        }
+        let upload = self.upload.as_mut().expect("upload started");
+        let fut = upload.put_part(payload);
+        self.in_flight.push_back(tokio::spawn(fut));
+        while self.in_flight.len() > self.cfg.max_in_flight {
+            let oldest = self.in_flight.pop_front().expect("non-empty");
+            Self::wait_part(&self.key, oldest).await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_part(key: &str, task: JoinHandle<object_store::Result<()>>) -> FsResult<()> {
+        match task.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(crate::store::StoreError::from_object_store(e, key).into()),
+            Err(e) => Err(FsError::new(libc::EIO, format!("upload task: {e}"))),
+        }
+    }
+
+    async fn fail(&mut self, e: FsError) -> FsError {
+        let e = if e.errno == libc::EINVAL || e.errno == libc::EBADF {
+            e
+        } else {
+            FsError::new(libc::EIO, format!("upload of {:?} failed: {}", self.key, e.message))
+        };
+        for t in self.in_flight.drain(..) {
+            t.abort();
+        }
+        if let Some(mut upload) = self.upload.take() {
+            if let Err(abort) = upload.abort().await {
+                tracing::warn!(key = %self.key, error = %abort, "could not abort multipart upload");
+            }
+        }
+        self.buf = BytesMut::new();
+        self.state = State::Failed(e.clone());
+        e
+    }
+
+    /// Complete the upload: the object becomes visible. Idempotent once done.
+    pub async fn finish(&mut self) -> FsResult<()> {
+        match &self.state {
+            State::Done => return Ok(()),
+            State::Failed(e) => return Err(e.clone()),
+            State::Open => {}
+        }
+        let result = self.complete().await;
+        match result {
+            Ok(()) => {
+                self.state = State::Done;
+                Ok(())
+            }
+            Err(e) => Err(self.fail(e).await),
+        }
+    }
+
+    async fn complete(&mut self) -> FsResult<()> {
+        let rest = std::mem::take(&mut self.buf).freeze();
+        if self.upload.is_none() {
+            self.store.put(&self.key, PutPayload::from(rest)).await?;
+            return Ok(());
+        }
+        if !rest.is_empty() {
+            self.send_part(PutPayload::from(rest)).await?;
+        }
+        while let Some(t) = self.in_flight.pop_front() {
+            Self::wait_part(&self.key, t).await?;
+        }
+        let upload = self.upload.as_mut().expect("upload started");
+        upload
+            .complete()
+            .await
+            .map_err(|e| crate::store::StoreError::from_object_store(e, &self.key))?;
+        self.upload = None;
+        Ok(())
+    }
+
+    /// Give up: abort the multipart upload, nothing becomes visible.
+    pub async fn abort(&mut self) {
+        if matches!(self.state, State::Open) {
+            let e = FsError::new(libc::EIO, "aborted");
+            self.fail(e).await;
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Running a FUSE session: mount at a path, or serve a `/dev/fuse` fd that another process
+//! opened and mounted (the seam that lets a privileged node plugin mount and an
+//! unprivileged daemon serve, and a crashed daemon be replaced).
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+use super::FuseFs;
+use crate::fs::Fs;
+
+/// Kernel-side options of a mount.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// What `/proc/mounts` shows as the source (e.g. the bucket URL).
+    pub fsname: String,
+    /// Mount read-only in the kernel as well.
+    pub read_only: bool,
+    /// Let users other than the mounting one use the mount.
+    pub allow_other: bool,
+    /// FUSE session threads reading requests from the kernel.
+    pub threads: usize,
+}
+
+/// A running session.
+pub struct Mounted {
+    thread: Option<JoinHandle<io::Result<()>>>,
+    unmounter: Option<SessionUnmounter>,
+    ended: Option<oneshot::Receiver<()>>,
+    mountpoint: Option<PathBuf>,
+}
+
+fn config(cfg: &MountConfig) -> Config {
+    let mut options = vec![
+        MountOption::FSName(cfg.fsname.clone()),
+        MountOption::Subtype("pail".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    options.push(if cfg.read_only {
+        MountOption::RO
+    } else {
+        MountOption::RW
+    });
+    let mut c = Config::default();
+    c.mount_options = options;
+    c.acl = if cfg.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    c.n_threads = Some(cfg.threads.max(1));
+    c
+}
+
+fn run(session: Session<FuseFs>, unmounter: Option<SessionUnmounter>, mountpoint: Option<PathBuf>) -> io::Result<Mounted> {
+    let (tx, rx) = oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let r = session.run();
+            let _ = tx.send(());
+            r
+        })?;
+    Ok(Mounted {
+        thread: Some(thread),
+        unmounter,
+        ended: Some(rx),
+        mountpoint,
+    })
+}
+
+/// Mount `fs` at `mountpoint`. Returns once the kernel has completed the FUSE handshake.
+pub fn mount(fs: Arc<Fs>, rt: Handle, mountpoint: &Path, cfg: &MountConfig) -> io::Result<Mounted> {
+    let mut session = Session::new(FuseFs::new(fs, rt), mountpoint, &config(cfg))?;
+    let unmounter = session.unmount_callable();
+    run(session, Some(unmounter), Some(mountpoint.to_path_buf()))
+}
+
+/// Serve `fs` on an already mounted `/dev/fuse` descriptor.
+pub fn serve_fd(fs: Arc<Fs>, rt: Handle, fd: OwnedFd, cfg: &MountConfig) -> io::Result<Mounted> {
+    let c = config(cfg);
+    let acl = c.acl;
+    let session = Session::from_fd(FuseFs::new(fs, rt), fd, acl, c)?;
+    run(session, None, None)
+}
+
+impl Mounted {
+    /// Wait until the session ends (unmounted from outside, or the kernel connection closed).
+    pub async fn ended(&mut self) {
+        if let Some(rx) = self.ended.take() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Unmount (when this process mounted) and wait for the session thread.
+    pub fn unmount(mut self) -> io::Result<()> {
+        if let Some(mut u) = self.unmounter.take() {
+            if let Err(e) = u.unmount() {
+                if let Some(mp) = &self.mountpoint {
+                    tracing::warn!(mountpoint = %mp.display(), error = %e, "unmount failed; detaching");
+                    lazy_unmount(mp)?;
+                }
+            }
+        }
+        self.join()
+    }
+
+    /// Wait for the session thread.
+    pub fn join(mut self) -> io::Result<()> {
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| io::Error::other("FUSE session thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+/// `umount -l`: detach the mount even if it is busy or its daemon is gone.
+pub fn lazy_unmount(path: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    let r = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

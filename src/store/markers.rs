@@ -1,0 +1,244 @@
+//! Directory marker objects (`dir/`). `object_store` paths cannot end in `/`, so markers are
+//! written with raw signed requests on S3 and GCS, as real directories on a local disk, and
+//! in a side table for the in-memory store.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
+use object_store::client::{HttpClient, HttpRequest, HttpRequestBody};
+use object_store::gcp::GcpCredentialProvider;
+use tokio::sync::Mutex;
+
+use super::{Result, StoreError, StoreErrorKind};
+
+/// How directory markers are made in one store.
+pub(super) enum Markers {
+    /// S3: raw SigV4-signed `PUT`/`DELETE` of `key/`.
+    S3(S3Markers),
+    /// GCS: JSON API upload/delete of the object `key/`.
+    Gcs(GcsMarkers),
+    /// A local directory: markers are directories.
+    Local(PathBuf),
+    /// Memory: a set of directory keys.
+    Memory(Mutex<BTreeSet<String>>),
+}
+
+impl std::fmt::Debug for Markers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Markers::S3(_) => "Markers::S3",
+            Markers::Gcs(_) => "Markers::Gcs",
+            Markers::Local(_) => "Markers::Local",
+            Markers::Memory(_) => "Markers::Memory",
+        })
+    }
+}
+
+pub(super) struct S3Markers {
+    pub http: HttpClient,
+    /// `scheme://host[:port]` of the endpoint.
+    pub endpoint: String,
+    pub bucket: String,
+    pub path_style: bool,
+    pub region: String,
+    pub credentials: Option<AwsCredentialProvider>,
+    pub requester_pays: bool,
+}
+
+pub(super) struct GcsMarkers {
+    pub http: HttpClient,
+    pub base_url: String,
+    pub bucket: String,
+    pub credentials: Option<GcpCredentialProvider>,
+}
+
+impl Markers {
+    /// Whether a marker exists for `dir` that a prefix listing would not show.
+    pub async fn exists(&self, dir: &str) -> Result<bool> {
+        Ok(match self {
+            Markers::S3(_) | Markers::Gcs(_) => false,
+            Markers::Local(root) => root.join(dir.trim_end_matches('/')).is_dir(),
+            Markers::Memory(set) => set.lock().await.contains(dir),
+        })
+    }
+
+    /// Directory names one level below `dir` known only through markers.
+    pub async fn children(&self, dir: &str) -> Result<Vec<String>> {
+        Ok(match self {
+            Markers::Memory(set) => set
+                .lock()
+                .await
+                .iter()
+                .filter_map(|k| {
+                    let rest = k.strip_prefix(dir)?.strip_suffix('/')?;
+                    (!rest.is_empty() && !rest.contains('/')).then(|| rest.to_string())
+                })
+                .collect(),
+            _ => Vec::new(),
+        })
+    }
+
+    pub async fn put(&self, dir: &str) -> Result<()> {
+        debug_assert!(dir.ends_with('/'));
+        match self {
+            Markers::S3(s3) => s3.send("PUT", dir).await,
+            Markers::Gcs(gcs) => gcs.upload(dir).await,
+            Markers::Local(root) => std::fs::create_dir_all(root.join(dir.trim_end_matches('/')))
+                .map_err(|e| io_error(e, dir)),
+            Markers::Memory(set) => {
+                set.lock().await.insert(dir.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn delete(&self, dir: &str) -> Result<()> {
+        match self {
+            Markers::S3(s3) => s3.send("DELETE", dir).await,
+            Markers::Gcs(gcs) => gcs.delete(dir).await,
+            Markers::Local(root) => match std::fs::remove_dir(root.join(dir.trim_end_matches('/'))) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_error(e, dir)),
+            },
+            Markers::Memory(set) => {
+                set.lock().await.remove(dir);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn io_error(e: std::io::Error, key: &str) -> StoreError {
+    let kind = match e.kind() {
+        std::io::ErrorKind::NotFound => StoreErrorKind::NotFound,
+        std::io::ErrorKind::PermissionDenied => StoreErrorKind::PermissionDenied,
+        _ => StoreErrorKind::Other,
+    };
+    StoreError::new(kind, format!("{key:?}: {e}"))
+}
+
+/// Percent-encode a key for a URL path, keeping `/` (RFC 3986 unreserved stay as they are).
+pub(super) fn encode_key(key: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        let c = b as char;
+        if c.is_ascii_alphanumeric() || "-_.~".contains(c) || (keep_slash && c == '/') {
+            out.push(c);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn execute(http: &HttpClient, req: HttpRequest, key: &str) -> Result<()> {
+    let resp = http
+        .execute(req)
+        .await
+        .map_err(|e| StoreError::new(StoreErrorKind::Other, format!("{key:?}: {e}")))?;
+    let status = resp.status();
+    if status.is_success() || status.as_u16() == 404 {
+        return Ok(());
+    }
+    let body = resp.into_body().bytes().await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&body);
+    let kind = match status.as_u16() {
+        401 | 403 => StoreErrorKind::PermissionDenied,
+        _ => StoreErrorKind::Other,
+    };
+    Err(StoreError::new(
+        kind,
+        format!("{key:?}: HTTP {status}: {}", text.chars().take(300).collect::<String>()),
+    ))
+}
+
+impl S3Markers {
+    async fn send(&self, method: &str, key: &str) -> Result<()> {
+        let path = encode_key(key, true);
+        let url = if self.path_style {
+            format!("{}/{}/{}", self.endpoint, self.bucket, path)
+        } else {
+            let (scheme, host) = self.endpoint.split_once("://").unwrap_or(("https", &self.endpoint));
+            format!("{scheme}://{}.{host}/{path}", self.bucket)
+        };
+        let mut req: HttpRequest = http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(http::header::CONTENT_LENGTH, "0")
+            .body(HttpRequestBody::empty())
+            .map_err(|e| StoreError::new(StoreErrorKind::InvalidKey, format!("{key:?}: {e}")))?;
+        if let Some(provider) = &self.credentials {
+            let cred = provider
+                .get_credential()
+                .await
+                .map_err(|e| StoreError::from_object_store(e, key))?;
+            AwsAuthorizer::new(&cred, "s3", &self.region)
+                .with_request_payer(self.requester_pays)
+                .try_authorize(&mut req, None)
+                .map_err(|e| StoreError::from_object_store(e, key))?;
+        }
+        execute(&self.http, req, key).await
+    }
+}
+
+impl GcsMarkers {
+    async fn bearer(&self, key: &str) -> Result<Option<String>> {
+        match &self.credentials {
+            None => Ok(None),
+            Some(p) => {
+                let c = p
+                    .get_credential()
+                    .await
+                    .map_err(|e| StoreError::from_object_store(e, key))?;
+                Ok((!c.bearer.is_empty()).then(|| c.bearer.clone()))
+            }
+        }
+    }
+
+    async fn request(&self, method: &str, url: String, key: &str) -> Result<()> {
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(http::header::CONTENT_LENGTH, "0");
+        if let Some(token) = self.bearer(key).await? {
+            b = b.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = b
+            .body(HttpRequestBody::empty())
+            .map_err(|e| StoreError::new(StoreErrorKind::InvalidKey, format!("{key:?}: {e}")))?;
+        execute(&self.http, req, key).await
+    }
+
+    async fn upload(&self, key: &str) -> Result<()> {
+        let url = format!(
+            "{}/upload/storage/v1/b/{}/o?uploadType=media&name={}",
+            self.base_url,
+            self.bucket,
+            encode_key(key, false)
+        );
+        self.request("POST", url, key).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let url = format!(
+            "{}/storage/v1/b/{}/o/{}",
+            self.base_url,
+            self.bucket,
+            encode_key(key, false)
+        );
+        self.request("DELETE", url, key).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode_key;
+
+    #[test]
+    fn keys_are_percent_encoded_for_urls() {
+        assert_eq!(encode_key("a b/c+d/", true), "a%20b/c%2Bd/");
+        assert_eq!(encode_key("a/b/", false), "a%2Fb%2F");
+    }
+}

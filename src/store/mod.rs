@@ -1,0 +1,301 @@
+//! The only code that talks to object storage: a small key/value API over `object_store`
+//! (S3 and S3-compatible stores, GCS, a local directory, memory), plus directory markers.
+//!
+//! Keys are plain strings relative to the bucket root, exactly as stored. A directory key
+//! ends in `/`; the root of the bucket is the empty string.
+
+mod error;
+mod gcs;
+mod local;
+mod markers;
+mod s3;
+mod source;
+
+use std::ops::Range;
+use std::sync::{Arc, Once};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
+
+pub use error::{StoreError, StoreErrorKind};
+pub use source::{Provider, Source, StoreOptions};
+
+use markers::Markers;
+
+/// Result of store operations.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// What the store knows about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Full key of the object.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time reported by the store.
+    pub mtime: SystemTime,
+    /// Entity tag, when the store reports one.
+    pub etag: Option<String>,
+}
+
+/// One directory level of a listing: the objects directly under a prefix and the
+/// sub-prefixes (as names, without the trailing `/`).
+#[derive(Debug, Default, Clone)]
+pub struct Listing {
+    /// Objects directly under the prefix (names relative to the prefix).
+    pub files: Vec<(String, ObjectInfo)>,
+    /// Sub-directories (names relative to the prefix).
+    pub dirs: Vec<String>,
+}
+
+/// An in-progress multipart upload.
+pub type Upload = Box<dyn object_store::MultipartUpload>;
+
+/// A bucket (or a local directory acting as one).
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    markers: Arc<Markers>,
+    /// Whether ranged reads can be pinned to an ETag with `If-Match`.
+    if_match: bool,
+    description: String,
+}
+
+static CRYPTO: Once = Once::new();
+
+/// Install the process-wide TLS crypto provider (ring). Idempotent.
+pub fn init_crypto() {
+    CRYPTO.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+impl Store {
+    /// Open the store a [`Source`] names, with the given options.
+    pub fn open(source: &Source, opts: &StoreOptions) -> Result<Store> {
+        init_crypto();
+        match source.provider {
+            Provider::S3 => s3::open(source, opts),
+            Provider::Gcs => gcs::open(source, opts),
+            Provider::Local => local::open(source),
+            Provider::Memory => Ok(Store::memory()),
+        }
+    }
+
+    /// An empty in-memory bucket (for unit tests of the file-system core).
+    pub fn memory() -> Store {
+        Store::wrap(Arc::new(object_store::memory::InMemory::new()))
+    }
+
+    /// A store over any `object_store` implementation, with directory markers kept in
+    /// memory (tests wrap the in-memory store to inject failures).
+    pub fn wrap(inner: Arc<dyn ObjectStore>) -> Store {
+        let description = format!("{inner}");
+        Store::new(inner, Markers::Memory(Default::default()), true, description)
+    }
+
+    fn new(
+        inner: Arc<dyn ObjectStore>,
+        markers: Markers,
+        if_match: bool,
+        description: String,
+    ) -> Store {
+        Store {
+            inner,
+            markers: Arc::new(markers),
+            if_match,
+            description,
+        }
+    }
+
+    /// A human-readable name of the bucket, without credentials.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// The metadata of the object at `key`, or `None` when there is none.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
+        let path = path_of(key)?;
+        match self.inner.head(&path).await {
+            Ok(meta) => Ok(Some(info_of(key, &meta))),
+            Err(e) => {
+                let e = StoreError::from_object_store(e, key);
+                if e.kind == StoreErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Whether anything exists under the directory key `dir` (which ends in `/`): an object
+    /// below it or a marker for it.
+    pub async fn dir_exists(&self, dir: &str) -> Result<bool> {
+        if self.markers.exists(dir).await? {
+            return Ok(true);
+        }
+        let path = path_of(dir)?;
+        let mut stream = self.inner.list(Some(&path));
+        match stream.try_next().await {
+            Ok(found) => Ok(found.is_some()),
+            Err(e) => Err(StoreError::from_object_store(e, dir)),
+        }
+    }
+
+    /// One level of the listing below the directory key `dir` ("" for the bucket root).
+    /// Keys that cannot be file names are left out.
+    pub async fn list(&self, dir: &str) -> Result<Listing> {
+        let path = path_of(dir)?;
+        let prefix = if path.as_ref().is_empty() {
+            None
+        } else {
+            Some(&path)
+        };
+        let result = self
+            .inner
+            .list_with_delimiter(prefix)
+            .await
+            .map_err(|e| StoreError::from_object_store(e, dir))?;
+        let mut listing = Listing::default();
+        for p in result.common_prefixes {
+            if let Some(name) = child_name(dir, p.as_ref()) {
+                listing.dirs.push(name);
+            }
+        }
+        for meta in result.objects {
+            let key = meta.location.as_ref().to_string();
+            // A marker object `dir/` comes back as the prefix itself: skip it.
+            if let Some(name) = child_name(dir, &key) {
+                listing.files.push((name, info_of(&key, &meta)));
+            }
+        }
+        for name in self.markers.children(dir).await? {
+            if !listing.dirs.contains(&name) {
+                listing.dirs.push(name);
+            }
+        }
+        Ok(listing)
+    }
+
+    /// Bytes `range` of the object at `key`. With `etag`, the read fails with
+    /// [`StoreErrorKind::Precondition`] if the object was replaced.
+    pub async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        etag: Option<&str>,
+    ) -> Result<Bytes> {
+        let path = path_of(key)?;
+        let opts = GetOptions {
+            range: Some(GetRange::Bounded(range)),
+            if_match: etag.filter(|_| self.if_match).map(str::to_string),
+            ..Default::default()
+        };
+        let result = self
+            .inner
+            .get_opts(&path, opts)
+            .await
+            .map_err(|e| StoreError::from_object_store(e, key))?;
+        result
+            .bytes()
+            .await
+            .map_err(|e| StoreError::from_object_store(e, key))
+    }
+
+    /// Write a whole object in one request.
+    pub async fn put(&self, key: &str, data: PutPayload) -> Result<()> {
+        let path = path_of(key)?;
+        self.inner
+            .put_opts(&path, data, Default::default())
+            .await
+            .map_err(|e| StoreError::from_object_store(e, key))?;
+        Ok(())
+    }
+
+    /// Start a multipart upload to `key`. The object appears only when it completes.
+    pub async fn start_upload(&self, key: &str) -> Result<Upload> {
+        let path = path_of(key)?;
+        self.inner
+            .put_multipart_opts(&path, Default::default())
+            .await
+            .map_err(|e| StoreError::from_object_store(e, key))
+    }
+
+    /// Delete the object at `key`. Deleting a missing object succeeds.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        let path = path_of(key)?;
+        match self.inner.delete(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = StoreError::from_object_store(e, key);
+                if e.kind == StoreErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Create the marker object for the directory key `dir` (ending in `/`).
+    pub async fn put_marker(&self, dir: &str) -> Result<()> {
+        self.markers.put(dir).await
+    }
+
+    /// Remove the marker object for `dir`, if there is one.
+    pub async fn delete_marker(&self, dir: &str) -> Result<()> {
+        self.markers.delete(dir).await
+    }
+
+    /// Check at start-up that the bucket answers and the credentials work for `prefix`.
+    pub async fn check(&self, prefix: &str) -> Result<()> {
+        let path = path_of(prefix)?;
+        let prefix_path = if path.as_ref().is_empty() {
+            None
+        } else {
+            Some(&path)
+        };
+        let mut stream = self.inner.list(prefix_path);
+        tokio::time::timeout(Duration::from_secs(60), stream.try_next())
+            .await
+            .map_err(|_| StoreError::new(StoreErrorKind::Other, "the store did not answer"))?
+            .map_err(|e| StoreError::from_object_store(e, prefix))?;
+        Ok(())
+    }
+}
+
+/// Parse a key into an `object_store` path. Keys with empty or relative segments cannot
+/// be addressed and are refused.
+fn path_of(key: &str) -> Result<Path> {
+    Path::parse(key).map_err(|e| StoreError::new(StoreErrorKind::InvalidKey, e.to_string()))
+}
+
+fn info_of(key: &str, meta: &object_store::ObjectMeta) -> ObjectInfo {
+    ObjectInfo {
+        key: key.to_string(),
+        size: meta.size,
+        mtime: SystemTime::from(meta.last_modified),
+        etag: meta.e_tag.clone(),
+    }
+}
+
+/// The name of `key` one level below the directory key `dir`, if it is a valid file name.
+fn child_name(dir: &str, key: &str) -> Option<String> {
+    let rest = key.strip_prefix(dir)?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    valid_name(rest).then(|| rest.to_string())
+}
+
+/// Whether `name` can be a file name in the mount.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\0')
+        && name.len() <= 255
+}

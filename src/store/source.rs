@@ -1,0 +1,215 @@
+//! Where a bucket is and how to reach it: the `s3://`, `gs://`, `file://` and `memory://`
+//! source URLs and the connection options that go with them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{StoreError, StoreErrorKind};
+
+/// The kind of store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// AWS S3 or an S3-compatible store (R2, MinIO, SeaweedFS, GCS via HMAC...).
+    S3,
+    /// Google Cloud Storage, native JSON/XML API.
+    Gcs,
+    /// A local directory acting as a bucket (the embedded default).
+    Local,
+    /// An in-memory bucket, empty at start (tests and demos).
+    Memory,
+}
+
+/// A bucket and the key prefix mounted from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// Which store.
+    pub provider: Provider,
+    /// Bucket name (for `file://`, the directory).
+    pub bucket: String,
+    /// Key prefix: empty, or ending in `/`.
+    pub prefix: String,
+}
+
+impl Source {
+    /// Parse a source URL such as `s3://bucket/some/prefix/`, `gs://bucket`,
+    /// `file:///srv/bucket` or `memory://`.
+    pub fn parse(url: &str) -> Result<Source, StoreError> {
+        let bad = |why: &str| {
+            StoreError::new(
+                StoreErrorKind::Config,
+                format!("bad bucket URL {url:?}: {why}"),
+            )
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected s3://, gs://, file:// or memory://"))?;
+        let provider = match scheme {
+            "s3" => Provider::S3,
+            "gs" | "gcs" => Provider::Gcs,
+            "file" => Provider::Local,
+            "memory" => Provider::Memory,
+            _ => return Err(bad("unknown scheme")),
+        };
+        match provider {
+            Provider::Local => {
+                if !rest.starts_with('/') {
+                    return Err(bad("file:// needs an absolute path"));
+                }
+                Ok(Source {
+                    provider,
+                    bucket: rest.trim_end_matches('/').to_string(),
+                    prefix: String::new(),
+                })
+            }
+            Provider::Memory => Ok(Source {
+                provider,
+                bucket: String::new(),
+                prefix: normalize_prefix(rest).map_err(|e| bad(&e))?,
+            }),
+            _ => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                validate_bucket(bucket).map_err(|e| bad(&e))?;
+                Ok(Source {
+                    provider,
+                    bucket: bucket.to_string(),
+                    prefix: normalize_prefix(prefix).map_err(|e| bad(&e))?,
+                })
+            }
+        }
+    }
+
+    /// Append `extra` (a `--prefix` value) to the prefix taken from the URL.
+    pub fn with_prefix(mut self, extra: &str) -> Result<Source, StoreError> {
+        let extra = normalize_prefix(extra).map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Config,
+                format!("bad prefix {extra:?}: {e}"),
+            )
+        })?;
+        self.prefix.push_str(&extra);
+        Ok(self)
+    }
+}
+
+/// Check a bucket name: S3/GCS rules, loosely (3 to 222 characters of `[a-z0-9._-]`).
+pub fn validate_bucket(bucket: &str) -> Result<(), String> {
+    if bucket.len() < 3 || bucket.len() > 222 {
+        return Err(format!(
+            "bucket name {bucket:?} must be 3 to 222 characters long"
+        ));
+    }
+    if !bucket
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "bucket name {bucket:?} may only contain a-z, 0-9, '.', '-' and '_'"
+        ));
+    }
+    Ok(())
+}
+
+/// Normalise a key prefix: no leading `/`, a trailing `/` unless empty, and no empty,
+/// `.` or `..` segments.
+pub fn normalize_prefix(prefix: &str) -> Result<String, String> {
+    let trimmed = prefix.trim_start_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    let body = trimmed.strip_suffix('/').unwrap_or(trimmed);
+    for seg in body.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err(format!("segment {seg:?} is not allowed"));
+        }
+        if seg.chars().any(|c| c.is_control()) {
+            return Err("control characters are not allowed".into());
+        }
+    }
+    Ok(format!("{body}/"))
+}
+
+/// How to connect to the store.
+#[derive(Clone, Default)]
+pub struct StoreOptions {
+    /// Region (S3). Defaults to `AWS_REGION`/`AWS_DEFAULT_REGION`, then `us-east-1`.
+    pub region: Option<String>,
+    /// Custom endpoint (S3-compatible stores, GCS emulators).
+    pub endpoint_url: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`) instead of virtual-hosted.
+    pub force_path_style: bool,
+    /// Send `x-amz-request-payer: requester`.
+    pub requester_pays: bool,
+    /// Do not sign requests (public buckets).
+    pub no_sign_request: bool,
+    /// GCS service account JSON file.
+    pub service_account_file: Option<PathBuf>,
+    /// Explicit credentials; when `None`, the standard chains are used.
+    pub credentials: Option<Credentials>,
+    /// AWS profile to read from the shared credentials file.
+    pub profile: Option<String>,
+    /// Timeout of one request.
+    pub request_timeout: Option<Duration>,
+    /// Retries of one request on transient errors.
+    pub max_retries: Option<usize>,
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("force_path_style", &self.force_path_style)
+            .field("requester_pays", &self.requester_pays)
+            .field("no_sign_request", &self.no_sign_request)
+            .field("service_account_file", &self.service_account_file)
+            .field("credentials", &self.credentials.as_ref().map(|_| "<redacted>"))
+            .field("profile", &self.profile)
+            .finish()
+    }
+}
+
+/// Static S3 credentials (access key, secret, optional session token).
+#[derive(Clone)]
+pub struct Credentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Session token of temporary credentials.
+    pub session_token: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_urls_carry_bucket_and_prefix() {
+        let s = Source::parse("s3://my-bucket/some/prefix").unwrap();
+        assert_eq!(s.provider, Provider::S3);
+        assert_eq!(s.bucket, "my-bucket");
+        assert_eq!(s.prefix, "some/prefix/");
+        let s = Source::parse("s3://my-bucket").unwrap();
+        assert_eq!(s.prefix, "");
+        let s = Source::parse("gs://b-1/x/").unwrap().with_prefix("y").unwrap();
+        assert_eq!(s.provider, Provider::Gcs);
+        assert_eq!(s.prefix, "x/y/");
+    }
+
+    #[test]
+    fn bad_urls_name_the_problem() {
+        let e = Source::parse("ftp://x/y").unwrap_err();
+        assert!(e.message.contains("ftp://x/y"), "{e}");
+        assert!(Source::parse("s3://UPPER/x").is_err());
+        assert!(Source::parse("s3://ok-bucket/a/../b").is_err());
+        assert!(Source::parse("s3://ok-bucket/a//b").is_err());
+        assert!(Source::parse("file://relative/path").is_err());
+    }
+
+    #[test]
+    fn file_urls_name_a_directory() {
+        let s = Source::parse("file:///srv/bucket/").unwrap();
+        assert_eq!(s.provider, Provider::Local);
+        assert_eq!(s.bucket, "/srv/bucket");
+    }
+}
