@@ -5,4 +5,5 @@
 
 pub mod fs;
 pub mod fuse;
+pub mod mounter;
 pub mod store;

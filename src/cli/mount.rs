@@ -244,6 +244,14 @@ fn mount_and_serve(args: &MountArgs) -> anyhow::Result<()> {
             max_in_flight: args.upload_concurrency,
         },
     };
+    // Handle SIGTERM/SIGINT from before the mount is reported live.
+    let (mut term, mut int) = rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        ))
+    })?;
     let fs = Arc::new(Fs::new(store.clone(), cfg));
     let mcfg = MountConfig {
         fsname: format!("pail:{}", args.source),
@@ -272,13 +280,12 @@ fn mount_and_serve(args: &MountArgs) -> anyhow::Result<()> {
     );
     daemon::report_ready();
     let signal = rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => Ok::<_, std::io::Error>(true),
-            _ = term.recv() => Ok(true),
-            _ = mounted.ended() => Ok(false),
+            _ = int.recv() => true,
+            _ = term.recv() => true,
+            _ = mounted.ended() => false,
         }
-    })?;
+    });
     if signal {
         tracing::info!(mountpoint = %args.mountpoint.display(), "signal received; unmounting");
         if args.fuse_fd.is_some() {

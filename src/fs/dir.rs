@@ -34,7 +34,7 @@ impl DirSnapshot {
     }
 
     /// At most `max` entries after `offset`.
-    pub fn from_offset(&self, offset: u64, max: usize) -> Vec<DirEntry> {
+    pub fn after(&self, offset: u64, max: usize) -> Vec<DirEntry> {
         match &self.entries {
             Some(e) => e.iter().skip(offset as usize).take(max).cloned().collect(),
             None => Vec::new(),

@@ -39,7 +39,12 @@ impl FsError {
     pub fn is_expected(&self) -> bool {
         matches!(
             self.errno,
-            libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::EROFS | libc::ENOTDIR | libc::EISDIR
+            libc::ENOENT
+                | libc::EEXIST
+                | libc::ENOTEMPTY
+                | libc::EROFS
+                | libc::ENOTDIR
+                | libc::EISDIR
         )
     }
 }

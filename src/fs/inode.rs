@@ -118,9 +118,56 @@ impl Inodes {
             .is_some_and(|until| *until > now)
     }
 
-    /// Insert or refresh the child `name` of `parent`. A child whose kind changed gets a new
-    /// inode number. Returns the inode number.
+    /// Insert or refresh the child `name` of `parent` as seen in the store. A child whose
+    /// kind changed gets a new inode number; a file being written locally is left alone.
+    /// Returns the inode number.
     pub fn upsert(
+        &mut self,
+        parent: u64,
+        name: &str,
+        key: String,
+        kind: Kind,
+        stat: Stat,
+        expiry: Instant,
+    ) -> u64 {
+        let id = (parent, name.to_string());
+        self.negative.remove(&id);
+        if let Some(&ino) = self.by_name.get(&id)
+            && let Some(inode) = self.map.get_mut(&ino)
+        {
+            if inode.local {
+                // A file being written shadows the store until it is closed.
+                return ino;
+            }
+            if inode.kind == kind {
+                inode.stat = stat;
+                inode.expiry = expiry;
+                inode.key = key;
+                return ino;
+            }
+        }
+        self.insert(parent, name, key, kind, stat, expiry, false)
+    }
+
+    /// Insert a new file being written through this mount (it shadows the store).
+    pub fn insert_local(&mut self, parent: u64, name: &str, key: String, stat: Stat) -> u64 {
+        let id = (parent, name.to_string());
+        self.negative.remove(&id);
+        if let Some(&ino) = self.by_name.get(&id)
+            && let Some(inode) = self.map.get_mut(&ino)
+            && inode.kind == Kind::File
+        {
+            inode.local = true;
+            inode.stat = stat;
+            inode.key = key;
+            inode.expiry = far_future();
+            return ino;
+        }
+        self.insert(parent, name, key, Kind::File, stat, far_future(), true)
+    }
+
+    #[allow(clippy::too_many_arguments)] // private constructor of one record
+    fn insert(
         &mut self,
         parent: u64,
         name: &str,
@@ -130,22 +177,6 @@ impl Inodes {
         expiry: Instant,
         local: bool,
     ) -> u64 {
-        let id = (parent, name.to_string());
-        self.negative.remove(&id);
-        if let Some(&ino) = self.by_name.get(&id) {
-            if let Some(inode) = self.map.get_mut(&ino) {
-                if inode.kind == kind && !(inode.local && !local) {
-                    inode.stat = stat;
-                    inode.expiry = expiry;
-                    inode.key = key;
-                    return ino;
-                }
-                if inode.local && !local {
-                    // A file being written shadows the store until it is closed.
-                    return ino;
-                }
-            }
-        }
         let ino = self.next;
         self.next += 1;
         self.map.insert(
@@ -162,19 +193,19 @@ impl Inodes {
                 local,
             },
         );
-        self.by_name.insert(id, ino);
+        self.by_name.insert((parent, name.to_string()), ino);
         ino
     }
 
     /// Forget the name `(parent, name)` (after unlink/rmdir), caching it as absent.
     pub fn remove_name(&mut self, parent: u64, name: &str, negative_until: Instant) {
         let id = (parent, name.to_string());
-        if let Some(ino) = self.by_name.remove(&id) {
-            if let Some(inode) = self.map.get_mut(&ino) {
-                inode.local = false;
-                if inode.lookups == 0 {
-                    self.map.remove(&ino);
-                }
+        if let Some(ino) = self.by_name.remove(&id)
+            && let Some(inode) = self.map.get_mut(&ino)
+        {
+            inode.local = false;
+            if inode.lookups == 0 {
+                self.map.remove(&ino);
             }
         }
         self.negative.insert(id, negative_until);

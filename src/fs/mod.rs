@@ -27,7 +27,7 @@ pub use write::WriteConfig;
 
 use crate::store::{Store, valid_name};
 use dir::DirSnapshot;
-use inode::{Inode, Inodes, Stat, far_future};
+use inode::{Inode, Inodes, Stat};
 use read::Reader;
 use write::Writer;
 
@@ -199,7 +199,10 @@ impl Fs {
     fn parent_dir(&self, parent: u64) -> FsResult<Inode> {
         let p = self.inode(parent)?;
         if p.kind != Kind::Dir {
-            return Err(FsError::new(libc::ENOTDIR, format!("{:?} is not a directory", p.key)));
+            return Err(FsError::new(
+                libc::ENOTDIR,
+                format!("{:?} is not a directory", p.key),
+            ));
         }
         Ok(p)
     }
@@ -235,14 +238,21 @@ impl Fs {
         let mut inodes = self.inodes();
         // A directory shadows a file of the same name.
         let ino = match (dir, file) {
-            (Ok(true), _) => inodes.upsert(parent, name, dir_key, Kind::Dir, self.dir_stat(), self.expiry(), false),
+            (Ok(true), _) => inodes.upsert(
+                parent,
+                name,
+                dir_key,
+                Kind::Dir,
+                self.dir_stat(),
+                self.expiry(),
+            ),
             (_, Ok(Some(info))) => {
                 let stat = Stat {
                     size: info.size,
                     mtime: info.mtime,
                     etag: info.etag,
                 };
-                inodes.upsert(parent, name, file_key, Kind::File, stat, self.expiry(), false)
+                inodes.upsert(parent, name, file_key, Kind::File, stat, self.expiry())
             }
             (Ok(false), Ok(None)) => {
                 if let Some(child) = inodes.child(parent, name).filter(|c| c.local) {
@@ -308,7 +318,10 @@ impl Fs {
             if size != current {
                 return Err(FsError::new(
                     libc::ENOTSUP,
-                    format!("{:?}: truncating from {current} to {size} bytes is not supported", inode.key),
+                    format!(
+                        "{:?}: truncating from {current} to {size} bytes is not supported",
+                        inode.key
+                    ),
                 ));
             }
         }
@@ -334,14 +347,20 @@ impl Fs {
     }
 
     fn take_handle(&self, fh: u64) -> Option<Arc<AsyncMutex<Handle>>> {
-        self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh)
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh)
     }
 
     /// Open file `ino`.
     pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<u64> {
         let inode = self.inode(ino)?;
         if inode.kind == Kind::Dir {
-            return Err(FsError::new(libc::EISDIR, format!("{:?} is a directory", inode.key)));
+            return Err(FsError::new(
+                libc::EISDIR,
+                format!("{:?} is a directory", inode.key),
+            ));
         }
         if mode.write {
             self.writable()?;
@@ -368,23 +387,47 @@ impl Fs {
         }
         let attr = self.getattr(ino).await?;
         let etag = self.inode(ino)?.stat.etag;
-        let reader = Reader::new(self.store.clone(), inode.key.clone(), attr.size, etag, self.cfg.read);
+        let reader = Reader::new(
+            self.store.clone(),
+            inode.key.clone(),
+            attr.size,
+            etag,
+            self.cfg.read,
+        );
         Ok(self.new_fh(Handle::Read(reader)))
     }
 
     /// Create and open a new file `name` in `parent`.
-    pub async fn create(&self, parent: u64, name: &str, exclusive: bool, pid: u32) -> FsResult<(Attr, u64)> {
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        exclusive: bool,
+        pid: u32,
+    ) -> FsResult<(Attr, u64)> {
         self.writable()?;
         let p = self.parent_dir(parent)?;
         if !valid_name(name) {
-            return Err(FsError::new(libc::EINVAL, format!("invalid file name {name:?}")));
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!("invalid file name {name:?}"),
+            ));
         }
         match self.resolve(parent, name).await {
             Ok(existing) if existing.kind == Kind::Dir => {
-                return Err(FsError::new(libc::EISDIR, format!("{name:?} is a directory")));
+                return Err(FsError::new(
+                    libc::EISDIR,
+                    format!("{name:?} is a directory"),
+                ));
             }
-            Ok(_) if exclusive => return Err(FsError::new(libc::EEXIST, format!("{name:?} exists"))),
-            Ok(_) | Err(FsError { errno: libc::ENOENT, .. }) => {}
+            Ok(_) if exclusive => {
+                return Err(FsError::new(libc::EEXIST, format!("{name:?} exists")));
+            }
+            Ok(_)
+            | Err(FsError {
+                errno: libc::ENOENT,
+                ..
+            }) => {}
             Err(e) => return Err(e),
         }
         let key = format!("{}{name}", p.key);
@@ -395,10 +438,8 @@ impl Fs {
         };
         let attr = {
             let mut inodes = self.inodes();
-            let ino = inodes.upsert(parent, name, key.clone(), Kind::File, stat.clone(), far_future(), true);
+            let ino = inodes.insert_local(parent, name, key.clone(), stat);
             let i = inodes.get_mut(ino).expect("just inserted");
-            i.local = true;
-            i.stat = stat;
             i.lookups += 1;
             self.attr_of(i)
         };
@@ -445,9 +486,16 @@ impl Fs {
 
     /// close(): complete the upload of a file written through `fh` by process `pid`.
     pub async fn flush(&self, fh: u64, pid: u32) -> FsResult<()> {
-        let Ok(h) = self.handle(fh) else { return Ok(()) };
+        let Ok(h) = self.handle(fh) else {
+            return Ok(());
+        };
         let mut h = h.lock().await;
-        if let Handle::Write { ino, pid: opener, writer } = &mut *h {
+        if let Handle::Write {
+            ino,
+            pid: opener,
+            writer,
+        } = &mut *h
+        {
             // A close() before any write (e.g. the shell's dup2-then-close of a redirection)
             // leaves the upload open; the release after the last close completes it anyway.
             if (*opener == pid || pid == 0) && writer.size() > 0 {
@@ -498,7 +546,9 @@ impl Fs {
 
     /// The last close of `fh`: finish an upload not finished yet, free the handle.
     pub async fn release(&self, fh: u64) -> FsResult<()> {
-        let Some(h) = self.take_handle(fh) else { return Ok(()) };
+        let Some(h) = self.take_handle(fh) else {
+            return Ok(());
+        };
         let mut h = h.lock().await;
         match &mut *h {
             Handle::Write { ino, writer, .. } => {
@@ -518,14 +568,23 @@ impl Fs {
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
         let inode = self.inode(ino)?;
         if inode.kind != Kind::Dir {
-            return Err(FsError::new(libc::ENOTDIR, format!("{:?} is not a directory", inode.key)));
+            return Err(FsError::new(
+                libc::ENOTDIR,
+                format!("{:?} is not a directory", inode.key),
+            ));
         }
         Ok(self.new_fh(Handle::Dir(DirSnapshot::default())))
     }
 
     /// At most `max` entries of directory handle `fh` from `offset` on (offset 0 lists the
     /// store again). Each entry's `offset` is the value to pass to continue after it.
-    pub async fn readdir(&self, ino: u64, fh: u64, offset: u64, max: usize) -> FsResult<Vec<DirEntry>> {
+    pub async fn readdir(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        max: usize,
+    ) -> FsResult<Vec<DirEntry>> {
         let h = self.handle(fh)?;
         let mut h = h.lock().await;
         let Handle::Dir(snapshot) = &mut *h else {
@@ -535,7 +594,7 @@ impl Fs {
             let entries = self.list_dir(ino).await?;
             *snapshot = DirSnapshot::new(entries);
         }
-        Ok(snapshot.from_offset(offset, max))
+        Ok(snapshot.after(offset, max))
     }
 
     /// Take a kernel reference to `ino` (an entry returned by readdirplus).
@@ -549,16 +608,24 @@ impl Fs {
         let listing = self.store.list(&dir.key).await?;
         let expiry = self.expiry();
         let mut inodes = self.inodes();
-        let mut entries: Vec<DirEntry> = Vec::with_capacity(listing.dirs.len() + listing.files.len() + 2);
+        let mut entries: Vec<DirEntry> =
+            Vec::with_capacity(listing.dirs.len() + listing.files.len() + 2);
         let dot = self.attr_of(&dir);
-        let dotdot = inodes.get(dir.parent).map(|p| self.attr_of(p)).unwrap_or_else(|| dot.clone());
+        let dotdot = inodes
+            .get(dir.parent)
+            .map(|p| self.attr_of(p))
+            .unwrap_or_else(|| dot.clone());
         let mut names = std::collections::HashSet::new();
         for name in listing.dirs {
             let key = format!("{}{name}/", dir.key);
-            let ino = inodes.upsert(ino, &name, key, Kind::Dir, self.dir_stat(), expiry, false);
+            let ino = inodes.upsert(ino, &name, key, Kind::Dir, self.dir_stat(), expiry);
             let attr = self.attr_of(inodes.get(ino).expect("inserted"));
             names.insert(name.clone());
-            entries.push(DirEntry { name, attr, offset: 0 });
+            entries.push(DirEntry {
+                name,
+                attr,
+                offset: 0,
+            });
         }
         for (name, info) in listing.files {
             if names.contains(&name) {
@@ -569,10 +636,14 @@ impl Fs {
                 mtime: info.mtime,
                 etag: info.etag,
             };
-            let ino = inodes.upsert(ino, &name, info.key, Kind::File, stat, expiry, false);
+            let ino = inodes.upsert(ino, &name, info.key, Kind::File, stat, expiry);
             let attr = self.attr_of(inodes.get(ino).expect("inserted"));
             names.insert(name.clone());
-            entries.push(DirEntry { name, attr, offset: 0 });
+            entries.push(DirEntry {
+                name,
+                attr,
+                offset: 0,
+            });
         }
         for local in inodes.local_children(ino) {
             if names.insert(local.name.clone()) {
@@ -585,8 +656,16 @@ impl Fs {
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         let mut all = vec![
-            DirEntry { name: ".".into(), attr: dot, offset: 0 },
-            DirEntry { name: "..".into(), attr: dotdot, offset: 0 },
+            DirEntry {
+                name: ".".into(),
+                attr: dot,
+                offset: 0,
+            },
+            DirEntry {
+                name: "..".into(),
+                attr: dotdot,
+                offset: 0,
+            },
         ];
         all.extend(entries);
         for (i, e) in all.iter_mut().enumerate() {
@@ -600,7 +679,10 @@ impl Fs {
         self.writable()?;
         let p = self.parent_dir(parent)?;
         if !valid_name(name) {
-            return Err(FsError::new(libc::EINVAL, format!("invalid directory name {name:?}")));
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!("invalid directory name {name:?}"),
+            ));
         }
         match self.resolve(parent, name).await {
             Ok(_) => return Err(FsError::new(libc::EEXIST, format!("{name:?} exists"))),
@@ -610,7 +692,7 @@ impl Fs {
         let key = format!("{}{name}/", p.key);
         self.store.put_marker(&key).await?;
         let mut inodes = self.inodes();
-        let ino = inodes.upsert(parent, name, key, Kind::Dir, self.dir_stat(), self.expiry(), false);
+        let ino = inodes.upsert(parent, name, key, Kind::Dir, self.dir_stat(), self.expiry());
         inodes.add_lookups(ino, 1);
         Ok(self.attr_of(inodes.get(ino).expect("inserted")))
     }
@@ -620,7 +702,10 @@ impl Fs {
         self.writable()?;
         let attr = self.resolve(parent, name).await?;
         if attr.kind == Kind::Dir {
-            return Err(FsError::new(libc::EISDIR, format!("{name:?} is a directory")));
+            return Err(FsError::new(
+                libc::EISDIR,
+                format!("{name:?} is a directory"),
+            ));
         }
         let inode = self.inode(attr.ino)?;
         if !inode.local {
@@ -635,13 +720,19 @@ impl Fs {
         self.writable()?;
         let attr = self.resolve(parent, name).await?;
         if attr.kind != Kind::Dir {
-            return Err(FsError::new(libc::ENOTDIR, format!("{name:?} is not a directory")));
+            return Err(FsError::new(
+                libc::ENOTDIR,
+                format!("{name:?} is not a directory"),
+            ));
         }
         let inode = self.inode(attr.ino)?;
         let listing = self.store.list(&inode.key).await?;
         let busy = !self.inodes().local_children(attr.ino).is_empty();
         if !listing.dirs.is_empty() || !listing.files.is_empty() || busy {
-            return Err(FsError::new(libc::ENOTEMPTY, format!("{:?} is not empty", inode.key)));
+            return Err(FsError::new(
+                libc::ENOTEMPTY,
+                format!("{:?} is not empty", inode.key),
+            ));
         }
         self.store.delete_marker(&inode.key).await?;
         self.inodes().remove_name(parent, name, self.expiry());

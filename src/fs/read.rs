@@ -84,7 +84,13 @@ impl Drop for Reader {
 
 impl Reader {
     /// A reader of `key` (`size` bytes, pinned to `etag` when given).
-    pub fn new(store: Store, key: String, size: u64, etag: Option<String>, cfg: ReadConfig) -> Self {
+    pub fn new(
+        store: Store,
+        key: String,
+        size: u64,
+        etag: Option<String>,
+        cfg: ReadConfig,
+    ) -> Self {
         Reader {
             store,
             key,

@@ -145,7 +145,10 @@ async fn written_files_become_objects_at_close() {
     for (i, chunk) in bytes.chunks(700).enumerate() {
         fs.write(fh, (i * 700) as u64, chunk).await.unwrap();
     }
-    assert!(store.head("f.bin").await.unwrap().is_none(), "visible before close");
+    assert!(
+        store.head("f.bin").await.unwrap().is_none(),
+        "visible before close"
+    );
     assert_eq!(fs.getattr(attr.ino).await.unwrap().size, 5555);
     assert!(names(&fs, ROOT_INO).await.contains(&"f.bin".to_string()));
     fs.flush(fh, 7).await.unwrap();
@@ -184,12 +187,26 @@ async fn overwrite_needs_o_trunc_and_replaces_the_object() {
     let fs = fs_over(store.clone());
     let a = fs.lookup(ROOT_INO, "f").await.unwrap();
     let e = fs
-        .open(a.ino, OpenMode { write: true, ..Default::default() })
+        .open(
+            a.ino,
+            OpenMode {
+                write: true,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(e.errno, libc::EPERM);
     let fh = fs
-        .open(a.ino, OpenMode { write: true, truncate: true, pid: 7, ..Default::default() })
+        .open(
+            a.ino,
+            OpenMode {
+                write: true,
+                truncate: true,
+                pid: 7,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     fs.write(fh, 0, b"new").await.unwrap();
@@ -240,13 +257,28 @@ async fn slightly_out_of_order_reads_are_served_from_the_prefetched_parts() {
     let fs = fs_over(store);
     let a = fs.lookup(ROOT_INO, "f").await.unwrap();
     let fh = fs.open(a.ino, OpenMode::default()).await.unwrap();
-    for (off, len) in [(0u64, 100u32), (200, 100), (100, 100), (300, 500), (900, 100), (800, 100)] {
+    for (off, len) in [
+        (0u64, 100u32),
+        (200, 100),
+        (100, 100),
+        (300, 500),
+        (900, 100),
+        (800, 100),
+    ] {
         let got = fs.read(fh, off, len).await.unwrap();
-        assert_eq!(&got[..], &bytes[off as usize..(off as usize + len as usize)], "at {off}");
+        assert_eq!(
+            &got[..],
+            &bytes[off as usize..(off as usize + len as usize)],
+            "at {off}"
+        );
     }
     let h = fs.handle(fh).unwrap();
     if let Handle::Read(r) = &*h.lock().await {
-        assert!(r.requests <= 6, "{} requests: reordering must not refetch", r.requests);
+        assert!(
+            r.requests <= 6,
+            "{} requests: reordering must not refetch",
+            r.requests
+        );
     };
 }
 
@@ -284,18 +316,27 @@ async fn mkdir_persists_and_rmdir_removes_only_empty_directories() {
     let fs = fs_over(store.clone());
     let d = fs.mkdir(ROOT_INO, "new").await.unwrap();
     assert_eq!(d.kind, Kind::Dir);
-    assert_eq!(fs.mkdir(ROOT_INO, "new").await.unwrap_err().errno, libc::EEXIST);
+    assert_eq!(
+        fs.mkdir(ROOT_INO, "new").await.unwrap_err().errno,
+        libc::EEXIST
+    );
     // A fresh mount of the same bucket sees the empty directory.
     let fresh = fs_over(store.clone());
     assert_eq!(fresh.lookup(ROOT_INO, "new").await.unwrap().kind, Kind::Dir);
     assert!(names(&fresh, ROOT_INO).await.contains(&"new".to_string()));
 
     write_file(&fs, d.ino, "f", b"x").await;
-    assert_eq!(fs.rmdir(ROOT_INO, "new").await.unwrap_err().errno, libc::ENOTEMPTY);
+    assert_eq!(
+        fs.rmdir(ROOT_INO, "new").await.unwrap_err().errno,
+        libc::ENOTEMPTY
+    );
     fs.unlink(d.ino, "f").await.unwrap();
     fs.rmdir(ROOT_INO, "new").await.unwrap();
     let fresh = fs_over(store);
-    assert_eq!(fresh.lookup(ROOT_INO, "new").await.unwrap_err().errno, libc::ENOENT);
+    assert_eq!(
+        fresh.lookup(ROOT_INO, "new").await.unwrap_err().errno,
+        libc::ENOENT
+    );
 }
 
 #[tokio::test]
@@ -306,8 +347,14 @@ async fn unlink_deletes_the_object() {
     fs.lookup(ROOT_INO, "gone").await.unwrap();
     fs.unlink(ROOT_INO, "gone").await.unwrap();
     assert!(store.head("gone").await.unwrap().is_none());
-    assert_eq!(fs.lookup(ROOT_INO, "gone").await.unwrap_err().errno, libc::ENOENT);
-    assert_eq!(fs.unlink(ROOT_INO, "gone").await.unwrap_err().errno, libc::ENOENT);
+    assert_eq!(
+        fs.lookup(ROOT_INO, "gone").await.unwrap_err().errno,
+        libc::ENOENT
+    );
+    assert_eq!(
+        fs.unlink(ROOT_INO, "gone").await.unwrap_err().errno,
+        libc::ENOENT
+    );
 }
 
 #[tokio::test]
@@ -315,27 +362,53 @@ async fn type_mismatches_have_their_errnos() {
     let store = Store::memory();
     put(&store, "d/f", b"x").await;
     let fs = fs_over(store);
-    assert_eq!(fs.unlink(ROOT_INO, "d").await.unwrap_err().errno, libc::EISDIR);
+    assert_eq!(
+        fs.unlink(ROOT_INO, "d").await.unwrap_err().errno,
+        libc::EISDIR
+    );
     let d = fs.lookup(ROOT_INO, "d").await.unwrap();
     assert_eq!(fs.rmdir(d.ino, "f").await.unwrap_err().errno, libc::ENOTDIR);
     let f = fs.lookup(d.ino, "f").await.unwrap();
-    assert_eq!(fs.lookup(f.ino, "x").await.unwrap_err().errno, libc::ENOTDIR);
+    assert_eq!(
+        fs.lookup(f.ino, "x").await.unwrap_err().errno,
+        libc::ENOTDIR
+    );
     assert_eq!(fs.opendir(f.ino).await.unwrap_err().errno, libc::ENOTDIR);
-    assert_eq!(fs.open(d.ino, OpenMode::default()).await.unwrap_err().errno, libc::EISDIR);
+    assert_eq!(
+        fs.open(d.ino, OpenMode::default()).await.unwrap_err().errno,
+        libc::EISDIR
+    );
 }
 
 #[tokio::test]
 async fn read_only_mounts_refuse_every_change_with_erofs() {
     let store = Store::memory();
     put(&store, "f", b"x").await;
-    let fs = Fs::new(store, FsConfig { read_only: true, ..config() });
+    let fs = Fs::new(
+        store,
+        FsConfig {
+            read_only: true,
+            ..config()
+        },
+    );
     let f = fs.lookup(ROOT_INO, "f").await.unwrap();
     let erofs = |r: FsResult<()>| assert_eq!(r.unwrap_err().errno, libc::EROFS);
     erofs(fs.create(ROOT_INO, "g", false, 1).await.map(|_| ()));
     erofs(fs.mkdir(ROOT_INO, "d").await.map(|_| ()));
     erofs(fs.unlink(ROOT_INO, "f").await);
     erofs(fs.rmdir(ROOT_INO, "f").await);
-    erofs(fs.open(f.ino, OpenMode { write: true, truncate: true, ..Default::default() }).await.map(|_| ()));
+    erofs(
+        fs.open(
+            f.ino,
+            OpenMode {
+                write: true,
+                truncate: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .map(|_| ()),
+    );
     erofs(fs.setattr(f.ino, Some(0), None).await.map(|_| ()));
     assert_eq!(read_all(&fs, f.ino).await, b"x");
 }
@@ -344,7 +417,13 @@ async fn read_only_mounts_refuse_every_change_with_erofs() {
 async fn changes_in_the_store_show_after_the_metadata_ttl() {
     let store = Store::memory();
     put(&store, "f", b"one").await;
-    let fs = Fs::new(store.clone(), FsConfig { metadata_ttl: Duration::ZERO, ..config() });
+    let fs = Fs::new(
+        store.clone(),
+        FsConfig {
+            metadata_ttl: Duration::ZERO,
+            ..config()
+        },
+    );
     let a = fs.lookup(ROOT_INO, "f").await.unwrap();
     put(&store, "f", b"three").await;
     assert_eq!(fs.getattr(a.ino).await.unwrap().size, 5);
@@ -373,7 +452,10 @@ async fn a_truncate_to_the_current_size_is_accepted_and_others_are_not() {
     let fs = fs_over(store);
     let a = fs.lookup(ROOT_INO, "f").await.unwrap();
     assert_eq!(fs.setattr(a.ino, Some(5), None).await.unwrap().size, 5);
-    assert_eq!(fs.setattr(a.ino, Some(2), None).await.unwrap_err().errno, libc::ENOTSUP);
+    assert_eq!(
+        fs.setattr(a.ino, Some(2), None).await.unwrap_err().errno,
+        libc::ENOTSUP
+    );
     let (c, fh) = fs.create(ROOT_INO, "new", false, 1).await.unwrap();
     assert_eq!(fs.setattr(c.ino, Some(0), Some(fh)).await.unwrap().size, 0);
 }
@@ -425,7 +507,12 @@ impl MultipartUpload for FailingUpload {
 
 #[async_trait]
 impl ObjectStore for Failing {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
         if self.fail.load(Ordering::SeqCst) {
             return Err(injected());
         }
@@ -442,7 +529,11 @@ impl ObjectStore for Failing {
             fail: self.fail.clone(),
         }))
     }
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
         self.inner.get_opts(location, options).await
     }
     fn delete_stream(
@@ -464,7 +555,12 @@ impl ObjectStore for Failing {
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
         self.inner.list_with_delimiter(prefix).await
     }
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await
     }
 }
@@ -492,7 +588,10 @@ async fn a_failed_small_upload_fails_close_and_leaves_no_object() {
     assert_eq!(fs.release(fh).await.unwrap_err().errno, libc::EIO);
     fail.store(false, Ordering::SeqCst);
     assert!(store.head("f").await.unwrap().is_none());
-    assert_eq!(fs.lookup(ROOT_INO, "f").await.unwrap_err().errno, libc::ENOENT);
+    assert_eq!(
+        fs.lookup(ROOT_INO, "f").await.unwrap_err().errno,
+        libc::ENOENT
+    );
 }
 
 #[tokio::test]
@@ -502,13 +601,27 @@ async fn a_failed_multipart_upload_fails_fsync_and_keeps_the_old_object() {
     let fs = fs_over(store.clone());
     let a = fs.lookup(ROOT_INO, "f").await.unwrap();
     let fh = fs
-        .open(a.ino, OpenMode { write: true, truncate: true, pid: 7, ..Default::default() })
+        .open(
+            a.ino,
+            OpenMode {
+                write: true,
+                truncate: true,
+                pid: 7,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     fs.write(fh, 0, &data(2500)).await.unwrap();
     fail.store(true, Ordering::SeqCst);
     assert_eq!(fs.fsync(fh).await.unwrap_err().errno, libc::EIO);
     fs.release(fh).await.unwrap_err();
-    let old = inner.get(&Path::from("f")).await.unwrap().bytes().await.unwrap();
+    let old = inner
+        .get(&Path::from("f"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(&old[..], b"old");
 }

@@ -136,15 +136,18 @@ impl Writer {
         let e = if e.errno == libc::EINVAL || e.errno == libc::EBADF {
             e
         } else {
-            FsError::new(libc::EIO, format!("upload of {:?} failed: {}", self.key, e.message))
+            FsError::new(
+                libc::EIO,
+                format!("upload of {:?} failed: {}", self.key, e.message),
+            )
         };
         for t in self.in_flight.drain(..) {
             t.abort();
         }
-        if let Some(mut upload) = self.upload.take() {
-            if let Err(abort) = upload.abort().await {
-                tracing::warn!(key = %self.key, error = %abort, "could not abort multipart upload");
-            }
+        if let Some(mut upload) = self.upload.take()
+            && let Err(abort) = upload.abort().await
+        {
+            tracing::warn!(key = %self.key, error = %abort, "could not abort multipart upload");
         }
         self.buf = BytesMut::new();
         self.state = State::Failed(e.clone());

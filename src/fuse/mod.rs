@@ -341,7 +341,14 @@ impl Filesystem for FuseFs {
         });
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         self.spawn(move |fs, _| async move {
             match fs.fsync(fh.0).await {
                 Ok(()) => reply.ok(),
@@ -359,12 +366,24 @@ impl Filesystem for FuseFs {
         });
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         self.spawn(move |fs, _| async move {
             match fs.readdir(ino.0, fh.0, offset, READDIR_BATCH).await {
                 Ok(entries) => {
                     for e in entries {
-                        if reply.add(INodeNo(e.attr.ino), e.offset, file_type(e.attr.kind), &e.name) {
+                        if reply.add(
+                            INodeNo(e.attr.ino),
+                            e.offset,
+                            file_type(e.attr.kind),
+                            &e.name,
+                        ) {
                             break;
                         }
                     }
@@ -388,7 +407,14 @@ impl Filesystem for FuseFs {
                 Ok(entries) => {
                     for e in entries {
                         let attr = file_attr(&e.attr);
-                        if reply.add(INodeNo(e.attr.ino), e.offset, &e.name, &ttl, &attr, Generation(0)) {
+                        if reply.add(
+                            INodeNo(e.attr.ino),
+                            e.offset,
+                            &e.name,
+                            &ttl,
+                            &attr,
+                            Generation(0),
+                        ) {
                             break;
                         }
                         if e.name != "." && e.name != ".." {
@@ -402,7 +428,14 @@ impl Filesystem for FuseFs {
         });
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.spawn(move |fs, _| async move {
             let _ = fs.release(fh.0).await;
             reply.ok();
@@ -419,8 +452,19 @@ impl Filesystem for FuseFs {
         reply.ok();
     }
 
-    fn symlink(&self, _req: &Request, _parent: INodeNo, _link_name: &OsStr, _target: &Path, reply: ReplyEntry) {
-        reply.error(if self.fs.config().read_only { Errno::EROFS } else { Errno::ENOTSUP });
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(if self.fs.config().read_only {
+            Errno::EROFS
+        } else {
+            Errno::ENOTSUP
+        });
     }
 }
 

@@ -61,7 +61,11 @@ fn config(cfg: &MountConfig) -> Config {
     c
 }
 
-fn run(session: Session<FuseFs>, unmounter: Option<SessionUnmounter>, mountpoint: Option<PathBuf>) -> io::Result<Mounted> {
+fn run(
+    session: Session<FuseFs>,
+    unmounter: Option<SessionUnmounter>,
+    mountpoint: Option<PathBuf>,
+) -> io::Result<Mounted> {
     let (tx, rx) = oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("fuse-session".into())
@@ -103,13 +107,12 @@ impl Mounted {
 
     /// Unmount (when this process mounted) and wait for the session thread.
     pub fn unmount(mut self) -> io::Result<()> {
-        if let Some(mut u) = self.unmounter.take() {
-            if let Err(e) = u.unmount() {
-                if let Some(mp) = &self.mountpoint {
-                    tracing::warn!(mountpoint = %mp.display(), error = %e, "unmount failed; detaching");
-                    lazy_unmount(mp)?;
-                }
-            }
+        if let Some(mut u) = self.unmounter.take()
+            && let Err(e) = u.unmount()
+            && let Some(mp) = &self.mountpoint
+        {
+            tracing::warn!(mountpoint = %mp.display(), error = %e, "unmount failed; detaching");
+            lazy_unmount(mp)?;
         }
         self.join()
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use object_store::local::LocalFileSystem;
 
-use super::markers::Markers;
+use super::raw::Raw;
 use super::{Result, Source, Store, StoreError, StoreErrorKind};
 
 pub(super) fn open(source: &Source) -> Result<Store> {
@@ -21,7 +21,7 @@ pub(super) fn open(source: &Source) -> Result<Store> {
     let description = format!("file://{}", root.display());
     Ok(Store::new(
         Arc::new(fs),
-        Markers::Local(root),
+        Raw::Local(root),
         false,
         description,
     ))

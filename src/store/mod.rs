@@ -7,7 +7,7 @@
 mod error;
 mod gcs;
 mod local;
-mod markers;
+mod raw;
 mod s3;
 mod source;
 
@@ -21,9 +21,9 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
 
 pub use error::{StoreError, StoreErrorKind};
-pub use source::{Provider, Source, StoreOptions};
+pub use source::{Credentials, Provider, Source, StoreOptions};
 
-use markers::Markers;
+use raw::Raw;
 
 /// Result of store operations.
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -58,7 +58,7 @@ pub type Upload = Box<dyn object_store::MultipartUpload>;
 #[derive(Debug, Clone)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
-    markers: Arc<Markers>,
+    raw: Arc<Raw>,
     /// Whether ranged reads can be pinned to an ETag with `If-Match`.
     if_match: bool,
     description: String,
@@ -94,18 +94,13 @@ impl Store {
     /// memory (tests wrap the in-memory store to inject failures).
     pub fn wrap(inner: Arc<dyn ObjectStore>) -> Store {
         let description = format!("{inner}");
-        Store::new(inner, Markers::Memory(Default::default()), true, description)
+        Store::new(inner, Raw::Memory(Default::default()), true, description)
     }
 
-    fn new(
-        inner: Arc<dyn ObjectStore>,
-        markers: Markers,
-        if_match: bool,
-        description: String,
-    ) -> Store {
+    fn new(inner: Arc<dyn ObjectStore>, raw: Raw, if_match: bool, description: String) -> Store {
         Store {
             inner,
-            markers: Arc::new(markers),
+            raw: Arc::new(raw),
             if_match,
             description,
         }
@@ -135,7 +130,7 @@ impl Store {
     /// Whether anything exists under the directory key `dir` (which ends in `/`): an object
     /// below it or a marker for it.
     pub async fn dir_exists(&self, dir: &str) -> Result<bool> {
-        if self.markers.exists(dir).await? {
+        if self.raw.exists(dir).await? {
             return Ok(true);
         }
         let path = path_of(dir)?;
@@ -173,7 +168,7 @@ impl Store {
                 listing.files.push((name, info_of(&key, &meta)));
             }
         }
-        for name in self.markers.children(dir).await? {
+        for name in self.raw.children(dir).await? {
             if !listing.dirs.contains(&name) {
                 listing.dirs.push(name);
             }
@@ -209,6 +204,9 @@ impl Store {
     /// Write a whole object in one request.
     pub async fn put(&self, key: &str, data: PutPayload) -> Result<()> {
         let path = path_of(key)?;
+        if let Raw::Gcs(gcs) = &*self.raw {
+            return gcs.upload(key, data.into()).await;
+        }
         self.inner
             .put_opts(&path, data, Default::default())
             .await
@@ -228,6 +226,9 @@ impl Store {
     /// Delete the object at `key`. Deleting a missing object succeeds.
     pub async fn delete(&self, key: &str) -> Result<()> {
         let path = path_of(key)?;
+        if let Raw::Gcs(gcs) = &*self.raw {
+            return gcs.delete(key).await;
+        }
         match self.inner.delete(&path).await {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -243,12 +244,12 @@ impl Store {
 
     /// Create the marker object for the directory key `dir` (ending in `/`).
     pub async fn put_marker(&self, dir: &str) -> Result<()> {
-        self.markers.put(dir).await
+        self.raw.put(dir).await
     }
 
     /// Remove the marker object for `dir`, if there is one.
     pub async fn delete_marker(&self, dir: &str) -> Result<()> {
-        self.markers.delete(dir).await
+        self.raw.delete(dir).await
     }
 
     /// Check at start-up that the bucket answers and the credentials work for `prefix`.

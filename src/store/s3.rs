@@ -8,7 +8,7 @@ use object_store::aws::{AmazonS3Builder, AwsCredential};
 use object_store::client::HttpClient;
 use object_store::{ClientOptions, RetryConfig, StaticCredentialProvider};
 
-use super::markers::{Markers, S3Markers};
+use super::raw::{Raw, S3Raw};
 use super::source::Credentials;
 use super::{Result, Source, Store, StoreError, StoreErrorKind, StoreOptions};
 
@@ -128,7 +128,8 @@ pub(super) fn open(source: &Source, opts: &StoreOptions) -> Result<Store> {
     } else {
         builder = builder.with_virtual_hosted_style_request(!path_style);
     }
-    let web_identity = env("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() && env("AWS_ROLE_ARN").is_some();
+    let web_identity =
+        env("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() && env("AWS_ROLE_ARN").is_some();
     let container = env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some()
         || env("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some();
     let creds = if opts.no_sign_request {
@@ -147,7 +148,9 @@ pub(super) fn open(source: &Source, opts: &StoreOptions) -> Result<Store> {
         if web_identity {
             builder = builder
                 .with_config(
-                    object_store::aws::AmazonS3ConfigKey::from_str_lenient("aws_web_identity_token_file"),
+                    object_store::aws::AmazonS3ConfigKey::from_str_lenient(
+                        "aws_web_identity_token_file",
+                    ),
                     env("AWS_WEB_IDENTITY_TOKEN_FILE").unwrap_or_default(),
                 )
                 .with_config(
@@ -168,7 +171,7 @@ pub(super) fn open(source: &Source, opts: &StoreOptions) -> Result<Store> {
         .map_err(|e| StoreError::new(StoreErrorKind::Config, e.to_string()))?;
     let credentials = (!opts.no_sign_request).then(|| s3.credentials().clone());
     let http_client = reqwest_client(opts, allow_http)?;
-    let markers = Markers::S3(S3Markers {
+    let markers = Raw::S3(S3Raw {
         http: http_client,
         endpoint: endpoint.clone(),
         bucket: source.bucket.clone(),
@@ -209,7 +212,10 @@ mod tests {
         let text = "[default]\naws_access_key_id = A\naws_secret_access_key = B\n\
                     [work]\naws_access_key_id=C\naws_secret_access_key=D\naws_session_token=T\n";
         let d = parse_profile(text, "default").unwrap();
-        assert_eq!((d.access_key_id.as_str(), d.secret_access_key.as_str()), ("A", "B"));
+        assert_eq!(
+            (d.access_key_id.as_str(), d.secret_access_key.as_str()),
+            ("A", "B")
+        );
         let w = parse_profile(text, "work").unwrap();
         assert_eq!(w.session_token.as_deref(), Some("T"));
         assert!(parse_profile(text, "missing").is_none());

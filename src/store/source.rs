@@ -81,10 +81,7 @@ impl Source {
     /// Append `extra` (a `--prefix` value) to the prefix taken from the URL.
     pub fn with_prefix(mut self, extra: &str) -> Result<Source, StoreError> {
         let extra = normalize_prefix(extra).map_err(|e| {
-            StoreError::new(
-                StoreErrorKind::Config,
-                format!("bad prefix {extra:?}: {e}"),
-            )
+            StoreError::new(StoreErrorKind::Config, format!("bad prefix {extra:?}: {e}"))
         })?;
         self.prefix.push_str(&extra);
         Ok(self)
@@ -162,7 +159,10 @@ impl std::fmt::Debug for StoreOptions {
             .field("requester_pays", &self.requester_pays)
             .field("no_sign_request", &self.no_sign_request)
             .field("service_account_file", &self.service_account_file)
-            .field("credentials", &self.credentials.as_ref().map(|_| "<redacted>"))
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|_| "<redacted>"),
+            )
             .field("profile", &self.profile)
             .finish()
     }
@@ -191,7 +191,10 @@ mod tests {
         assert_eq!(s.prefix, "some/prefix/");
         let s = Source::parse("s3://my-bucket").unwrap();
         assert_eq!(s.prefix, "");
-        let s = Source::parse("gs://b-1/x/").unwrap().with_prefix("y").unwrap();
+        let s = Source::parse("gs://b-1/x/")
+            .unwrap()
+            .with_prefix("y")
+            .unwrap();
         assert_eq!(s.provider, Provider::Gcs);
         assert_eq!(s.prefix, "x/y/");
     }

