@@ -1,5 +1,6 @@
 //! Command-line parsing and the composition root: wires store → fs → fuse for `mount`.
 
+mod csi;
 mod daemon;
 mod logging;
 mod mount;
@@ -20,11 +21,14 @@ pub struct Cli {
 enum Command {
     /// Mount a bucket (s3://, gs://, file://, memory://) at a directory.
     Mount(Box<mount::MountArgs>),
+    /// Run the CSI driver (node plugin and/or controller) on a unix socket.
+    Csi(Box<csi::CsiArgs>),
 }
 
 /// Run the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Mount(args) => mount::run(*args),
+        Command::Csi(args) => csi::run(*args),
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Dependencies point one way: `csi` → `mounter`; `fuse` → `fs` → `store`.
 
+pub mod csi;
 pub mod fs;
 pub mod fuse;
 pub mod mounter;

@@ -211,6 +211,7 @@ fn mount_and_serve(args: &MountArgs) -> anyhow::Result<()> {
         requester_pays: args.requester_pays,
         no_sign_request: args.no_sign_request,
         service_account_file: args.service_account_file.clone(),
+        service_account_key: None,
         credentials: None,
         profile: args.profile.clone(),
         request_timeout: Some(Duration::from_secs(args.request_timeout.max(1))),

@@ -6,7 +6,7 @@
 //! pipes open.
 
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -39,24 +39,63 @@ fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Spawn `cmd` with a readiness pipe and wait up to `timeout` for its report.
 pub fn spawn_and_wait(cmd: &mut Command, timeout: Duration) -> io::Result<(Child, Readiness)> {
+    spawn_and_wait_with(cmd, &[], false, timeout)
+}
+
+/// Duplicate `fd` to a close-on-exec descriptor numbered 10 or more, out of the way of the
+/// numbers the child is given.
+fn high_dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a valid descriptor returns a new descriptor we own.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `n` was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Like [`spawn_and_wait`], also giving the child each `(descriptor, number)` of `extra`
+/// (numbers above [`CHILD_FD`]) and, with `new_session`, its own session, so that signals
+/// to the parent's process group do not reach it.
+pub fn spawn_and_wait_with(
+    cmd: &mut Command,
+    extra: &[(BorrowedFd<'_>, i32)],
+    new_session: bool,
+    timeout: Duration,
+) -> io::Result<(Child, Readiness)> {
     let (read_end, write_end) = cloexec_pipe()?;
-    let w = write_end.as_raw_fd();
+    let write_high = high_dup(write_end.as_fd())?;
+    drop(write_end);
+    let mut plan: Vec<(i32, i32)> = vec![(write_high.as_raw_fd(), CHILD_FD)];
+    let mut keep = Vec::new();
+    for (fd, number) in extra {
+        assert!(
+            *number > CHILD_FD,
+            "descriptor numbers above {CHILD_FD} only"
+        );
+        let high = high_dup(*fd)?;
+        plan.push((high.as_raw_fd(), *number));
+        keep.push(high);
+    }
     cmd.env(READY_FD_ENV, CHILD_FD.to_string());
-    // SAFETY: only async-signal-safe calls (dup2, fcntl) run between fork and exec.
+    // SAFETY: only async-signal-safe calls (setsid, dup2) run between fork and exec; every
+    // source descriptor is 10 or more, so no dup2 clobbers a later source.
     unsafe {
         cmd.pre_exec(move || {
-            if w == CHILD_FD {
-                if libc::fcntl(CHILD_FD, libc::F_SETFD, 0) != 0 {
+            if new_session {
+                libc::setsid();
+            }
+            for (from, to) in &plan {
+                if libc::dup2(*from, *to) < 0 {
                     return Err(io::Error::last_os_error());
                 }
-            } else if libc::dup2(w, CHILD_FD) < 0 {
-                return Err(io::Error::last_os_error());
             }
             Ok(())
         });
     }
     let child = cmd.spawn()?;
-    drop(write_end);
+    drop(write_high);
+    drop(keep);
     let readiness = read_report(read_end, timeout)?;
     Ok((child, readiness))
 }

@@ -13,6 +13,7 @@ const DEFAULT_BASE_URL: &str = "https://storage.googleapis.com";
 
 pub(super) fn open(source: &Source, opts: &StoreOptions) -> Result<Store> {
     let key_text = match &opts.service_account_file {
+        None if opts.service_account_key.is_some() => opts.service_account_key.clone(),
         Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
             StoreError::new(
                 StoreErrorKind::Config,

@@ -9,7 +9,7 @@ mod gcs;
 mod local;
 mod raw;
 mod s3;
-mod source;
+pub mod source;
 
 use std::ops::Range;
 use std::sync::{Arc, Once};
@@ -250,6 +250,75 @@ impl Store {
     /// Remove the marker object for `dir`, if there is one.
     pub async fn delete_marker(&self, dir: &str) -> Result<()> {
         self.raw.delete(dir).await
+    }
+
+    /// The whole object at `key` (for small records), or `None`.
+    pub async fn get_all(&self, key: &str) -> Result<Option<Bytes>> {
+        let path = path_of(key)?;
+        match self.inner.get(&path).await {
+            Ok(r) => r
+                .bytes()
+                .await
+                .map(Some)
+                .map_err(|e| StoreError::from_object_store(e, key)),
+            Err(e) => {
+                let e = StoreError::from_object_store(e, key);
+                if e.kind == StoreErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Delete every object below the directory key `prefix` ("" for the whole bucket),
+    /// directory markers included. Returns how many objects were deleted.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize> {
+        let path = path_of(prefix)?;
+        let root = if path.as_ref().is_empty() {
+            None
+        } else {
+            Some(path)
+        };
+        let mut deleted = 0;
+        let mut seen = std::collections::HashSet::new();
+        // Objects first; a key listed again after its delete is a marker (`dir/`), which
+        // `object_store` cannot address: remove it as a marker.
+        for _round in 0..3 {
+            let keys: Vec<String> = self
+                .inner
+                .list(root.as_ref())
+                .map_ok(|m| m.location.as_ref().to_string())
+                .try_collect()
+                .await
+                .map_err(|e| StoreError::from_object_store(e, prefix))?;
+            if keys.is_empty() {
+                break;
+            }
+            for key in keys {
+                if seen.insert(key.clone()) {
+                    self.delete(&key).await?;
+                } else {
+                    self.delete_marker(&format!("{key}/")).await?;
+                }
+                deleted += 1;
+            }
+        }
+        if !prefix.is_empty() {
+            self.delete_marker(prefix).await?;
+        }
+        Ok(deleted)
+    }
+
+    /// Create the bucket (S3 only; an existing bucket of ours is success).
+    pub async fn create_bucket(&self) -> Result<()> {
+        self.raw.create_bucket().await
+    }
+
+    /// Delete the empty bucket (S3 only).
+    pub async fn delete_bucket(&self) -> Result<()> {
+        self.raw.delete_bucket().await
     }
 
     /// Check at start-up that the bucket answers and the credentials work for `prefix`.

@@ -95,6 +95,28 @@ impl Raw {
         }
     }
 
+    /// Create the bucket itself (S3 only).
+    pub async fn create_bucket(&self) -> Result<()> {
+        match self {
+            Raw::S3(s3) => s3.send("PUT", "").await,
+            _ => Err(StoreError::new(
+                StoreErrorKind::Config,
+                "creating buckets is supported on S3 only",
+            )),
+        }
+    }
+
+    /// Delete the (empty) bucket itself (S3 only).
+    pub async fn delete_bucket(&self) -> Result<()> {
+        match self {
+            Raw::S3(s3) => s3.send("DELETE", "").await,
+            _ => Err(StoreError::new(
+                StoreErrorKind::Config,
+                "deleting buckets is supported on S3 only",
+            )),
+        }
+    }
+
     pub async fn delete(&self, dir: &str) -> Result<()> {
         match self {
             Raw::S3(s3) => s3.send("DELETE", dir).await,

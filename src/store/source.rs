@@ -140,6 +140,8 @@ pub struct StoreOptions {
     pub no_sign_request: bool,
     /// GCS service account JSON file.
     pub service_account_file: Option<PathBuf>,
+    /// GCS service account JSON itself (secret).
+    pub service_account_key: Option<String>,
     /// Explicit credentials; when `None`, the standard chains are used.
     pub credentials: Option<Credentials>,
     /// AWS profile to read from the shared credentials file.
@@ -159,6 +161,10 @@ impl std::fmt::Debug for StoreOptions {
             .field("requester_pays", &self.requester_pays)
             .field("no_sign_request", &self.no_sign_request)
             .field("service_account_file", &self.service_account_file)
+            .field(
+                "service_account_key",
+                &self.service_account_key.as_ref().map(|_| "<redacted>"),
+            )
             .field(
                 "credentials",
                 &self.credentials.as_ref().map(|_| "<redacted>"),

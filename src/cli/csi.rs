@@ -1,0 +1,77 @@
+//! `pail csi`: run the CSI driver (node plugin, controller, or both) on a unix socket.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use pail::csi::{DEFAULT_DRIVER_NAME, DriverConfig, Mode};
+
+use super::LogFormat;
+
+/// Arguments of `pail csi`.
+#[derive(Debug, Clone, Args)]
+pub struct CsiArgs {
+    /// Socket to serve on: unix:///path/csi.sock or a path.
+    #[arg(long, default_value = "unix:///csi/csi.sock")]
+    pub endpoint: String,
+    /// This node's id (the Kubernetes node name).
+    #[arg(long, env = "NODE_ID", default_value = "")]
+    pub node_id: String,
+    /// Services to serve.
+    #[arg(long, value_enum, default_value = "node")]
+    pub mode: Mode,
+    /// CSI driver name.
+    #[arg(long, default_value = DEFAULT_DRIVER_NAME)]
+    pub driver_name: String,
+    /// kubelet's root directory (target paths must be under its pods/).
+    #[arg(long, default_value = "/var/lib/kubelet")]
+    pub kubelet_dir: PathBuf,
+    /// Where the node plugin keeps a record of each mount.
+    #[arg(long, default_value = "/var/lib/pail")]
+    pub state_dir: PathBuf,
+    /// Controller: endpoint for DeleteVolume when the secret names none.
+    #[arg(long)]
+    pub default_endpoint_url: Option<String>,
+    /// Controller: region for DeleteVolume when the secret names none.
+    #[arg(long)]
+    pub default_region: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log debug details.
+    #[arg(long)]
+    pub debug: bool,
+}
+
+/// Run `pail csi` until SIGTERM/SIGINT.
+pub fn run(args: CsiArgs) -> anyhow::Result<()> {
+    super::logging::init(args.log_format, args.debug, None)?;
+    let cfg = DriverConfig {
+        endpoint: args.endpoint,
+        name: args.driver_name,
+        node_id: args.node_id,
+        mode: args.mode,
+        kubelet_dir: args.kubelet_dir,
+        state_dir: args.state_dir,
+        pail_bin: std::env::current_exe().context("locating the pail binary")?,
+        default_endpoint: args.default_endpoint_url,
+        default_region: args.default_region,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("pail-csi")
+        .build()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("signal received; stopping (live mounts keep running)");
+        };
+        pail::csi::serve(cfg, shutdown).await
+    })
+}

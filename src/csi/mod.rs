@@ -1,0 +1,18 @@
+//! The CSI driver: Identity, Node and Controller services (tonic) over a unix socket. The
+//! node service turns publishes into `pail mount` processes through [`crate::mounter`]; it
+//! never runs FUSE in its own process. Requests are never logged with `{:?}`: they carry
+//! secrets.
+
+/// Code generated from `proto/csi.proto`.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("csi.v1");
+}
+
+pub mod controller;
+pub mod identity;
+pub mod node;
+pub mod server;
+pub mod volume;
+
+pub use server::{DEFAULT_DRIVER_NAME, DriverConfig, Mode, serve};

@@ -1,0 +1,160 @@
+//! The Node service: publish a volume at a pod's target path as a `pail mount` process,
+//! unpublish it. Validation comes first; secrets never reach logs or errors.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::pb::node_server::Node;
+use super::pb::*;
+use super::volume::{PublishInput, capability, publish_request};
+use crate::mounter::{MountError, ProcessMounter};
+
+/// The node plugin.
+pub struct NodeService {
+    /// Node id reported to Kubernetes.
+    pub node_id: String,
+    /// Target paths must be below this directory (kubelet's root dir).
+    pub allowed_root: PathBuf,
+    /// Starts and stops mounts.
+    pub mounter: Arc<ProcessMounter>,
+}
+
+/// Check a target path: absolute, no `..`, below `root`.
+pub fn check_target(target: &str, root: &Path, field: &str) -> Result<PathBuf, Status> {
+    if target.is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is required")));
+    }
+    let p = Path::new(target);
+    if !p.is_absolute()
+        || p.components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(Status::invalid_argument(format!(
+            "{field}: {target:?} must be an absolute path without . or .."
+        )));
+    }
+    if !p.starts_with(root) || p == root {
+        return Err(Status::invalid_argument(format!(
+            "{field}: {target:?} is outside the kubelet directory {}",
+            root.display()
+        )));
+    }
+    if target.len() > 4096 {
+        return Err(Status::invalid_argument(format!("{field}: too long")));
+    }
+    Ok(p.to_path_buf())
+}
+
+fn status_of(e: MountError) -> Status {
+    match e {
+        MountError::Busy(m) => Status::failed_precondition(m),
+        MountError::Failed(m) => Status::internal(format!("mount failed: {m}")),
+        MountError::Io(m) => Status::internal(m),
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn node_publish_volume(
+        &self,
+        req: Request<NodePublishVolumeRequest>,
+    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
+        let req = req.into_inner();
+        if req.volume_id.is_empty() {
+            return Err(Status::invalid_argument("volume_id is required"));
+        }
+        let target = check_target(&req.target_path, &self.allowed_root, "target_path")?;
+        let (cap_read_only, mount_flags) =
+            capability(req.volume_capability.as_ref(), "volume_capability")?;
+        let mount = publish_request(
+            &PublishInput {
+                volume_id: &req.volume_id,
+                attrs: &req.volume_context,
+                secrets: &req.secrets,
+                readonly: req.readonly,
+                cap_read_only,
+                mount_flags: &mount_flags,
+            },
+            target,
+        )?;
+        tracing::info!(volume_id = %req.volume_id, target = %req.target_path, source = %mount.source, read_only = mount.read_only, "NodePublishVolume");
+        let mounter = self.mounter.clone();
+        tokio::task::spawn_blocking(move || mounter.publish(&mount))
+            .await
+            .map_err(|e| Status::internal(format!("publish task: {e}")))?
+            .map_err(status_of)?;
+        Ok(Response::new(NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        req: Request<NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+        let req = req.into_inner();
+        if req.volume_id.is_empty() {
+            return Err(Status::invalid_argument("volume_id is required"));
+        }
+        let target = check_target(&req.target_path, &self.allowed_root, "target_path")?;
+        tracing::info!(volume_id = %req.volume_id, target = %req.target_path, "NodeUnpublishVolume");
+        let mounter = self.mounter.clone();
+        tokio::task::spawn_blocking(move || mounter.unpublish(&target))
+            .await
+            .map_err(|e| Status::internal(format!("unpublish task: {e}")))?
+            .map_err(status_of)?;
+        Ok(Response::new(NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        _req: Request<NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
+        Err(Status::unimplemented(
+            "volume stats are not reported: object stores have no capacity",
+        ))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _req: Request<NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        Ok(Response::new(NodeGetCapabilitiesResponse {
+            capabilities: vec![],
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _req: Request<NodeGetInfoRequest>,
+    ) -> Result<Response<NodeGetInfoResponse>, Status> {
+        Ok(Response::new(NodeGetInfoResponse {
+            node_id: self.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: None,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_target;
+    use std::path::Path;
+
+    #[test]
+    fn targets_must_stay_below_the_kubelet_dir() {
+        let root = Path::new("/var/lib/kubelet");
+        assert!(check_target("/var/lib/kubelet/pods/x/volumes/v/mount", root, "t").is_ok());
+        for bad in [
+            "",
+            "relative/path",
+            "/etc/passwd",
+            "/var/lib/kubelet",
+            "/var/lib/kubelet/pods/../../../etc",
+            "/var/lib/kubeletX/pods",
+        ] {
+            let e = check_target(bad, root, "target_path").unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! One `pail mount` process per target path. Publish mounts `/dev/fuse` at the target,
+//! starts `pail mount --fuse-fd 4` in its own session with the descriptor, waits until it
+//! serves, and records it; unpublish unmounts (also a dead, "transport endpoint is not
+//! connected" mount), stops the process and removes the target. Both are idempotent and
+//! serialised per target.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::MountRequest;
+use super::kernel;
+use super::ready::{Readiness, spawn_and_wait_with};
+use super::state::{Record, StateDir};
+
+/// Descriptor number of the FUSE connection in the mount process.
+const FUSE_FD: i32 = 4;
+
+/// Why a mount operation failed.
+#[derive(Debug)]
+pub enum MountError {
+    /// Something else is mounted at the target.
+    Busy(String),
+    /// The mount process could not start or mount (bad bucket, credentials…).
+    Failed(String),
+    /// A local system call failed.
+    Io(String),
+}
+
+impl std::fmt::Display for MountError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MountError::Busy(m) | MountError::Failed(m) | MountError::Io(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for MountError {}
+
+/// Starts and stops mount processes.
+pub struct ProcessMounter {
+    pail_bin: PathBuf,
+    state: StateDir,
+    locks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
+    /// Mount processes found dead at unpublish (for metrics).
+    pub dead_mounts: std::sync::atomic::AtomicU64,
+    /// How long to wait for a mount process to serve.
+    pub ready_timeout: Duration,
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // A zombie still "exists": look at its state.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Whether `pid` is the pail mount process of `target` (not a reused pid).
+fn is_our_process(pid: u32, target: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let t = target.as_os_str().as_encoded_bytes();
+    args.contains(&&b"mount"[..]) && args.contains(&t) && pid_alive(pid)
+}
+
+fn reap(pid: u32) {
+    // SAFETY: waitpid with WNOHANG on a pid; harmless if it is not our child.
+    unsafe {
+        libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG);
+    }
+}
+
+fn stop_process(pid: u32, target: &Path) {
+    if !is_our_process(pid, target) {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut signalled = false;
+    while is_our_process(pid, target) {
+        reap(pid);
+        if Instant::now() > deadline {
+            if signalled {
+                // SAFETY: signalling a process we verified is our mount process.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                reap(pid);
+                return;
+            }
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            signalled = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    reap(pid);
+}
+
+impl ProcessMounter {
+    /// A mounter running `pail_bin` and keeping records in `state_dir`.
+    pub fn new(pail_bin: PathBuf, state_dir: &Path) -> std::io::Result<Self> {
+        Ok(ProcessMounter {
+            pail_bin,
+            state: StateDir::new(state_dir)?,
+            locks: Mutex::new(HashMap::new()),
+            dead_mounts: Default::default(),
+            ready_timeout: Duration::from_secs(60),
+        })
+    }
+
+    fn lock(&self, target: &Path) -> Arc<Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        if locks.len() > 10_000 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(target.to_path_buf()).or_default().clone()
+    }
+
+    /// Whether `target` is served by a live mount process of ours.
+    pub fn is_live(&self, target: &Path) -> bool {
+        kernel::mount_type(target).as_deref() == Some("fuse.pail")
+            && self
+                .state
+                .load(target)
+                .is_some_and(|r| is_our_process(r.pid, target))
+    }
+
+    /// Mount `req` at its target. Publishing a live mount again succeeds.
+    pub fn publish(&self, req: &MountRequest) -> Result<(), MountError> {
+        let target = &req.target;
+        let lock = self.lock(target);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        match kernel::mount_type(target).as_deref() {
+            Some("fuse.pail") => {
+                if self.is_live(target) {
+                    return Ok(());
+                }
+                tracing::warn!(target = %target.display(), "replacing a dead pail mount");
+                self.cleanup(target);
+            }
+            Some(other) => {
+                return Err(MountError::Busy(format!(
+                    "{} already has a {other} mount",
+                    target.display()
+                )));
+            }
+            None => {}
+        }
+        std::fs::create_dir_all(target)
+            .map_err(|e| MountError::Io(format!("creating {}: {e}", target.display())))?;
+        let fsname = format!("pail:{}", req.source);
+        let fuse = kernel::mount_fuse(target, &fsname, req.read_only)
+            .map_err(|e| MountError::Io(format!("mounting FUSE at {}: {e}", target.display())))?;
+
+        let mut cmd = Command::new(&self.pail_bin);
+        cmd.arg("mount")
+            .arg(&req.source)
+            .arg(target)
+            .arg(format!("--fuse-fd={FUSE_FD}"))
+            .args(&req.args)
+            .arg("--log-format=json")
+            .arg("--log-file")
+            .arg(self.state.log_path(target))
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for var in ["AWS_EC2_METADATA_DISABLED", "PAIL_LOG", "AWS_REGION"] {
+            if let Ok(v) = std::env::var(var) {
+                cmd.env(var, v);
+            }
+        }
+        cmd.envs(req.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if let Some(key) = &req.gcs_key {
+            let path = self
+                .state
+                .save_key(target, key)
+                .map_err(|e| MountError::Io(format!("saving the GCS key: {e}")))?;
+            cmd.arg("--service-account-file").arg(path);
+        }
+        let spawned = spawn_and_wait_with(
+            &mut cmd,
+            &[(fuse.as_fd(), FUSE_FD)],
+            true,
+            self.ready_timeout,
+        );
+        drop(fuse);
+        let (mut child, readiness) = match spawned {
+            Ok(x) => x,
+            Err(e) => {
+                self.cleanup(target);
+                return Err(MountError::Io(format!("starting the mount process: {e}")));
+            }
+        };
+        let failure = match readiness {
+            Readiness::Ready => None,
+            Readiness::Failed(why) => Some(why),
+            Readiness::TimedOut => Some(format!(
+                "the mount process did not serve within {:?}",
+                self.ready_timeout
+            )),
+        };
+        if let Some(why) = failure {
+            let _ = child.kill();
+            let _ = child.wait();
+            self.cleanup(target);
+            return Err(MountError::Failed(why));
+        }
+        let record = Record {
+            volume_id: req.volume_id.clone(),
+            target: target.clone(),
+            source: req.source.clone(),
+            pid: child.id(),
+        };
+        // The child runs on in its own session; reap it when it exits so it leaves no zombie.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        self.state
+            .save(&record)
+            .map_err(|e| MountError::Io(format!("saving the mount record: {e}")))?;
+        tracing::info!(volume_id = %req.volume_id, target = %target.display(), pid = record.pid, "published");
+        Ok(())
+    }
+
+    /// Unmount `target`, stop its process, remove the directory. Already gone is success.
+    pub fn unpublish(&self, target: &Path) -> Result<(), MountError> {
+        let lock = self.lock(target);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = self.state.load(target)
+            && !is_our_process(r.pid, target)
+        {
+            self.dead_mounts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(target = %target.display(), pid = r.pid, "the mount process had died; cleaning up its mount");
+        }
+        match kernel::mount_type(target).as_deref() {
+            Some("fuse.pail") | None => {}
+            Some(other) => {
+                return Err(MountError::Busy(format!(
+                    "{} has a {other} mount that pail did not make",
+                    target.display()
+                )));
+            }
+        }
+        self.cleanup(target);
+        match std::fs::remove_dir(target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(MountError::Io(format!(
+                    "removing {}: {e}",
+                    target.display()
+                )));
+            }
+        }
+        tracing::info!(target = %target.display(), "unpublished");
+        Ok(())
+    }
+
+    /// Unmount whatever pail mount is at `target`, stop its process, drop the record.
+    fn cleanup(&self, target: &Path) {
+        let record = self.state.load(target);
+        if kernel::mount_type(target).as_deref() == Some("fuse.pail")
+            && let Err(e) = kernel::unmount(target)
+        {
+            tracing::warn!(target = %target.display(), error = %e, "unmount failed");
+        }
+        if let Some(r) = record {
+            stop_process(r.pid, target);
+        }
+        self.state.remove(target);
+    }
+
+    /// Number of mounts recorded.
+    pub fn mount_count(&self) -> usize {
+        self.state.all().len()
+    }
+}

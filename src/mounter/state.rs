@@ -1,0 +1,123 @@
+//! The record kept per mount under the state directory (root-only files), so that a
+//! restarted node plugin finds the mount processes its predecessor started.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One live mount.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// CSI volume id.
+    pub volume_id: String,
+    /// Mount point.
+    pub target: PathBuf,
+    /// Bucket URL.
+    pub source: String,
+    /// Process serving the mount.
+    pub pid: u32,
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+/// A short stable name for a target path.
+fn slug(target: &Path) -> String {
+    // FNV-1a: stable across runs and versions, unlike the std hasher.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in target.as_os_str().as_encoded_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+impl StateDir {
+    /// Use (and create, root-only) `root`.
+    pub fn new(root: &Path) -> std::io::Result<StateDir> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(root.join("mounts"))?;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
+        Ok(StateDir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn record_path(&self, target: &Path) -> PathBuf {
+        self.root
+            .join("mounts")
+            .join(format!("{}.json", slug(target)))
+    }
+
+    /// Where the mount process of `target` writes its log.
+    pub fn log_path(&self, target: &Path) -> PathBuf {
+        self.root
+            .join("mounts")
+            .join(format!("{}.log", slug(target)))
+    }
+
+    /// Where the GCS key of `target` is kept while it is mounted.
+    pub fn key_path(&self, target: &Path) -> PathBuf {
+        self.root
+            .join("mounts")
+            .join(format!("{}.key.json", slug(target)))
+    }
+
+    /// Save the GCS key (root-only).
+    pub fn save_key(&self, target: &Path, key: &str) -> std::io::Result<PathBuf> {
+        let p = self.key_path(target);
+        write_private(&p, key.as_bytes())?;
+        Ok(p)
+    }
+
+    /// Save the record of a mount.
+    pub fn save(&self, record: &Record) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+        write_private(&self.record_path(&record.target), &bytes)
+    }
+
+    /// The record of `target`, if any.
+    pub fn load(&self, target: &Path) -> Option<Record> {
+        let bytes = std::fs::read(self.record_path(target)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Forget `target`: its record, key and log.
+    pub fn remove(&self, target: &Path) {
+        let _ = std::fs::remove_file(self.record_path(target));
+        let _ = std::fs::remove_file(self.key_path(target));
+        let _ = std::fs::remove_file(self.log_path(target));
+    }
+
+    /// Every record (for metrics and clean-up).
+    pub fn all(&self) -> Vec<Record> {
+        let Ok(dir) = std::fs::read_dir(self.root.join("mounts")) else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok())
+            .filter(|e| {
+                e.path().extension().is_some_and(|x| x == "json")
+                    && !e.path().to_string_lossy().ends_with(".key.json")
+            })
+            .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+            .collect()
+    }
+}
