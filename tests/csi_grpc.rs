@@ -549,11 +549,83 @@ async fn a_killed_mount_process_is_cleaned_up_by_unpublish() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let e = fs::metadata(t.join("x")).unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN));
+    // The kernel aborts the connection once the last holder of the FUSE descriptor is gone.
+    loop {
+        let e = fs::metadata(t.join("x")).unwrap_err();
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the mount never became disconnected: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     node.node_unpublish_volume(unpublish_req("vol-k", &t))
         .await
         .unwrap();
     assert!(!is_mounted(&t));
     assert!(!t.exists());
+}
+
+#[tokio::test]
+async fn the_plugin_registers_with_kubelet_by_itself_when_asked() {
+    use pail::csi::registration_pb::registration_client::RegistrationClient;
+    use pail::csi::registration_pb::{InfoRequest, RegistrationStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let kubelet = dir.path().join("kubelet");
+    let reg_dir = kubelet.join("plugins_registry");
+    let sock = dir.path().join("csi.sock");
+    let mut child = Command::new(pail_bin())
+        .arg("csi")
+        .arg(format!("--endpoint={}", sock.display()))
+        .args(["--node-id=n1", "--mode=node", "--register-with-kubelet"])
+        .arg(format!("--kubelet-dir={}", kubelet.display()))
+        .arg(format!(
+            "--state-dir={}",
+            dir.path().join("state").display()
+        ))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let reg_sock = reg_dir.join("s3.csi.pail.dev-reg.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reg_sock.exists() {
+        assert!(Instant::now() < deadline, "no registration socket");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Act as kubelet's plugin watcher.
+    let channel = Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let p = reg_sock.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
+        }))
+        .await
+        .unwrap();
+    let mut reg = RegistrationClient::new(channel);
+    let info = reg.get_info(InfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.r#type, "CSIPlugin");
+    assert_eq!(info.name, "s3.csi.pail.dev");
+    assert_eq!(
+        info.endpoint,
+        format!("{}/plugins/s3.csi.pail.dev/csi.sock", kubelet.display())
+    );
+    assert_eq!(info.supported_versions, ["1.0.0"]);
+    reg.notify_registration_status(RegistrationStatus {
+        plugin_registered: true,
+        error: String::new(),
+    })
+    .await
+    .unwrap();
+    drop(reg);
+    // SIGTERM: the sockets go, so kubelet deregisters the driver.
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+    assert!(!reg_dir.join("s3.csi.pail.dev-reg.sock").exists());
+    assert!(!sock.exists());
 }

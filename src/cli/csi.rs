@@ -35,6 +35,15 @@ pub struct CsiArgs {
     /// Controller: region for DeleteVolume when the secret names none.
     #[arg(long)]
     pub default_region: Option<String>,
+    /// Register with kubelet by serving its plugin-registration API (no node-driver-registrar).
+    #[arg(long)]
+    pub register_with_kubelet: bool,
+    /// Where kubelet looks for registration sockets (default: <kubelet-dir>/plugins_registry).
+    #[arg(long)]
+    pub registration_dir: Option<PathBuf>,
+    /// The CSI socket as kubelet sees it (default: <kubelet-dir>/plugins/<driver>/csi.sock).
+    #[arg(long)]
+    pub kubelet_registration_path: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -46,7 +55,22 @@ pub struct CsiArgs {
 /// Run `pail csi` until SIGTERM/SIGINT.
 pub fn run(args: CsiArgs) -> anyhow::Result<()> {
     super::logging::init(args.log_format, args.debug, None)?;
+    let register = args.register_with_kubelet.then(|| {
+        let dir = args
+            .registration_dir
+            .clone()
+            .unwrap_or_else(|| args.kubelet_dir.join("plugins_registry"));
+        let endpoint = args.kubelet_registration_path.clone().unwrap_or_else(|| {
+            format!(
+                "{}/plugins/{}/csi.sock",
+                args.kubelet_dir.display(),
+                args.driver_name
+            )
+        });
+        (dir, endpoint)
+    });
     let cfg = DriverConfig {
+        register,
         endpoint: args.endpoint,
         name: args.driver_name,
         node_id: args.node_id,

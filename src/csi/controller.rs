@@ -214,6 +214,12 @@ impl Controller for ControllerService {
             }
         }
         let provider = provider(params)?;
+        if provider == "memory" {
+            return Err(invalid(format!(
+                "{}: memory volumes cannot be provisioned",
+                keys::PROVIDER
+            )));
+        }
         if let Some(o) = params.get(keys::MOUNT_OPTIONS) {
             mount_options([o.as_str()])?;
         }

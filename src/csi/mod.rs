@@ -9,9 +9,16 @@ pub mod pb {
     tonic::include_proto!("csi.v1");
 }
 
+/// Code generated from `proto/pluginregistration.proto` (kubelet's plugin registration).
+#[allow(missing_docs, clippy::all)]
+pub mod registration_pb {
+    tonic::include_proto!("pluginregistration");
+}
+
 pub mod controller;
 pub mod identity;
 pub mod node;
+pub mod registration;
 pub mod server;
 pub mod volume;
 

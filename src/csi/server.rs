@@ -14,6 +14,7 @@ use super::node::NodeService;
 use super::pb::controller_server::ControllerServer;
 use super::pb::identity_server::IdentityServer;
 use super::pb::node_server::NodeServer;
+use super::registration::{self, RegistrationService};
 use crate::mounter::ProcessMounter;
 
 /// Which services a process serves.
@@ -48,7 +49,13 @@ pub struct DriverConfig {
     pub default_endpoint: Option<String>,
     /// Controller default region.
     pub default_region: Option<String>,
+    /// Register with kubelet without a sidecar: (registration dir, CSI socket path as
+    /// kubelet sees it).
+    pub register: Option<(PathBuf, String)>,
 }
+
+/// How long open connections may delay a shutdown.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The default driver name.
 pub const DEFAULT_DRIVER_NAME: &str = "s3.csi.pail.dev";
@@ -137,13 +144,53 @@ pub async fn serve(
     });
     let listener = bind(&path)?;
     tracing::info!(socket = %path.display(), driver = %cfg.name, mode = ?cfg.mode, "serving CSI");
-    tonic::transport::Server::builder()
-        .add_service(IdentityServer::new(identity))
-        .add_optional_service(node)
-        .add_optional_service(controller)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await
-        .context("CSI server")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    // Register only once the CSI socket answers: kubelet calls it right after GetInfo.
+    let registration = cfg.register.clone().map(|(dir, endpoint)| {
+        let service = RegistrationService {
+            name: cfg.name.clone(),
+            endpoint,
+        };
+        tokio::spawn(registration::serve(
+            registration::socket_in(&dir, &cfg.name),
+            service,
+            stopped(stop_rx.clone()),
+        ))
+    });
+    let mut server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(IdentityServer::new(identity))
+            .add_optional_service(node)
+            .add_optional_service(controller)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx)),
+    );
+    tokio::pin!(shutdown);
+    tokio::select! {
+        r = &mut server => {
+            r.context("CSI server task")?.context("CSI server")?;
+        }
+        _ = &mut shutdown => {
+            let _ = stop_tx.send(true);
+            // Graceful, but bounded: a client that keeps its connection open cannot hold
+            // the plugin forever.
+            match tokio::time::timeout(GRACE, &mut server).await {
+                Ok(r) => r.context("CSI server task")?.context("CSI server")?,
+                Err(_) => {
+                    tracing::warn!("connections still open after {GRACE:?}; stopping anyway");
+                    server.abort();
+                }
+            }
+        }
+    }
+    if let Some(r) = registration {
+        match tokio::time::timeout(GRACE, r).await {
+            Ok(r) => r.context("registration task")??,
+            Err(_) => tracing::warn!("registration socket still busy after {GRACE:?}"),
+        }
+    }
     let _ = std::fs::remove_file(&path);
     tracing::info!("CSI server stopped");
     Ok(())

@@ -97,8 +97,9 @@ pub fn provider(attrs: &HashMap<String, String>) -> Result<&'static str, Status>
     match attrs.get(keys::PROVIDER).map(|s| s.as_str()) {
         None | Some("") | Some("s3") => Ok("s3"),
         Some("gcs") | Some("gs") => Ok("gcs"),
+        Some("memory") => Ok("memory"),
         Some(other) => Err(invalid(format!(
-            "{}: {other:?} is not \"s3\" or \"gcs\"",
+            "{}: {other:?} is not \"s3\", \"gcs\" or \"memory\"",
             keys::PROVIDER
         ))),
     }
@@ -252,15 +253,20 @@ pub fn publish_request(
         }
     }
     let provider = provider(attrs)?;
-    let bucket = attrs
-        .get(keys::BUCKET)
-        .filter(|b| !b.is_empty())
-        .ok_or_else(|| invalid(format!("volume attribute {} is required", keys::BUCKET)))?;
-    validate_bucket(bucket).map_err(|e| invalid(format!("{}: {e}", keys::BUCKET)))?;
     let prefix = normalize_prefix(attrs.get(keys::PREFIX).map(|s| s.as_str()).unwrap_or(""))
         .map_err(|e| invalid(format!("{}: {e}", keys::PREFIX)))?;
-    let scheme = if provider == "gcs" { "gs" } else { "s3" };
-    let source = format!("{scheme}://{bucket}/{prefix}");
+    let source = if provider == "memory" {
+        // An empty bucket that lives as long as the mount (smoke tests, scratch space).
+        format!("memory://{prefix}")
+    } else {
+        let bucket = attrs
+            .get(keys::BUCKET)
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| invalid(format!("volume attribute {} is required", keys::BUCKET)))?;
+        validate_bucket(bucket).map_err(|e| invalid(format!("{}: {e}", keys::BUCKET)))?;
+        let scheme = if provider == "gcs" { "gs" } else { "s3" };
+        format!("{scheme}://{bucket}/{prefix}")
+    };
 
     let mut args = Vec::new();
     if let Some(e) = attrs.get(keys::ENDPOINT).filter(|e| !e.is_empty()) {
