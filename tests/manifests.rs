@@ -31,8 +31,12 @@ fn csi_help() -> String {
 /// The `[default: …]` of `--flag` in clap's long help.
 fn help_default(help: &str, flag: &str) -> String {
     let start = format!("--{flag} ");
-    let mut lines = help.lines().skip_while(|l| !l.trim_start().starts_with(&start));
-    lines.next().unwrap_or_else(|| panic!("no --{flag} in pail csi --help"));
+    let mut lines = help
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with(&start));
+    lines
+        .next()
+        .unwrap_or_else(|| panic!("no --{flag} in pail csi --help"));
     for line in lines {
         let t = line.trim();
         if t.starts_with("--") {
