@@ -51,6 +51,8 @@ impl Driver {
     }
 
     fn spawn(&mut self) {
+        // A killed predecessor leaves its socket file behind: wait for a live one.
+        let _ = fs::remove_file(self.socket());
         let log = fs::File::create(self.dir.path().join("driver.log")).unwrap();
         let child = Command::new(pail_bin())
             .arg("csi")

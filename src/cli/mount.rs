@@ -73,8 +73,8 @@ pub struct MountArgs {
     /// Size of one ranged GET and one upload part (e.g. 8M).
     #[arg(long, default_value = "8M", value_parser = parse_size)]
     pub part_size: u64,
-    /// Most bytes read ahead of one sequential reader (e.g. 64M).
-    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    /// Most bytes read ahead of one sequential reader (e.g. 32M).
+    #[arg(long, default_value = "32M", value_parser = parse_size)]
     pub max_prefetch: u64,
     /// Parts uploading at once per file being written.
     #[arg(long, default_value_t = 4)]

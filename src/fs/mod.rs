@@ -234,19 +234,16 @@ impl Fs {
         self.counters.remote_lookups.fetch_add(1, Ordering::Relaxed);
         let file_key = format!("{}{name}", p.key);
         let dir_key = format!("{file_key}/");
-        let (file, dir) = tokio::join!(self.store.head(&file_key), self.store.dir_exists(&dir_key));
+        // One HEAD answers for a file; only when there is none is the prefix listed. So a
+        // file shadows a directory of the same name, and a file lookup costs one request.
+        let file = self.store.head(&file_key).await?;
+        let dir = match file {
+            Some(_) => false,
+            None => self.store.dir_exists(&dir_key).await?,
+        };
         let mut inodes = self.inodes();
-        // A directory shadows a file of the same name.
-        let ino = match (dir, file) {
-            (Ok(true), _) => inodes.upsert(
-                parent,
-                name,
-                dir_key,
-                Kind::Dir,
-                self.dir_stat(),
-                self.expiry(),
-            ),
-            (_, Ok(Some(info))) => {
+        let ino = match (file, dir) {
+            (Some(info), _) => {
                 let stat = Stat {
                     size: info.size,
                     mtime: info.mtime,
@@ -254,14 +251,21 @@ impl Fs {
                 };
                 inodes.upsert(parent, name, file_key, Kind::File, stat, self.expiry())
             }
-            (Ok(false), Ok(None)) => {
+            (None, true) => inodes.upsert(
+                parent,
+                name,
+                dir_key,
+                Kind::Dir,
+                self.dir_stat(),
+                self.expiry(),
+            ),
+            (None, false) => {
                 if let Some(child) = inodes.child(parent, name).filter(|c| c.local) {
                     return Ok(self.attr_of(child));
                 }
                 inodes.remove_name(parent, name, self.expiry());
                 return Err(FsError::not_found(file_key));
             }
-            (Err(e), _) | (_, Err(e)) => return Err(e.into()),
         };
         let inode = inodes.get(ino).expect("just inserted");
         Ok(self.attr_of(inode))
@@ -467,7 +471,7 @@ impl Fs {
     }
 
     /// Write `data` at `offset` through handle `fh`.
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+    pub async fn write(&self, fh: u64, offset: u64, data: Bytes) -> FsResult<u32> {
         let h = self.handle(fh)?;
         let mut h = h.lock().await;
         match &mut *h {
@@ -597,6 +601,21 @@ impl Fs {
         Ok(snapshot.after(offset, max))
     }
 
+    /// The entries of an already listed directory handle, without waiting: `None` when the
+    /// listing must be (re)taken from the store or the handle is busy. Lets the FUSE adapter
+    /// answer from memory on its own thread.
+    pub fn readdir_cached(&self, fh: u64, offset: u64, max: usize) -> Option<Vec<DirEntry>> {
+        if offset == 0 {
+            return None;
+        }
+        let h = self.handle(fh).ok()?;
+        let guard = h.try_lock().ok()?;
+        match &*guard {
+            Handle::Dir(snapshot) if snapshot.is_loaded() => Some(snapshot.after(offset, max)),
+            _ => None,
+        }
+    }
+
     /// Take a kernel reference to `ino` (an entry returned by readdirplus).
     pub fn remember(&self, ino: u64) {
         self.inodes().add_lookups(ino, 1);
@@ -616,9 +635,14 @@ impl Fs {
             .map(|p| self.attr_of(p))
             .unwrap_or_else(|| dot.clone());
         let mut names = std::collections::HashSet::new();
-        for name in listing.dirs {
-            let key = format!("{}{name}/", dir.key);
-            let ino = inodes.upsert(ino, &name, key, Kind::Dir, self.dir_stat(), expiry);
+        // A file shadows a directory of the same name (as in lookup).
+        for (name, info) in listing.files {
+            let stat = Stat {
+                size: info.size,
+                mtime: info.mtime,
+                etag: info.etag,
+            };
+            let ino = inodes.upsert(ino, &name, info.key, Kind::File, stat, expiry);
             let attr = self.attr_of(inodes.get(ino).expect("inserted"));
             names.insert(name.clone());
             entries.push(DirEntry {
@@ -627,16 +651,12 @@ impl Fs {
                 offset: 0,
             });
         }
-        for (name, info) in listing.files {
+        for name in listing.dirs {
             if names.contains(&name) {
-                continue; // a directory shadows a file of the same name
+                continue;
             }
-            let stat = Stat {
-                size: info.size,
-                mtime: info.mtime,
-                etag: info.etag,
-            };
-            let ino = inodes.upsert(ino, &name, info.key, Kind::File, stat, expiry);
+            let key = format!("{}{name}/", dir.key);
+            let ino = inodes.upsert(ino, &name, key, Kind::Dir, self.dir_stat(), expiry);
             let attr = self.attr_of(inodes.get(ino).expect("inserted"));
             names.insert(name.clone());
             entries.push(DirEntry {

@@ -31,7 +31,7 @@ impl Default for ReadConfig {
         ReadConfig {
             part_size: 8 << 20,
             initial_window: 1 << 20,
-            max_window: 64 << 20,
+            max_window: 32 << 20,
         }
     }
 }

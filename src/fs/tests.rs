@@ -50,7 +50,9 @@ async fn put(store: &Store, key: &str, bytes: &[u8]) {
 async fn write_file(fs: &Fs, parent: u64, name: &str, bytes: &[u8]) -> Attr {
     let (attr, fh) = fs.create(parent, name, true, 7).await.unwrap();
     for (i, chunk) in bytes.chunks(300).enumerate() {
-        fs.write(fh, (i * 300) as u64, chunk).await.unwrap();
+        fs.write(fh, (i * 300) as u64, Bytes::copy_from_slice(chunk))
+            .await
+            .unwrap();
     }
     fs.flush(fh, 7).await.unwrap();
     fs.release(fh).await.unwrap();
@@ -110,13 +112,15 @@ async fn objects_are_files_and_prefixes_are_directories() {
 }
 
 #[tokio::test]
-async fn a_directory_shadows_a_file_of_the_same_name() {
+async fn a_file_shadows_a_directory_of_the_same_name() {
     let store = Store::memory();
     put(&store, "x", b"file").await;
     put(&store, "x/inner", b"in").await;
     let fs = fs_over(store);
-    assert_eq!(fs.lookup(ROOT_INO, "x").await.unwrap().kind, Kind::Dir);
+    let x = fs.lookup(ROOT_INO, "x").await.unwrap();
+    assert_eq!((x.kind, x.size), (Kind::File, 4));
     assert_eq!(names(&fs, ROOT_INO).await, [".", "..", "x"]);
+    assert_eq!(fs.counters.remote_lookups.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test]
@@ -143,7 +147,9 @@ async fn written_files_become_objects_at_close() {
     let bytes = data(5555); // several 1000-byte parts: a multipart upload
     let (attr, fh) = fs.create(ROOT_INO, "f.bin", true, 7).await.unwrap();
     for (i, chunk) in bytes.chunks(700).enumerate() {
-        fs.write(fh, (i * 700) as u64, chunk).await.unwrap();
+        fs.write(fh, (i * 700) as u64, Bytes::copy_from_slice(chunk))
+            .await
+            .unwrap();
     }
     assert!(
         store.head("f.bin").await.unwrap().is_none(),
@@ -175,8 +181,11 @@ async fn small_and_empty_files_are_single_puts() {
 async fn writes_must_be_sequential_for_new_files() {
     let fs = fs_over(Store::memory());
     let (_, fh) = fs.create(ROOT_INO, "f", true, 7).await.unwrap();
-    fs.write(fh, 0, b"abc").await.unwrap();
-    let e = fs.write(fh, 10, b"x").await.unwrap_err();
+    fs.write(fh, 0, Bytes::from_static(b"abc")).await.unwrap();
+    let e = fs
+        .write(fh, 10, Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
     assert_eq!(e.errno, libc::EINVAL);
 }
 
@@ -209,7 +218,7 @@ async fn overwrite_needs_o_trunc_and_replaces_the_object() {
         )
         .await
         .unwrap();
-    fs.write(fh, 0, b"new").await.unwrap();
+    fs.write(fh, 0, Bytes::from_static(b"new")).await.unwrap();
     fs.flush(fh, 7).await.unwrap();
     fs.release(fh).await.unwrap();
     assert_eq!(fs.getattr(a.ino).await.unwrap().size, 3);
@@ -579,7 +588,7 @@ async fn a_failed_small_upload_fails_close_and_leaves_no_object() {
     let (store, fail, _) = failing();
     let fs = fs_over(store.clone());
     let (_, fh) = fs.create(ROOT_INO, "f", true, 7).await.unwrap();
-    fs.write(fh, 0, b"data").await.unwrap();
+    fs.write(fh, 0, Bytes::from_static(b"data")).await.unwrap();
     fail.store(true, Ordering::SeqCst);
     let e = fs.flush(fh, 7).await.unwrap_err();
     assert_eq!(e.errno, libc::EIO);
@@ -612,7 +621,7 @@ async fn a_failed_multipart_upload_fails_fsync_and_keeps_the_old_object() {
         )
         .await
         .unwrap();
-    fs.write(fh, 0, &data(2500)).await.unwrap();
+    fs.write(fh, 0, Bytes::from(data(2500))).await.unwrap();
     fail.store(true, Ordering::SeqCst);
     assert_eq!(fs.fsync(fh).await.unwrap_err().errno, libc::EIO);
     fs.release(fh).await.unwrap_err();

@@ -2,13 +2,13 @@
 //! (multipart) while the writer is still writing; the object appears when the upload
 //! completes at close or fsync. A small file is sent in one PUT.
 //!
-//! Memory per writer is bounded by `part_size * (max_in_flight + 1)`. Any failure is kept
+//! Memory per writer is bounded by about `part_size * (max_in_flight + 1)` plus one write. Any failure is kept
 //! and returned by every later call, so close()/fsync() report it; an incomplete multipart
 //! upload is aborted, so no partial object is ever visible.
 
 use std::collections::VecDeque;
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use object_store::PutPayload;
 use tokio::task::JoinHandle;
 
@@ -44,7 +44,9 @@ pub struct Writer {
     store: Store,
     key: String,
     cfg: WriteConfig,
-    buf: BytesMut,
+    /// Data of the part being filled, as written (no copy until the store sends it).
+    buf: Vec<Bytes>,
+    buffered: usize,
     written: u64,
     upload: Option<Upload>,
     in_flight: VecDeque<JoinHandle<object_store::Result<()>>>,
@@ -58,7 +60,8 @@ impl Writer {
             store,
             key,
             cfg,
-            buf: BytesMut::new(),
+            buf: Vec::new(),
+            buffered: 0,
             written: 0,
             upload: None,
             in_flight: VecDeque::new(),
@@ -88,7 +91,7 @@ impl Writer {
     }
 
     /// Append `data` at `offset`, which must be the current end of the file.
-    pub async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<u32> {
+    pub async fn write(&mut self, offset: u64, data: Bytes) -> FsResult<u32> {
         self.check_open()?;
         if offset != self.written {
             return Err(FsError::new(
@@ -99,15 +102,19 @@ impl Writer {
                 ),
             ));
         }
-        self.buf.extend_from_slice(data);
-        self.written += data.len() as u64;
-        while self.buf.len() >= self.cfg.part_size {
-            let part = self.buf.split_to(self.cfg.part_size).freeze();
-            if let Err(e) = self.send_part(PutPayload::from(part)).await {
+        let n = data.len();
+        self.written += n as u64;
+        self.buffered += n;
+        self.buf.push(data);
+        // A part is at least `part_size` bytes (S3 needs 5 MiB but for the last part).
+        if self.buffered >= self.cfg.part_size {
+            let part: PutPayload = std::mem::take(&mut self.buf).into_iter().collect();
+            self.buffered = 0;
+            if let Err(e) = self.send_part(part).await {
                 return Err(self.fail(e).await);
             }
         }
-        Ok(data.len() as u32)
+        Ok(n as u32)
     }
 
     async fn send_part(&mut self, payload: PutPayload) -> FsResult<()> {
@@ -149,7 +156,8 @@ impl Writer {
         {
             tracing::warn!(key = %self.key, error = %abort, "could not abort multipart upload");
         }
-        self.buf = BytesMut::new();
+        self.buf = Vec::new();
+        self.buffered = 0;
         self.state = State::Failed(e.clone());
         e
     }
@@ -172,13 +180,14 @@ impl Writer {
     }
 
     async fn complete(&mut self) -> FsResult<()> {
-        let rest = std::mem::take(&mut self.buf).freeze();
+        let rest: PutPayload = std::mem::take(&mut self.buf).into_iter().collect();
+        self.buffered = 0;
         if self.upload.is_none() {
-            self.store.put(&self.key, PutPayload::from(rest)).await?;
+            self.store.put(&self.key, rest).await?;
             return Ok(());
         }
-        if !rest.is_empty() {
-            self.send_part(PutPayload::from(rest)).await?;
+        if rest.content_length() > 0 {
+            self.send_part(rest).await?;
         }
         while let Some(t) = self.in_flight.pop_front() {
             Self::wait_part(&self.key, t).await?;

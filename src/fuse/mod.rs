@@ -24,7 +24,7 @@ pub use session::{MountConfig, Mounted, lazy_unmount, mount, serve_fd};
 /// Largest read/write request the kernel may send (1 MiB).
 const MAX_IO: u32 = 1 << 20;
 /// Entries asked from the core per readdir request.
-const READDIR_BATCH: usize = 512;
+const READDIR_BATCH: usize = 128;
 
 /// The `fuser::Filesystem` over a [`Fs`].
 pub struct FuseFs {
@@ -297,9 +297,9 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let data = data.to_vec();
+        let data = bytes::Bytes::copy_from_slice(data);
         self.spawn(move |fs, _| async move {
-            match fs.write(fh.0, offset, &data).await {
+            match fs.write(fh.0, offset, data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(&e, "write")),
             }
@@ -400,29 +400,38 @@ impl Filesystem for FuseFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
+        fn fill(
+            fs: &Fs,
+            ttl: Duration,
+            mut reply: ReplyDirectoryPlus,
+            entries: Vec<crate::fs::DirEntry>,
+        ) {
+            for e in entries {
+                let attr = file_attr(&e.attr);
+                if reply.add(
+                    INodeNo(e.attr.ino),
+                    e.offset,
+                    &e.name,
+                    &ttl,
+                    &attr,
+                    Generation(0),
+                ) {
+                    break;
+                }
+                if e.name != "." && e.name != ".." {
+                    fs.remember(e.attr.ino);
+                }
+            }
+            reply.ok();
+        }
+        if let Some(entries) = self.fs.readdir_cached(fh.0, offset, READDIR_BATCH) {
+            return fill(&self.fs, self.ttl, reply, entries);
+        }
         self.spawn(move |fs, ttl| async move {
             match fs.readdir(ino.0, fh.0, offset, READDIR_BATCH).await {
-                Ok(entries) => {
-                    for e in entries {
-                        let attr = file_attr(&e.attr);
-                        if reply.add(
-                            INodeNo(e.attr.ino),
-                            e.offset,
-                            &e.name,
-                            &ttl,
-                            &attr,
-                            Generation(0),
-                        ) {
-                            break;
-                        }
-                        if e.name != "." && e.name != ".." {
-                            fs.remember(e.attr.ino);
-                        }
-                    }
-                    reply.ok();
-                }
+                Ok(entries) => fill(&fs, ttl, reply, entries),
                 Err(e) => reply.error(errno(&e, "readdirplus")),
             }
         });
