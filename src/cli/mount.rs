@@ -89,6 +89,15 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 10)]
     pub max_retries: usize,
 
+    /// Where files edited in place (append, seek+write, truncate) are staged.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Most bytes staged at once; past it writes fail with ENOSPC.
+    #[arg(long, default_value = "10G", value_parser = parse_size)]
+    pub max_cache_size: u64,
+    /// Most keys a directory rename copies; past it rename fails with EXDEV.
+    #[arg(long, default_value_t = 1000)]
+    pub rename_dir_limit: usize,
     /// Serve this already mounted /dev/fuse descriptor instead of mounting.
     #[arg(long)]
     pub fuse_fd: Option<i32>,
@@ -244,6 +253,11 @@ fn mount_and_serve(args: &MountArgs) -> anyhow::Result<()> {
             part_size: args.part_size as usize,
             max_in_flight: args.upload_concurrency,
         },
+        cache_dir: args.cache_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("pail-cache-{}", std::process::id()))
+        }),
+        max_cache_size: args.max_cache_size,
+        rename_dir_limit: args.rename_dir_limit,
     };
     // Handle SIGTERM/SIGINT from before the mount is reported live.
     let (mut term, mut int) = rt.block_on(async {

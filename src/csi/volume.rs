@@ -74,6 +74,8 @@ const MOUNT_FLAGS: &[(&str, bool)] = &[
     ("max-threads", true),
     ("request-timeout", true),
     ("max-retries", true),
+    ("max-cache-size", true),
+    ("rename-dir-limit", true),
 ];
 
 const MAX_VALUE_LEN: usize = 1024;

@@ -211,6 +211,42 @@ impl Inodes {
         self.negative.insert(id, negative_until);
     }
 
+    /// Move `ino` to `(parent, name)` with key `key`; inodes below a moved directory get
+    /// their keys rewritten. Whatever was at the destination loses its name.
+    pub fn rename(
+        &mut self,
+        ino: u64,
+        parent: u64,
+        name: &str,
+        key: String,
+        negative_until: Instant,
+    ) {
+        let Some(old) = self.map.get(&ino).cloned() else {
+            return;
+        };
+        self.remove_name(parent, name, negative_until);
+        self.negative.remove(&(parent, name.to_string()));
+        let old_id = (old.parent, old.name.clone());
+        if self.by_name.get(&old_id) == Some(&ino) {
+            self.by_name.remove(&old_id);
+        }
+        self.negative.insert(old_id, negative_until);
+        if old.kind == Kind::Dir {
+            for inode in self.map.values_mut() {
+                if inode.ino != ino && inode.key.starts_with(&old.key) {
+                    inode.key = format!("{key}{}", &inode.key[old.key.len()..]);
+                }
+            }
+        }
+        if let Some(i) = self.map.get_mut(&ino) {
+            i.parent = parent;
+            i.name = name.to_string();
+            i.key = key;
+            i.expiry = Instant::now();
+        }
+        self.by_name.insert((parent, name.to_string()), ino);
+    }
+
     /// Add `n` kernel references to `ino`.
     pub fn add_lookups(&mut self, ino: u64, n: u64) {
         if let Some(inode) = self.map.get_mut(&ino) {

@@ -3,9 +3,12 @@
 //! nothing of FUSE, gRPC or Kubernetes and is tested directly against the in-memory store.
 
 mod dir;
+mod dirops;
 mod error;
+mod handles;
 mod inode;
 mod read;
+mod stage;
 mod write;
 
 #[cfg(test)]
@@ -16,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use tokio::sync::Mutex as AsyncMutex;
 
 pub use dir::DirEntry;
@@ -29,6 +31,7 @@ use crate::store::{Store, valid_name};
 use dir::DirSnapshot;
 use inode::{Inode, Inodes, Stat};
 use read::Reader;
+use stage::{Cache, Staged};
 use write::Writer;
 
 /// Mount-wide settings of the file system.
@@ -52,6 +55,12 @@ pub struct FsConfig {
     pub read: ReadConfig,
     /// Writes.
     pub write: WriteConfig,
+    /// Where files being edited in place are staged.
+    pub cache_dir: std::path::PathBuf,
+    /// Most bytes staged at once; past it writes fail with ENOSPC.
+    pub max_cache_size: u64,
+    /// Most keys a directory rename copies; past it rename fails with EXDEV.
+    pub rename_dir_limit: usize,
 }
 
 impl Default for FsConfig {
@@ -66,6 +75,9 @@ impl Default for FsConfig {
             metadata_ttl: Duration::from_secs(1),
             read: ReadConfig::default(),
             write: WriteConfig::default(),
+            cache_dir: std::env::temp_dir().join("pail-cache"),
+            max_cache_size: 10 << 30,
+            rename_dir_limit: 1000,
         }
     }
 }
@@ -98,13 +110,29 @@ pub struct OpenMode {
     pub truncate: bool,
     /// O_APPEND.
     pub append: bool,
+    /// Opened for reading too (O_RDWR).
+    pub read: bool,
     /// Process that opened it.
+    pub pid: u32,
+}
+
+/// How a file is created.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CreateMode {
+    /// O_EXCL.
+    pub exclusive: bool,
+    /// O_RDWR: readable while written (staged).
+    pub read: bool,
+    /// O_APPEND.
+    pub append: bool,
+    /// Process that created it.
     pub pid: u32,
 }
 
 enum Handle {
     Read(Reader),
     Write { ino: u64, pid: u32, writer: Writer },
+    Staged { ino: u64, staged: Staged },
     Dir(DirSnapshot),
 }
 
@@ -125,6 +153,7 @@ pub struct Fs {
     handles: Mutex<HashMap<u64, Arc<AsyncMutex<Handle>>>>,
     next_fh: AtomicU64,
     started: SystemTime,
+    cache: Arc<Cache>,
     /// Counters.
     pub counters: Counters,
 }
@@ -135,6 +164,7 @@ impl Fs {
         let started = SystemTime::now();
         Fs {
             inodes: Mutex::new(Inodes::new(&cfg.prefix, started)),
+            cache: Arc::new(Cache::new(cfg.cache_dir.clone(), cfg.max_cache_size)),
             store,
             cfg,
             handles: Mutex::new(HashMap::new()),
@@ -303,460 +333,9 @@ impl Fs {
         }
     }
 
-    /// Change attributes. Only a size equal to the current one (or 0 on an empty new
-    /// file) is accepted; mode, owner and times are accepted and not stored.
-    pub async fn setattr(&self, ino: u64, size: Option<u64>, fh: Option<u64>) -> FsResult<Attr> {
-        let inode = self.inode(ino)?;
-        if let Some(size) = size {
-            self.writable()?;
-            if inode.kind == Kind::Dir {
-                return Err(FsError::new(libc::EISDIR, "cannot truncate a directory"));
-            }
-            let current = match fh.and_then(|fh| self.handle(fh).ok()) {
-                Some(h) => match &*h.lock().await {
-                    Handle::Write { writer, .. } => writer.size(),
-                    _ => inode.stat.size,
-                },
-                None => inode.stat.size,
-            };
-            if size != current {
-                return Err(FsError::new(
-                    libc::ENOTSUP,
-                    format!(
-                        "{:?}: truncating from {current} to {size} bytes is not supported",
-                        inode.key
-                    ),
-                ));
-            }
-        }
-        Ok(self.attr_of(&self.inode(ino)?))
-    }
-
-    fn new_fh(&self, handle: Handle) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, Arc::new(AsyncMutex::new(handle)));
-        fh
-    }
-
-    fn handle(&self, fh: u64) -> FsResult<Arc<AsyncMutex<Handle>>> {
-        self.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh)
-            .cloned()
-            .ok_or_else(|| FsError::new(libc::EBADF, format!("unknown file handle {fh}")))
-    }
-
-    fn take_handle(&self, fh: u64) -> Option<Arc<AsyncMutex<Handle>>> {
-        self.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh)
-    }
-
-    /// Open file `ino`.
-    pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<u64> {
-        let inode = self.inode(ino)?;
-        if inode.kind == Kind::Dir {
-            return Err(FsError::new(
-                libc::EISDIR,
-                format!("{:?} is a directory", inode.key),
-            ));
-        }
-        if mode.write {
-            self.writable()?;
-            if !(mode.truncate || (inode.local && inode.stat.size == 0)) {
-                return Err(FsError::new(
-                    libc::EPERM,
-                    format!(
-                        "{:?}: opening an existing file for writing needs O_TRUNC (append and in-place writes are not supported)",
-                        inode.key
-                    ),
-                ));
-            }
-            if let Some(i) = self.inodes().get_mut(ino) {
-                i.local = true;
-                i.stat.size = 0;
-                i.stat.mtime = SystemTime::now();
-            }
-            let writer = Writer::new(self.store.clone(), inode.key.clone(), self.cfg.write);
-            return Ok(self.new_fh(Handle::Write {
-                ino,
-                pid: mode.pid,
-                writer,
-            }));
-        }
-        let attr = self.getattr(ino).await?;
-        let etag = self.inode(ino)?.stat.etag;
-        let reader = Reader::new(
-            self.store.clone(),
-            inode.key.clone(),
-            attr.size,
-            etag,
-            self.cfg.read,
-        );
-        Ok(self.new_fh(Handle::Read(reader)))
-    }
-
-    /// Create and open a new file `name` in `parent`.
-    pub async fn create(
-        &self,
-        parent: u64,
-        name: &str,
-        exclusive: bool,
-        pid: u32,
-    ) -> FsResult<(Attr, u64)> {
-        self.writable()?;
-        let p = self.parent_dir(parent)?;
-        if !valid_name(name) {
-            return Err(FsError::new(
-                libc::EINVAL,
-                format!("invalid file name {name:?}"),
-            ));
-        }
-        match self.resolve(parent, name).await {
-            Ok(existing) if existing.kind == Kind::Dir => {
-                return Err(FsError::new(
-                    libc::EISDIR,
-                    format!("{name:?} is a directory"),
-                ));
-            }
-            Ok(_) if exclusive => {
-                return Err(FsError::new(libc::EEXIST, format!("{name:?} exists")));
-            }
-            Ok(_)
-            | Err(FsError {
-                errno: libc::ENOENT,
-                ..
-            }) => {}
-            Err(e) => return Err(e),
-        }
-        let key = format!("{}{name}", p.key);
-        let stat = Stat {
-            size: 0,
-            mtime: SystemTime::now(),
-            etag: None,
-        };
-        let attr = {
-            let mut inodes = self.inodes();
-            let ino = inodes.insert_local(parent, name, key.clone(), stat);
-            let i = inodes.get_mut(ino).expect("just inserted");
-            i.lookups += 1;
-            self.attr_of(i)
-        };
-        let writer = Writer::new(self.store.clone(), key, self.cfg.write);
-        let fh = self.new_fh(Handle::Write {
-            ino: attr.ino,
-            pid,
-            writer,
-        });
-        Ok((attr, fh))
-    }
-
-    /// Read up to `len` bytes at `offset` from handle `fh`.
-    pub async fn read(&self, fh: u64, offset: u64, len: u32) -> FsResult<Bytes> {
-        let h = self.handle(fh)?;
-        let mut h = h.lock().await;
-        match &mut *h {
-            Handle::Read(r) => r.read(offset, len).await,
-            Handle::Write { .. } => Err(FsError::new(
-                libc::EBADF,
-                "reading a file while it is being written is not supported",
-            )),
-            Handle::Dir(_) => Err(FsError::new(libc::EISDIR, "is a directory")),
-        }
-    }
-
-    /// Write `data` at `offset` through handle `fh`.
-    pub async fn write(&self, fh: u64, offset: u64, data: Bytes) -> FsResult<u32> {
-        let h = self.handle(fh)?;
-        let mut h = h.lock().await;
-        match &mut *h {
-            Handle::Write { ino, writer, .. } => {
-                let n = writer.write(offset, data).await?;
-                let size = writer.size();
-                if let Some(i) = self.inodes().get_mut(*ino) {
-                    i.stat.size = size;
-                    i.stat.mtime = SystemTime::now();
-                }
-                Ok(n)
-            }
-            _ => Err(FsError::new(libc::EBADF, "file not open for writing")),
-        }
-    }
-
-    /// close(): complete the upload of a file written through `fh` by process `pid`.
-    pub async fn flush(&self, fh: u64, pid: u32) -> FsResult<()> {
-        let Ok(h) = self.handle(fh) else {
-            return Ok(());
-        };
-        let mut h = h.lock().await;
-        if let Handle::Write {
-            ino,
-            pid: opener,
-            writer,
-        } = &mut *h
-        {
-            // A close() before any write (e.g. the shell's dup2-then-close of a redirection)
-            // leaves the upload open; the release after the last close completes it anyway.
-            if (*opener == pid || pid == 0) && writer.size() > 0 {
-                let ino = *ino;
-                self.finish(ino, writer).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// fsync(): complete the upload now.
-    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
-        let h = self.handle(fh)?;
-        let mut h = h.lock().await;
-        if let Handle::Write { ino, writer, .. } = &mut *h {
-            let ino = *ino;
-            self.finish(ino, writer).await?;
-        }
-        Ok(())
-    }
-
-    async fn finish(&self, ino: u64, writer: &mut Writer) -> FsResult<()> {
-        let was_finished = writer.is_finished();
-        let result = writer.finish().await;
-        if was_finished {
-            return result;
-        }
-        let mut inodes = self.inodes();
-        if let Some(i) = inodes.get_mut(ino) {
-            i.local = false;
-            i.stat.size = writer.size();
-            i.stat.etag = None;
-            // Ask the store for the final ETag and mtime at the next stat.
-            i.expiry = Instant::now();
-        }
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "upload failed; the object was not written");
-            let (parent, name, lookups) = match inodes.get(ino) {
-                Some(i) => (i.parent, i.name.clone(), i.lookups),
-                None => return result,
-            };
-            if lookups == 0 {
-                inodes.remove_name(parent, &name, Instant::now());
-            }
-        }
-        result
-    }
-
-    /// The last close of `fh`: finish an upload not finished yet, free the handle.
-    pub async fn release(&self, fh: u64) -> FsResult<()> {
-        let Some(h) = self.take_handle(fh) else {
-            return Ok(());
-        };
-        let mut h = h.lock().await;
-        match &mut *h {
-            Handle::Write { ino, writer, .. } => {
-                let ino = *ino;
-                self.finish(ino, writer).await
-            }
-            Handle::Dir(snapshot) => {
-                let inos = snapshot.inos();
-                self.inodes().sweep(&inos);
-                Ok(())
-            }
-            Handle::Read(_) => Ok(()),
-        }
-    }
-
-    /// Open directory `ino`.
-    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let inode = self.inode(ino)?;
-        if inode.kind != Kind::Dir {
-            return Err(FsError::new(
-                libc::ENOTDIR,
-                format!("{:?} is not a directory", inode.key),
-            ));
-        }
-        Ok(self.new_fh(Handle::Dir(DirSnapshot::default())))
-    }
-
-    /// At most `max` entries of directory handle `fh` from `offset` on (offset 0 lists the
-    /// store again). Each entry's `offset` is the value to pass to continue after it.
-    pub async fn readdir(
-        &self,
-        ino: u64,
-        fh: u64,
-        offset: u64,
-        max: usize,
-    ) -> FsResult<Vec<DirEntry>> {
-        let h = self.handle(fh)?;
-        let mut h = h.lock().await;
-        let Handle::Dir(snapshot) = &mut *h else {
-            return Err(FsError::new(libc::EBADF, "not a directory handle"));
-        };
-        if offset == 0 || !snapshot.is_loaded() {
-            let entries = self.list_dir(ino).await?;
-            *snapshot = DirSnapshot::new(entries);
-        }
-        Ok(snapshot.after(offset, max))
-    }
-
-    /// The entries of an already listed directory handle, without waiting: `None` when the
-    /// listing must be (re)taken from the store or the handle is busy. Lets the FUSE adapter
-    /// answer from memory on its own thread.
-    pub fn readdir_cached(&self, fh: u64, offset: u64, max: usize) -> Option<Vec<DirEntry>> {
-        if offset == 0 {
-            return None;
-        }
-        let h = self.handle(fh).ok()?;
-        let guard = h.try_lock().ok()?;
-        match &*guard {
-            Handle::Dir(snapshot) if snapshot.is_loaded() => Some(snapshot.after(offset, max)),
-            _ => None,
-        }
-    }
-
-    /// Take a kernel reference to `ino` (an entry returned by readdirplus).
-    pub fn remember(&self, ino: u64) {
-        self.inodes().add_lookups(ino, 1);
-    }
-
-    async fn list_dir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
-        let dir = self.inode(ino)?;
-        self.counters.listings.fetch_add(1, Ordering::Relaxed);
-        let listing = self.store.list(&dir.key).await?;
-        let expiry = self.expiry();
-        let mut inodes = self.inodes();
-        let mut entries: Vec<DirEntry> =
-            Vec::with_capacity(listing.dirs.len() + listing.files.len() + 2);
-        let dot = self.attr_of(&dir);
-        let dotdot = inodes
-            .get(dir.parent)
-            .map(|p| self.attr_of(p))
-            .unwrap_or_else(|| dot.clone());
-        let mut names = std::collections::HashSet::new();
-        // A file shadows a directory of the same name (as in lookup).
-        for (name, info) in listing.files {
-            let stat = Stat {
-                size: info.size,
-                mtime: info.mtime,
-                etag: info.etag,
-            };
-            let ino = inodes.upsert(ino, &name, info.key, Kind::File, stat, expiry);
-            let attr = self.attr_of(inodes.get(ino).expect("inserted"));
-            names.insert(name.clone());
-            entries.push(DirEntry {
-                name,
-                attr,
-                offset: 0,
-            });
-        }
-        for name in listing.dirs {
-            if names.contains(&name) {
-                continue;
-            }
-            let key = format!("{}{name}/", dir.key);
-            let ino = inodes.upsert(ino, &name, key, Kind::Dir, self.dir_stat(), expiry);
-            let attr = self.attr_of(inodes.get(ino).expect("inserted"));
-            names.insert(name.clone());
-            entries.push(DirEntry {
-                name,
-                attr,
-                offset: 0,
-            });
-        }
-        for local in inodes.local_children(ino) {
-            if names.insert(local.name.clone()) {
-                entries.push(DirEntry {
-                    name: local.name.clone(),
-                    attr: self.attr_of(&local),
-                    offset: 0,
-                });
-            }
-        }
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut all = vec![
-            DirEntry {
-                name: ".".into(),
-                attr: dot,
-                offset: 0,
-            },
-            DirEntry {
-                name: "..".into(),
-                attr: dotdot,
-                offset: 0,
-            },
-        ];
-        all.extend(entries);
-        for (i, e) in all.iter_mut().enumerate() {
-            e.offset = i as u64 + 1;
-        }
-        Ok(all)
-    }
-
-    /// Create directory `name` in `parent` (a marker object `name/`).
-    pub async fn mkdir(&self, parent: u64, name: &str) -> FsResult<Attr> {
-        self.writable()?;
-        let p = self.parent_dir(parent)?;
-        if !valid_name(name) {
-            return Err(FsError::new(
-                libc::EINVAL,
-                format!("invalid directory name {name:?}"),
-            ));
-        }
-        match self.resolve(parent, name).await {
-            Ok(_) => return Err(FsError::new(libc::EEXIST, format!("{name:?} exists"))),
-            Err(e) if e.errno == libc::ENOENT => {}
-            Err(e) => return Err(e),
-        }
-        let key = format!("{}{name}/", p.key);
-        self.store.put_marker(&key).await?;
-        let mut inodes = self.inodes();
-        let ino = inodes.upsert(parent, name, key, Kind::Dir, self.dir_stat(), self.expiry());
-        inodes.add_lookups(ino, 1);
-        Ok(self.attr_of(inodes.get(ino).expect("inserted")))
-    }
-
-    /// Remove file `name` from `parent` (delete the object).
-    pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
-        self.writable()?;
-        let attr = self.resolve(parent, name).await?;
-        if attr.kind == Kind::Dir {
-            return Err(FsError::new(
-                libc::EISDIR,
-                format!("{name:?} is a directory"),
-            ));
-        }
-        let inode = self.inode(attr.ino)?;
-        if !inode.local {
-            self.store.delete(&inode.key).await?;
-        }
-        self.inodes().remove_name(parent, name, self.expiry());
-        Ok(())
-    }
-
-    /// Remove the empty directory `name` from `parent`.
-    pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
-        self.writable()?;
-        let attr = self.resolve(parent, name).await?;
-        if attr.kind != Kind::Dir {
-            return Err(FsError::new(
-                libc::ENOTDIR,
-                format!("{name:?} is not a directory"),
-            ));
-        }
-        let inode = self.inode(attr.ino)?;
-        let listing = self.store.list(&inode.key).await?;
-        let busy = !self.inodes().local_children(attr.ino).is_empty();
-        if !listing.dirs.is_empty() || !listing.files.is_empty() || busy {
-            return Err(FsError::new(
-                libc::ENOTEMPTY,
-                format!("{:?} is not empty", inode.key),
-            ));
-        }
-        self.store.delete_marker(&inode.key).await?;
-        self.inodes().remove_name(parent, name, self.expiry());
-        Ok(())
+    /// Bytes held in the staging cache now.
+    pub fn cache_used(&self) -> u64 {
+        self.cache.used()
     }
 
     /// Number of inodes held in memory.

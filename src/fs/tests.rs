@@ -48,7 +48,18 @@ async fn put(store: &Store, key: &str, bytes: &[u8]) {
 }
 
 async fn write_file(fs: &Fs, parent: u64, name: &str, bytes: &[u8]) -> Attr {
-    let (attr, fh) = fs.create(parent, name, true, 7).await.unwrap();
+    let (attr, fh) = fs
+        .create(
+            parent,
+            name,
+            CreateMode {
+                exclusive: true,
+                pid: 7,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     for (i, chunk) in bytes.chunks(300).enumerate() {
         fs.write(fh, (i * 300) as u64, Bytes::copy_from_slice(chunk))
             .await
@@ -145,7 +156,18 @@ async fn written_files_become_objects_at_close() {
     let store = Store::memory();
     let fs = fs_over(store.clone());
     let bytes = data(5555); // several 1000-byte parts: a multipart upload
-    let (attr, fh) = fs.create(ROOT_INO, "f.bin", true, 7).await.unwrap();
+    let (attr, fh) = fs
+        .create(
+            ROOT_INO,
+            "f.bin",
+            CreateMode {
+                exclusive: true,
+                pid: 7,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     for (i, chunk) in bytes.chunks(700).enumerate() {
         fs.write(fh, (i * 700) as u64, Bytes::copy_from_slice(chunk))
             .await
@@ -171,41 +193,236 @@ async fn small_and_empty_files_are_single_puts() {
     let store = Store::memory();
     let fs = fs_over(store.clone());
     write_file(&fs, ROOT_INO, "small", b"abc").await;
-    let (_, fh) = fs.create(ROOT_INO, "empty", true, 7).await.unwrap();
+    let (_, fh) = fs
+        .create(
+            ROOT_INO,
+            "empty",
+            CreateMode {
+                exclusive: true,
+                pid: 7,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     fs.release(fh).await.unwrap();
     assert_eq!(store.head("small").await.unwrap().unwrap().size, 3);
     assert_eq!(store.head("empty").await.unwrap().unwrap().size, 0);
 }
 
 #[tokio::test]
-async fn writes_must_be_sequential_for_new_files() {
-    let fs = fs_over(Store::memory());
-    let (_, fh) = fs.create(ROOT_INO, "f", true, 7).await.unwrap();
-    fs.write(fh, 0, Bytes::from_static(b"abc")).await.unwrap();
-    let e = fs
-        .write(fh, 10, Bytes::from_static(b"x"))
-        .await
-        .unwrap_err();
-    assert_eq!(e.errno, libc::EINVAL);
-}
-
-#[tokio::test]
-async fn overwrite_needs_o_trunc_and_replaces_the_object() {
+async fn a_seek_in_a_new_file_under_one_part_continues_it_staged() {
     let store = Store::memory();
-    put(&store, "f", b"old contents").await;
     let fs = fs_over(store.clone());
-    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
-    let e = fs
-        .open(
-            a.ino,
-            OpenMode {
-                write: true,
+    let (_, fh) = fs
+        .create(
+            ROOT_INO,
+            "f",
+            CreateMode {
+                exclusive: true,
+                pid: 7,
                 ..Default::default()
             },
         )
         .await
+        .unwrap();
+    fs.write(fh, 0, Bytes::from_static(b"abc")).await.unwrap();
+    fs.write(fh, 10, Bytes::from_static(b"x")).await.unwrap();
+    fs.write(fh, 0, Bytes::from_static(b"A")).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(
+        store.get_all("f").await.unwrap().unwrap(),
+        &b"Abc\0\0\0\0\0\0\0x"[..]
+    );
+}
+
+#[tokio::test]
+async fn a_seek_after_parts_were_uploaded_is_einval() {
+    let store = Store::memory();
+    let fs = fs_over(store.clone());
+    let (_, fh) = fs
+        .create(
+            ROOT_INO,
+            "f",
+            CreateMode {
+                exclusive: true,
+                pid: 7,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    fs.write(fh, 0, Bytes::from(data(2500))).await.unwrap();
+    let e = fs.write(fh, 0, Bytes::from_static(b"x")).await.unwrap_err();
+    assert_eq!(e.errno, libc::EINVAL);
+}
+
+#[tokio::test]
+async fn appends_and_in_place_writes_edit_existing_objects() {
+    let store = Store::memory();
+    put(&store, "log", b"one\n").await;
+    let fs = fs_over(store.clone());
+    let a = fs.lookup(ROOT_INO, "log").await.unwrap();
+    for line in ["two\n", "three\n"] {
+        let fh = fs
+            .open(
+                a.ino,
+                OpenMode {
+                    write: true,
+                    append: true,
+                    pid: 7,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        // O_APPEND writes land at the end whatever offset the caller had.
+        fs.write(fh, 0, Bytes::from(line)).await.unwrap();
+        fs.flush(fh, 7).await.unwrap();
+        fs.release(fh).await.unwrap();
+    }
+    assert_eq!(
+        store.get_all("log").await.unwrap().unwrap(),
+        &b"one\ntwo\nthree\n"[..]
+    );
+    // Read-write: reads see the written bytes before close.
+    let fh = fs
+        .open(
+            a.ino,
+            OpenMode {
+                write: true,
+                read: true,
+                pid: 7,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    fs.write(fh, 4, Bytes::from_static(b"TWO")).await.unwrap();
+    assert_eq!(
+        &fs.read(fh, 0, 100).await.unwrap()[..],
+        b"one\nTWO\nthree\n"
+    );
+    assert_eq!(
+        store.get_all("log").await.unwrap().unwrap(),
+        &b"one\ntwo\nthree\n"[..],
+        "not before close"
+    );
+    fs.setattr(a.ino, Some(8), Some(fh)).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(
+        store.get_all("log").await.unwrap().unwrap(),
+        &b"one\nTWO\n"[..]
+    );
+    assert_eq!(fs.getattr(a.ino).await.unwrap().size, 8);
+}
+
+#[tokio::test]
+async fn a_full_staging_cache_fails_writes_with_enospc() {
+    let store = Store::memory();
+    put(&store, "f", b"").await;
+    let fs = Fs::new(
+        store,
+        FsConfig {
+            max_cache_size: 100,
+            ..config()
+        },
+    );
+    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
+    let fh = fs
+        .open(
+            a.ino,
+            OpenMode {
+                write: true,
+                read: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    fs.write(fh, 0, Bytes::from(vec![1u8; 100])).await.unwrap();
+    let e = fs
+        .write(fh, 100, Bytes::from_static(b"x"))
+        .await
         .unwrap_err();
-    assert_eq!(e.errno, libc::EPERM);
+    assert_eq!(e.errno, libc::ENOSPC);
+    fs.release(fh).await.unwrap();
+    assert_eq!(fs.cache_used(), 0);
+}
+
+#[tokio::test]
+async fn rename_of_a_file_replaces_the_target() {
+    let store = Store::memory();
+    put(&store, "a", b"new").await;
+    put(&store, "d/b", b"old").await;
+    let fs = fs_over(store.clone());
+    let a = fs.lookup(ROOT_INO, "a").await.unwrap();
+    let d = fs.lookup(ROOT_INO, "d").await.unwrap();
+    fs.rename(ROOT_INO, "a", d.ino, "b", false).await.unwrap();
+    assert!(store.head("a").await.unwrap().is_none());
+    assert_eq!(store.get_all("d/b").await.unwrap().unwrap(), &b"new"[..]);
+    // The kernel's inode follows the file.
+    assert_eq!(read_all(&fs, a.ino).await, b"new");
+    assert_eq!(
+        fs.lookup(ROOT_INO, "a").await.unwrap_err().errno,
+        libc::ENOENT
+    );
+    put(&store, "c", b"c").await;
+    let e = fs
+        .rename(ROOT_INO, "c", d.ino, "b", true)
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EEXIST);
+}
+
+#[tokio::test]
+async fn rename_of_a_directory_moves_every_key_up_to_the_limit() {
+    let store = Store::memory();
+    put(&store, "src/x", b"x").await;
+    put(&store, "src/sub/y", b"y").await;
+    let fs = fs_over(store.clone());
+    fs.lookup(ROOT_INO, "src").await.unwrap();
+    fs.rename(ROOT_INO, "src", ROOT_INO, "dst", false)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_all("dst/sub/y").await.unwrap().unwrap(),
+        &b"y"[..]
+    );
+    assert!(store.head("src/x").await.unwrap().is_none());
+    let fresh = fs_over(store.clone());
+    assert_eq!(names(&fresh, ROOT_INO).await, [".", "..", "dst"]);
+    let dst = fresh.lookup(ROOT_INO, "dst").await.unwrap();
+    assert_eq!(names(&fresh, dst.ino).await, [".", "..", "sub", "x"]);
+
+    for i in 0..5 {
+        put(&store, &format!("big/f{i}"), b"").await;
+    }
+    let small = Fs::new(
+        store.clone(),
+        FsConfig {
+            rename_dir_limit: 4,
+            ..config()
+        },
+    );
+    small.lookup(ROOT_INO, "big").await.unwrap();
+    let e = small
+        .rename(ROOT_INO, "big", ROOT_INO, "big2", false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EXDEV);
+    assert!(
+        store.head("big/f0").await.unwrap().is_some(),
+        "nothing moved"
+    );
+}
+
+#[tokio::test]
+async fn overwrite_with_o_trunc_replaces_the_object() {
+    let store = Store::memory();
+    put(&store, "f", b"old contents").await;
+    let fs = fs_over(store.clone());
+    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
     let fh = fs
         .open(
             a.ino,
@@ -230,7 +447,18 @@ async fn exclusive_create_of_an_existing_file_is_eexist() {
     let store = Store::memory();
     put(&store, "f", b"x").await;
     let fs = fs_over(store);
-    let e = fs.create(ROOT_INO, "f", true, 1).await.unwrap_err();
+    let e = fs
+        .create(
+            ROOT_INO,
+            "f",
+            CreateMode {
+                exclusive: true,
+                pid: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e.errno, libc::EEXIST);
 }
 
@@ -402,7 +630,19 @@ async fn read_only_mounts_refuse_every_change_with_erofs() {
     );
     let f = fs.lookup(ROOT_INO, "f").await.unwrap();
     let erofs = |r: FsResult<()>| assert_eq!(r.unwrap_err().errno, libc::EROFS);
-    erofs(fs.create(ROOT_INO, "g", false, 1).await.map(|_| ()));
+    erofs(
+        fs.create(
+            ROOT_INO,
+            "g",
+            CreateMode {
+                exclusive: false,
+                pid: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .map(|_| ()),
+    );
     erofs(fs.mkdir(ROOT_INO, "d").await.map(|_| ()));
     erofs(fs.unlink(ROOT_INO, "f").await);
     erofs(fs.rmdir(ROOT_INO, "f").await);
@@ -455,17 +695,29 @@ async fn forgotten_inodes_are_freed() {
 }
 
 #[tokio::test]
-async fn a_truncate_to_the_current_size_is_accepted_and_others_are_not() {
+async fn truncate_by_path_rewrites_the_object() {
     let store = Store::memory();
     put(&store, "f", b"12345").await;
-    let fs = fs_over(store);
+    let fs = fs_over(store.clone());
     let a = fs.lookup(ROOT_INO, "f").await.unwrap();
     assert_eq!(fs.setattr(a.ino, Some(5), None).await.unwrap().size, 5);
-    assert_eq!(
-        fs.setattr(a.ino, Some(2), None).await.unwrap_err().errno,
-        libc::ENOTSUP
-    );
-    let (c, fh) = fs.create(ROOT_INO, "new", false, 1).await.unwrap();
+    assert_eq!(fs.setattr(a.ino, Some(2), None).await.unwrap().size, 2);
+    assert_eq!(store.get_all("f").await.unwrap().unwrap(), &b"12"[..]);
+    assert_eq!(fs.setattr(a.ino, Some(4), None).await.unwrap().size, 4);
+    assert_eq!(store.get_all("f").await.unwrap().unwrap(), &b"12\0\0"[..]);
+    assert_eq!(fs.cache_used(), 0, "staged files are dropped after upload");
+    let (c, fh) = fs
+        .create(
+            ROOT_INO,
+            "new",
+            CreateMode {
+                exclusive: false,
+                pid: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(fs.setattr(c.ino, Some(0), Some(fh)).await.unwrap().size, 0);
 }
 
@@ -587,7 +839,18 @@ fn failing() -> (Store, Arc<AtomicBool>, Arc<Failing>) {
 async fn a_failed_small_upload_fails_close_and_leaves_no_object() {
     let (store, fail, _) = failing();
     let fs = fs_over(store.clone());
-    let (_, fh) = fs.create(ROOT_INO, "f", true, 7).await.unwrap();
+    let (_, fh) = fs
+        .create(
+            ROOT_INO,
+            "f",
+            CreateMode {
+                exclusive: true,
+                pid: 7,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     fs.write(fh, 0, Bytes::from_static(b"data")).await.unwrap();
     fail.store(true, Ordering::SeqCst);
     let e = fs.flush(fh, 7).await.unwrap_err();

@@ -201,6 +201,17 @@ impl Writer {
         Ok(())
     }
 
+    /// If nothing was sent to the store yet, hand over the buffered data and retire this
+    /// writer (the file continues as a staged file); otherwise `None`.
+    pub fn take_unsent(&mut self) -> Option<Vec<Bytes>> {
+        if self.upload.is_some() || !matches!(self.state, State::Open) {
+            return None;
+        }
+        self.state = State::Done;
+        self.buffered = 0;
+        Some(std::mem::take(&mut self.buf))
+    }
+
     /// Give up: abort the multipart upload, nothing becomes visible.
     pub async fn abort(&mut self) {
         if matches!(self.state, State::Open) {

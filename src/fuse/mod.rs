@@ -17,7 +17,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use crate::fs::{Attr, Fs, FsError, Kind, OpenMode};
+use crate::fs::{Attr, CreateMode, Fs, FsError, Kind, OpenMode};
 
 pub use session::{MountConfig, Mounted, lazy_unmount, mount, serve_fd};
 
@@ -214,17 +214,29 @@ impl Filesystem for FuseFs {
     fn rename(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if self.fs.config().read_only {
-            return reply.error(Errno::EROFS);
+        let (Some(name), Some(newname)) = (utf8(name), utf8(newname)) else {
+            return reply.error(Errno::EINVAL);
+        };
+        if flags.bits() & libc::RENAME_EXCHANGE != 0 {
+            return reply.error(Errno::EINVAL);
         }
-        reply.error(Errno::EXDEV);
+        let noreplace = flags.bits() & libc::RENAME_NOREPLACE != 0;
+        self.spawn(move |fs, _| async move {
+            match fs
+                .rename(parent.0, &name, newparent.0, &newname, noreplace)
+                .await
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e, "rename")),
+            }
+        });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -250,10 +262,14 @@ impl Filesystem for FuseFs {
         let Some(name) = utf8(name) else {
             return reply.error(Errno::EINVAL);
         };
-        let pid = req.pid();
-        let exclusive = flags & libc::O_EXCL != 0;
+        let mode = CreateMode {
+            exclusive: flags & libc::O_EXCL != 0,
+            read: flags & libc::O_ACCMODE == libc::O_RDWR,
+            append: flags & libc::O_APPEND != 0,
+            pid: req.pid(),
+        };
         self.spawn(move |fs, ttl| async move {
-            match fs.create(parent.0, &name, exclusive, pid).await {
+            match fs.create(parent.0, &name, mode).await {
                 Ok((a, fh)) => reply.created(
                     &ttl,
                     &file_attr(&a),
@@ -483,6 +499,7 @@ fn open_mode(flags: i32, pid: u32) -> OpenMode {
         write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
         truncate: flags & libc::O_TRUNC != 0,
         append: flags & libc::O_APPEND != 0,
+        read: acc == libc::O_RDWR,
         pid,
     }
 }

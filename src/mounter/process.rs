@@ -166,6 +166,8 @@ impl ProcessMounter {
             .arg(format!("--fuse-fd={FUSE_FD}"))
             .args(&req.args)
             .arg("--log-format=json")
+            .arg("--cache-dir")
+            .arg(self.state.cache_path(target))
             .arg("--log-file")
             .arg(self.state.log_path(target))
             .env_clear()

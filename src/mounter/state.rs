@@ -74,6 +74,11 @@ impl StateDir {
             .join(format!("{}.log", slug(target)))
     }
 
+    /// Where the mount process of `target` stages files edited in place.
+    pub fn cache_path(&self, target: &Path) -> PathBuf {
+        self.root.join("cache").join(slug(target))
+    }
+
     /// Where the GCS key of `target` is kept while it is mounted.
     pub fn key_path(&self, target: &Path) -> PathBuf {
         self.root
@@ -102,6 +107,7 @@ impl StateDir {
 
     /// Forget `target`: its record, key and log.
     pub fn remove(&self, target: &Path) {
+        let _ = std::fs::remove_dir_all(self.cache_path(target));
         let _ = std::fs::remove_file(self.record_path(target));
         let _ = std::fs::remove_file(self.key_path(target));
         let _ = std::fs::remove_file(self.log_path(target));

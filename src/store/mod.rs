@@ -311,6 +311,39 @@ impl Store {
         Ok(deleted)
     }
 
+    /// Server-side copy of the object `from` to `to` (replacing `to`).
+    pub async fn copy(&self, from: &str, to: &str) -> Result<()> {
+        let (src, dst) = (path_of(from)?, path_of(to)?);
+        self.inner
+            .copy(&src, &dst)
+            .await
+            .map_err(|e| StoreError::from_object_store(e, from))
+    }
+
+    /// Every key below the directory key `prefix`, recursively, at most `limit` of them
+    /// (`None` when there are more). Marker objects come back without their trailing `/`.
+    pub async fn list_keys(&self, prefix: &str, limit: usize) -> Result<Option<Vec<String>>> {
+        let path = path_of(prefix)?;
+        let root = if path.as_ref().is_empty() {
+            None
+        } else {
+            Some(path)
+        };
+        let mut stream = self.inner.list(root.as_ref());
+        let mut keys = Vec::new();
+        while let Some(meta) = stream
+            .try_next()
+            .await
+            .map_err(|e| StoreError::from_object_store(e, prefix))?
+        {
+            if keys.len() == limit {
+                return Ok(None);
+            }
+            keys.push(meta.location.as_ref().to_string());
+        }
+        Ok(Some(keys))
+    }
+
     /// Create the bucket (S3 only; an existing bucket of ours is success).
     pub async fn create_bucket(&self) -> Result<()> {
         self.raw.create_bucket().await

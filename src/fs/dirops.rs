@@ -1,0 +1,337 @@
+//! Directory operations: listing (one snapshot per open handle), mkdir, rmdir, unlink and
+//! rename.
+
+use std::sync::atomic::Ordering;
+
+use super::dir::DirSnapshot;
+use super::*;
+
+impl Fs {
+    /// Open directory `ino`.
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let inode = self.inode(ino)?;
+        if inode.kind != Kind::Dir {
+            return Err(FsError::new(
+                libc::ENOTDIR,
+                format!("{:?} is not a directory", inode.key),
+            ));
+        }
+        Ok(self.new_fh(Handle::Dir(DirSnapshot::default())))
+    }
+
+    /// At most `max` entries of directory handle `fh` from `offset` on (offset 0 lists the
+    /// store again). Each entry's `offset` is the value to pass to continue after it.
+    pub async fn readdir(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        max: usize,
+    ) -> FsResult<Vec<DirEntry>> {
+        let h = self.handle(fh)?;
+        let mut h = h.lock().await;
+        let Handle::Dir(snapshot) = &mut *h else {
+            return Err(FsError::new(libc::EBADF, "not a directory handle"));
+        };
+        if offset == 0 || !snapshot.is_loaded() {
+            let entries = self.list_dir(ino).await?;
+            *snapshot = DirSnapshot::new(entries);
+        }
+        Ok(snapshot.after(offset, max))
+    }
+
+    /// The entries of an already listed directory handle, without waiting: `None` when the
+    /// listing must be (re)taken from the store or the handle is busy. Lets the FUSE adapter
+    /// answer from memory on its own thread.
+    pub fn readdir_cached(&self, fh: u64, offset: u64, max: usize) -> Option<Vec<DirEntry>> {
+        if offset == 0 {
+            return None;
+        }
+        let h = self.handle(fh).ok()?;
+        let guard = h.try_lock().ok()?;
+        match &*guard {
+            Handle::Dir(snapshot) if snapshot.is_loaded() => Some(snapshot.after(offset, max)),
+            _ => None,
+        }
+    }
+
+    /// Take a kernel reference to `ino` (an entry returned by readdirplus).
+    pub fn remember(&self, ino: u64) {
+        self.inodes().add_lookups(ino, 1);
+    }
+
+    async fn list_dir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
+        let dir = self.inode(ino)?;
+        self.counters.listings.fetch_add(1, Ordering::Relaxed);
+        let listing = self.store.list(&dir.key).await?;
+        let expiry = self.expiry();
+        let mut inodes = self.inodes();
+        let mut entries: Vec<DirEntry> =
+            Vec::with_capacity(listing.dirs.len() + listing.files.len() + 2);
+        let dot = self.attr_of(&dir);
+        let dotdot = inodes
+            .get(dir.parent)
+            .map(|p| self.attr_of(p))
+            .unwrap_or_else(|| dot.clone());
+        let mut names = std::collections::HashSet::new();
+        // A file shadows a directory of the same name (as in lookup).
+        for (name, info) in listing.files {
+            let stat = Stat {
+                size: info.size,
+                mtime: info.mtime,
+                etag: info.etag,
+            };
+            let ino = inodes.upsert(ino, &name, info.key, Kind::File, stat, expiry);
+            let attr = self.attr_of(inodes.get(ino).expect("inserted"));
+            names.insert(name.clone());
+            entries.push(DirEntry {
+                name,
+                attr,
+                offset: 0,
+            });
+        }
+        for name in listing.dirs {
+            if names.contains(&name) {
+                continue;
+            }
+            let key = format!("{}{name}/", dir.key);
+            let ino = inodes.upsert(ino, &name, key, Kind::Dir, self.dir_stat(), expiry);
+            let attr = self.attr_of(inodes.get(ino).expect("inserted"));
+            names.insert(name.clone());
+            entries.push(DirEntry {
+                name,
+                attr,
+                offset: 0,
+            });
+        }
+        for local in inodes.local_children(ino) {
+            if names.insert(local.name.clone()) {
+                entries.push(DirEntry {
+                    name: local.name.clone(),
+                    attr: self.attr_of(&local),
+                    offset: 0,
+                });
+            }
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut all = vec![
+            DirEntry {
+                name: ".".into(),
+                attr: dot,
+                offset: 0,
+            },
+            DirEntry {
+                name: "..".into(),
+                attr: dotdot,
+                offset: 0,
+            },
+        ];
+        all.extend(entries);
+        for (i, e) in all.iter_mut().enumerate() {
+            e.offset = i as u64 + 1;
+        }
+        Ok(all)
+    }
+
+    /// Create directory `name` in `parent` (a marker object `name/`).
+    pub async fn mkdir(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        self.writable()?;
+        let p = self.parent_dir(parent)?;
+        if !valid_name(name) {
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!("invalid directory name {name:?}"),
+            ));
+        }
+        match self.resolve(parent, name).await {
+            Ok(_) => return Err(FsError::new(libc::EEXIST, format!("{name:?} exists"))),
+            Err(e) if e.errno == libc::ENOENT => {}
+            Err(e) => return Err(e),
+        }
+        let key = format!("{}{name}/", p.key);
+        self.store.put_marker(&key).await?;
+        let mut inodes = self.inodes();
+        let ino = inodes.upsert(parent, name, key, Kind::Dir, self.dir_stat(), self.expiry());
+        inodes.add_lookups(ino, 1);
+        Ok(self.attr_of(inodes.get(ino).expect("inserted")))
+    }
+
+    /// Remove file `name` from `parent` (delete the object).
+    pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.writable()?;
+        let attr = self.resolve(parent, name).await?;
+        if attr.kind == Kind::Dir {
+            return Err(FsError::new(
+                libc::EISDIR,
+                format!("{name:?} is a directory"),
+            ));
+        }
+        let inode = self.inode(attr.ino)?;
+        if !inode.local {
+            self.store.delete(&inode.key).await?;
+        }
+        self.inodes().remove_name(parent, name, self.expiry());
+        Ok(())
+    }
+
+    /// Remove the empty directory `name` from `parent`.
+    pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.writable()?;
+        let attr = self.resolve(parent, name).await?;
+        if attr.kind != Kind::Dir {
+            return Err(FsError::new(
+                libc::ENOTDIR,
+                format!("{name:?} is not a directory"),
+            ));
+        }
+        let inode = self.inode(attr.ino)?;
+        let listing = self.store.list(&inode.key).await?;
+        let busy = !self.inodes().local_children(attr.ino).is_empty();
+        if !listing.dirs.is_empty() || !listing.files.is_empty() || busy {
+            return Err(FsError::new(
+                libc::ENOTEMPTY,
+                format!("{:?} is not empty", inode.key),
+            ));
+        }
+        self.store.delete_marker(&inode.key).await?;
+        self.inodes().remove_name(parent, name, self.expiry());
+        Ok(())
+    }
+
+    /// Rename `name` in `parent` to `newname` in `newparent`, replacing a file (or an empty
+    /// directory) there as POSIX says. A file is a server-side copy then a delete; a
+    /// directory copies every key below it, at most `rename_dir_limit` of them (EXDEV past
+    /// it, so `mv` falls back to copying).
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        newparent: u64,
+        newname: &str,
+        noreplace: bool,
+    ) -> FsResult<()> {
+        self.writable()?;
+        if !valid_name(newname) {
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!("invalid name {newname:?}"),
+            ));
+        }
+        let src = self.resolve(parent, name).await?;
+        let np = self.parent_dir(newparent)?;
+        let dst = match self.resolve(newparent, newname).await {
+            Ok(a) => Some(a),
+            Err(e) if e.errno == libc::ENOENT => None,
+            Err(e) => return Err(e),
+        };
+        if dst.as_ref().is_some_and(|d| d.ino == src.ino) {
+            return Ok(());
+        }
+        if noreplace && dst.is_some() {
+            return Err(FsError::new(libc::EEXIST, format!("{newname:?} exists")));
+        }
+        if self.inode(src.ino)?.local {
+            // Open for writing (or its last close not processed yet): store what was
+            // written, then move that.
+            let target = format!("{}{newname}", np.key);
+            self.settle_writers(src.ino, &target).await?;
+        }
+        let inode = self.inode(src.ino)?;
+        if inode.local && inode.kind == Kind::File && self.store.head(&inode.key).await?.is_none() {
+            return Err(FsError::new(
+                libc::EBUSY,
+                format!("{:?} is being written and not stored yet", inode.key),
+            ));
+        }
+        let new_key = match src.kind {
+            Kind::File => {
+                if dst.as_ref().is_some_and(|d| d.kind == Kind::Dir) {
+                    return Err(FsError::new(
+                        libc::EISDIR,
+                        format!("{newname:?} is a directory"),
+                    ));
+                }
+                let new_key = format!("{}{newname}", np.key);
+                self.store.copy(&inode.key, &new_key).await?;
+                self.store.delete(&inode.key).await?;
+                new_key
+            }
+            Kind::Dir => {
+                let new_key = format!("{}{newname}/", np.key);
+                if new_key.starts_with(&inode.key) {
+                    return Err(FsError::new(
+                        libc::EINVAL,
+                        "cannot move a directory into itself",
+                    ));
+                }
+                if let Some(d) = &dst {
+                    if d.kind != Kind::Dir {
+                        return Err(FsError::new(
+                            libc::ENOTDIR,
+                            format!("{newname:?} is not a directory"),
+                        ));
+                    }
+                    let l = self.store.list(&new_key).await?;
+                    if !l.files.is_empty() || !l.dirs.is_empty() {
+                        return Err(FsError::new(
+                            libc::ENOTEMPTY,
+                            format!("{newname:?} is not empty"),
+                        ));
+                    }
+                }
+                self.rename_tree(&inode.key, &new_key).await?;
+                new_key
+            }
+        };
+        self.inodes()
+            .rename(src.ino, newparent, newname, new_key, self.expiry());
+        Ok(())
+    }
+
+    async fn rename_tree(&self, from: &str, to: &str) -> FsResult<()> {
+        let limit = self.cfg.rename_dir_limit;
+        let Some(keys) = self.store.list_keys(from, limit).await? else {
+            return Err(FsError::new(
+                libc::EXDEV,
+                format!(
+                    "{from:?} has more than {limit} keys: not renamed (raise --rename-dir-limit, or copy)"
+                ),
+            ));
+        };
+        // Copy everything first, so a failure leaves the source whole.
+        let mut markers = Vec::new();
+        // The directory's own marker (`from` itself) is handled last, as a marker.
+        let keys: Vec<String> = keys.into_iter().filter(|k| k.len() > from.len()).collect();
+        for (i, key) in keys.iter().enumerate() {
+            let rel = &key[from.len()..];
+            match self.store.copy(key, &format!("{to}{rel}")).await {
+                Ok(()) => {}
+                Err(e) if e.kind == crate::store::StoreErrorKind::NotFound => {
+                    // Listed but not addressable: a marker object `key/`.
+                    self.store.put_marker(&format!("{to}{rel}/")).await?;
+                    markers.push(format!("{key}/"));
+                }
+                Err(e) => {
+                    tracing::error!(from, to, copied = i, total = keys.len(), error = %e,
+                        "directory rename failed while copying; the source is intact, the destination holds a partial copy");
+                    return Err(e.into());
+                }
+            }
+        }
+        self.store.put_marker(to).await?;
+        for (i, key) in keys.iter().enumerate() {
+            let deleted = if markers.contains(&format!("{key}/")) {
+                self.store.delete_marker(&format!("{key}/")).await
+            } else {
+                self.store.delete(key).await
+            };
+            if let Err(e) = deleted {
+                tracing::error!(from, to, deleted = i, total = keys.len(), error = %e,
+                    "directory rename copied everything but could not delete all of the source");
+                return Err(e.into());
+            }
+        }
+        self.store.delete_marker(from).await?;
+        Ok(())
+    }
+}
