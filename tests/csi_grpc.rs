@@ -631,3 +631,69 @@ async fn the_plugin_registers_with_kubelet_by_itself_when_asked() {
     assert!(!reg_dir.join("s3.csi.pail.dev-reg.sock").exists());
     assert!(!sock.exists());
 }
+
+#[tokio::test]
+async fn a_volume_can_have_its_own_bucket() {
+    let s3 = s3();
+    let d = Driver::start();
+    let name = format!(
+        "pvc-b{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            % 1_000_000_000_000
+    );
+    let mut ctl = d.controller().await;
+    let vol = ctl
+        .create_volume(CreateVolumeRequest {
+            name: name.clone(),
+            volume_capabilities: vec![mount_cap(Mode::SingleNodeWriter)],
+            parameters: HashMap::from([("bucketPerVolume".to_string(), "true".to_string())]),
+            secrets: secrets(&s3),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(vol.volume_id, format!("s3/{name}/"));
+    assert_eq!(vol.volume_context["bucketName"], name);
+    let t = d.target("pod-bucket");
+    let mut node = d.node().await;
+    node.node_publish_volume(publish_req(
+        &s3,
+        &vol.volume_id,
+        &t,
+        vol.volume_context.clone(),
+    ))
+    .await
+    .unwrap();
+    fs::write(t.join("in-its-own-bucket"), b"b").unwrap();
+    node.node_unpublish_volume(unpublish_req(&vol.volume_id, &t))
+        .await
+        .unwrap();
+    ctl.delete_volume(DeleteVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        secrets: secrets(&s3),
+    })
+    .await
+    .unwrap();
+    let gone = pail::store::Store::open(
+        &pail::store::Source::parse(&format!("s3://{name}/")).unwrap(),
+        &pail::store::StoreOptions {
+            endpoint_url: Some(s3.endpoint.clone()),
+            credentials: Some(pail::store::Credentials {
+                access_key_id: s3.access_key.clone(),
+                secret_access_key: s3.secret_key.clone(),
+                session_token: None,
+            }),
+            max_retries: Some(0),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let e = gone.check("").await.unwrap_err();
+    assert_eq!(e.kind, pail::store::StoreErrorKind::NotFound, "{e}");
+}

@@ -95,6 +95,10 @@ pub struct MountArgs {
     /// Most bytes staged at once; past it writes fail with ENOSPC.
     #[arg(long, default_value = "10G", value_parser = parse_size)]
     pub max_cache_size: u64,
+    /// Memory all prefetched and uploading parts of the mount may hold together (e.g. 1G);
+    /// readers stop prefetching and writers wait when it is spent.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub memory_limit: u64,
     /// Most keys a directory rename copies; past it rename fails with EXDEV.
     #[arg(long, default_value_t = 1000)]
     pub rename_dir_limit: usize,
@@ -189,6 +193,13 @@ fn validate(args: &MountArgs) -> anyhow::Result<()> {
             args.part_size
         );
     }
+    if args.memory_limit < 2 * args.part_size {
+        bail!(
+            "--memory-limit {}: must be at least twice --part-size {}",
+            args.memory_limit,
+            args.part_size
+        );
+    }
     if !(1..=64).contains(&args.upload_concurrency) {
         bail!(
             "--upload-concurrency {}: must be 1 to 64",
@@ -258,6 +269,7 @@ fn mount_and_serve(args: &MountArgs) -> anyhow::Result<()> {
         }),
         max_cache_size: args.max_cache_size,
         rename_dir_limit: args.rename_dir_limit,
+        memory_limit: args.memory_limit,
     };
     // Handle SIGTERM/SIGINT from before the mount is reported live.
     let (mut term, mut int) = rt.block_on(async {

@@ -75,6 +75,7 @@ const MOUNT_FLAGS: &[(&str, bool)] = &[
     ("request-timeout", true),
     ("max-retries", true),
     ("max-cache-size", true),
+    ("memory-limit", true),
     ("rename-dir-limit", true),
 ];
 

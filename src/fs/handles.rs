@@ -89,7 +89,7 @@ impl Fs {
                     inode.stat.size = fresh.size;
                     let mut staged = self.stage(&inode, size == 0, false).await?;
                     staged.truncate(size)?;
-                    staged.upload(self.cfg.write).await?;
+                    staged.upload(self.cfg.write, self.budget.clone()).await?;
                     if let Some(i) = self.inodes().get_mut(ino) {
                         i.stat.size = size;
                         i.stat.mtime = SystemTime::now();
@@ -203,7 +203,12 @@ impl Fs {
             if mode.truncate && !mode.read && !mode.append {
                 // The common case: a sequential rewrite streams, no local copy.
                 self.mark_local(ino, 0);
-                let writer = Writer::new(self.store.clone(), inode.key.clone(), self.cfg.write);
+                let writer = Writer::new(
+                    self.store.clone(),
+                    inode.key.clone(),
+                    self.cfg.write,
+                    self.budget.clone(),
+                );
                 return Ok(self.new_fh(Handle::Write {
                     ino,
                     pid: mode.pid,
@@ -232,6 +237,7 @@ impl Fs {
             attr.size,
             etag,
             self.cfg.read,
+            self.budget.clone(),
         );
         Ok(self.new_fh(Handle::Read(reader)))
     }
@@ -287,7 +293,7 @@ impl Fs {
             Handle::Write {
                 ino: attr.ino,
                 pid: mode.pid,
-                writer: Writer::new(self.store.clone(), key, self.cfg.write),
+                writer: Writer::new(self.store.clone(), key, self.cfg.write, self.budget.clone()),
             }
         };
         Ok((attr, self.new_fh(handle)))
@@ -380,7 +386,7 @@ impl Fs {
     }
 
     async fn upload_staged(&self, ino: u64, staged: &mut Staged) -> FsResult<()> {
-        let result = staged.upload(self.cfg.write).await;
+        let result = staged.upload(self.cfg.write, self.budget.clone()).await;
         match &result {
             Ok(()) => {
                 if let Some(i) = self.inodes().get_mut(ino) {

@@ -2,6 +2,7 @@
 //! listing, reads through the prefetcher, streaming uploads, mkdir/rmdir/unlink). It knows
 //! nothing of FUSE, gRPC or Kubernetes and is tested directly against the in-memory store.
 
+mod budget;
 mod dir;
 mod dirops;
 mod error;
@@ -61,6 +62,8 @@ pub struct FsConfig {
     pub max_cache_size: u64,
     /// Most keys a directory rename copies; past it rename fails with EXDEV.
     pub rename_dir_limit: usize,
+    /// Bytes all prefetched and uploading parts of the mount may hold together.
+    pub memory_limit: u64,
 }
 
 impl Default for FsConfig {
@@ -78,6 +81,7 @@ impl Default for FsConfig {
             cache_dir: std::env::temp_dir().join("pail-cache"),
             max_cache_size: 10 << 30,
             rename_dir_limit: 1000,
+            memory_limit: 1 << 30,
         }
     }
 }
@@ -154,6 +158,7 @@ pub struct Fs {
     next_fh: AtomicU64,
     started: SystemTime,
     cache: Arc<Cache>,
+    budget: budget::Budget,
     /// Counters.
     pub counters: Counters,
 }
@@ -165,6 +170,7 @@ impl Fs {
         Fs {
             inodes: Mutex::new(Inodes::new(&cfg.prefix, started)),
             cache: Arc::new(Cache::new(cfg.cache_dir.clone(), cfg.max_cache_size)),
+            budget: budget::Budget::new(cfg.memory_limit),
             store,
             cfg,
             handles: Mutex::new(HashMap::new()),
@@ -331,6 +337,11 @@ impl Fs {
             }
             None => Err(FsError::not_found(&inode.key)),
         }
+    }
+
+    /// Bytes of the memory budget held now (prefetched and uploading parts).
+    pub fn memory_in_use(&self) -> u64 {
+        self.budget.in_use()
     }
 
     /// Bytes held in the staging cache now.

@@ -5,13 +5,15 @@
 //! (bytes requested ahead) starts small and doubles on every sequential read, up to
 //! `max_window`; a read outside the queue cancels it and is served by one exact GET. The
 //! last two consumed parts are kept so that slightly out-of-order kernel reads are served
-//! from memory. Memory per reader is bounded by `max_window + 2 * part_size`.
+//! from memory. Memory per reader is bounded by `max_window + 2 * part_size`; queued parts
+//! also count against the mount's memory budget, and prefetching stops when it is spent.
 
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
 
+use super::budget::{Budget, Held};
 use super::error::{FsError, FsResult};
 use crate::store::Store;
 
@@ -40,6 +42,7 @@ struct Part {
     start: u64,
     end: u64,
     task: JoinHandle<FsResult<Bytes>>,
+    held: Held,
 }
 
 struct Ready {
@@ -63,6 +66,7 @@ pub struct Reader {
     size: u64,
     etag: Option<String>,
     cfg: ReadConfig,
+    budget: Budget,
     window: u64,
     /// Offset just after the last byte returned.
     next_offset: u64,
@@ -90,6 +94,7 @@ impl Reader {
         size: u64,
         etag: Option<String>,
         cfg: ReadConfig,
+        budget: Budget,
     ) -> Self {
         Reader {
             store,
@@ -97,6 +102,7 @@ impl Reader {
             size,
             etag,
             cfg,
+            budget,
             window: cfg.initial_window,
             next_offset: 0,
             queue_end: 0,
@@ -122,7 +128,7 @@ impl Reader {
             // Start (or restart) the stream at this offset.
             self.queue_end = offset;
         }
-        self.fill(offset.max(self.next_offset));
+        self.fill(offset.max(self.next_offset), false).await;
         let mut out = BytesMut::new();
         let mut pos = offset;
         while pos < end {
@@ -132,7 +138,7 @@ impl Reader {
                 if out.is_empty() && pos + (to - from) as u64 == end {
                     // The whole answer is one slice: no copy.
                     let slice = r.data.slice(from..to);
-                    self.advance(end);
+                    self.advance(end).await;
                     return Ok(slice);
                 }
                 out.extend_from_slice(&r.data[from..to]);
@@ -149,7 +155,10 @@ impl Reader {
                 // Not covered (the queue was cut short): start it here.
                 self.abort_queue();
                 self.queue_end = pos;
-                self.fill(pos);
+                self.fill(pos, true).await;
+            }
+            if self.queue.is_empty() {
+                self.fill(pos, true).await;
             }
             let part = self.queue.pop_front().expect("fill queued a part");
             let data = match part.task.await {
@@ -168,6 +177,9 @@ impl Reader {
                     ),
                 ));
             }
+            // Consumed parts leave the budget (at most two are kept per reader), so a reader
+            // waiting for the budget holds none of it.
+            drop(part.held);
             self.recent.push_back(Ready {
                 start: part.start,
                 data,
@@ -176,24 +188,30 @@ impl Reader {
                 self.recent.pop_front();
             }
             self.window = (self.window * 2).min(self.cfg.max_window);
-            self.fill(pos);
+            self.fill(pos, false).await;
         }
-        self.advance(end);
+        self.advance(end).await;
         Ok(out.freeze())
     }
 
-    fn advance(&mut self, end: u64) {
+    async fn advance(&mut self, end: u64) {
         self.next_offset = self.next_offset.max(end);
         let from = self.next_offset;
-        self.fill(from);
+        self.fill(from, false).await;
     }
 
-    /// Queue GETs so that `window` bytes after `from` are requested.
-    fn fill(&mut self, from: u64) {
+    /// Queue GETs so that `window` bytes after `from` are requested, as far as the memory
+    /// budget allows; with `must`, wait for the budget for the first part if none is queued.
+    async fn fill(&mut self, from: u64, must: bool) {
         while self.queue_end < self.size && self.queue_end < from + self.window {
             let chunk = self.cfg.part_size.min(self.window).max(1);
             let start = self.queue_end;
             let end = (start + chunk).min(self.size);
+            let held = match self.budget.try_take(end - start) {
+                Some(h) => h,
+                None if must && self.queue.is_empty() => self.budget.take(end - start).await,
+                None => break,
+            };
             let store = self.store.clone();
             let key = self.key.clone();
             let etag = self.etag.clone();
@@ -204,7 +222,12 @@ impl Reader {
                     .await
                     .map_err(FsError::from)
             });
-            self.queue.push_back(Part { start, end, task });
+            self.queue.push_back(Part {
+                start,
+                end,
+                task,
+                held,
+            });
             self.queue_end = end;
         }
     }
@@ -219,6 +242,7 @@ impl Reader {
         self.abort_queue();
         self.window = self.cfg.initial_window;
         self.requests += 1;
+        let _held = self.budget.take(end - offset).await;
         let data = self
             .store
             .get_range(&self.key, offset..end, self.etag.as_deref())

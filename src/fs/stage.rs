@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
+use super::budget::Budget;
 use super::error::{FsError, FsResult};
 use super::write::{WriteConfig, Writer};
 use crate::store::Store;
@@ -218,11 +219,11 @@ impl Staged {
     }
 
     /// Upload the staged file if it changed since the last upload.
-    pub async fn upload(&mut self, cfg: WriteConfig) -> FsResult<()> {
+    pub async fn upload(&mut self, cfg: WriteConfig, budget: Budget) -> FsResult<()> {
         if !self.dirty {
             return Ok(());
         }
-        let mut writer = Writer::new(self.store.clone(), self.key.clone(), cfg);
+        let mut writer = Writer::new(self.store.clone(), self.key.clone(), cfg, budget);
         let chunk = cfg.part_size as u64;
         let mut off = 0;
         while off < self.size {

@@ -713,4 +713,39 @@ async fn truncate_by_path_rewrites_the_object() {
     assert_eq!(fs.setattr(c.ino, Some(0), Some(fh)).await.unwrap().size, 0);
 }
 
+#[tokio::test]
+async fn a_small_memory_budget_slows_reads_and_writes_but_bounds_them() {
+    let store = Store::memory();
+    let bytes = data(30_000);
+    put(&store, "big", &bytes).await;
+    // Room for two 1,000-byte parts: prefetch stops early, writers wait for uploads.
+    let fs = Fs::new(
+        store.clone(),
+        FsConfig {
+            memory_limit: 2048,
+            ..config()
+        },
+    );
+    let a = fs.lookup(ROOT_INO, "big").await.unwrap();
+    let fh = fs.open(a.ino, OpenMode::default()).await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        let chunk = fs.read(fh, got.len() as u64, 700).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        assert!(
+            fs.memory_in_use() <= 2048,
+            "{} bytes held",
+            fs.memory_in_use()
+        );
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, bytes);
+    fs.release(fh).await.unwrap();
+    write_file(&fs, ROOT_INO, "w", &data(9_000)).await;
+    assert_eq!(store.get_all("w").await.unwrap().unwrap(), &data(9_000)[..]);
+    assert_eq!(fs.memory_in_use(), 0, "everything is given back");
+}
+
 mod failures;

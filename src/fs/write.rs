@@ -2,7 +2,8 @@
 //! (multipart) while the writer is still writing; the object appears when the upload
 //! completes at close or fsync. A small file is sent in one PUT.
 //!
-//! Memory per writer is bounded by about `part_size * (max_in_flight + 1)` plus one write. Any failure is kept
+//! Memory per writer is bounded by about `part_size * (max_in_flight + 1)` plus one write;
+//! parts being uploaded also count against the mount's memory budget. Any failure is kept
 //! and returned by every later call, so close()/fsync() report it; an incomplete multipart
 //! upload is aborted, so no partial object is ever visible.
 
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use object_store::PutPayload;
 use tokio::task::JoinHandle;
 
+use super::budget::{Budget, Held};
 use super::error::{FsError, FsResult};
 use crate::store::{Store, Upload};
 
@@ -47,6 +49,7 @@ pub struct Writer {
     /// Data of the part being filled, as written (no copy until the store sends it).
     buf: Vec<Bytes>,
     buffered: usize,
+    budget: Budget,
     written: u64,
     upload: Option<Upload>,
     in_flight: VecDeque<JoinHandle<object_store::Result<()>>>,
@@ -55,13 +58,14 @@ pub struct Writer {
 
 impl Writer {
     /// A writer of a new object at `key`.
-    pub fn new(store: Store, key: String, cfg: WriteConfig) -> Self {
+    pub fn new(store: Store, key: String, cfg: WriteConfig, budget: Budget) -> Self {
         Writer {
             store,
             key,
             cfg,
             buf: Vec::new(),
             buffered: 0,
+            budget,
             written: 0,
             upload: None,
             in_flight: VecDeque::new(),
@@ -118,12 +122,21 @@ impl Writer {
     }
 
     async fn send_part(&mut self, payload: PutPayload) -> FsResult<()> {
+        // Wait for memory before sending (holding none while waiting, so writers cannot
+        // deadlock on the budget): a writer faster than the store slows down instead.
+        let held = self.budget.take(payload.content_length() as u64).await;
         if self.upload.is_none() {
             self.upload = Some(self.store.start_upload(&self.key).await?);
         }
         let upload = self.upload.as_mut().expect("upload started");
         let fut = upload.put_part(payload);
-        self.in_flight.push_back(tokio::spawn(fut));
+        // The part's memory is given back when its upload ends.
+        let held: Held = held;
+        self.in_flight.push_back(tokio::spawn(async move {
+            let r = fut.await;
+            drop(held);
+            r
+        }));
         while self.in_flight.len() > self.cfg.max_in_flight {
             let oldest = self.in_flight.pop_front().expect("non-empty");
             Self::wait_part(&self.key, oldest).await?;
