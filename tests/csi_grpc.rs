@@ -697,3 +697,56 @@ async fn a_volume_can_have_its_own_bucket() {
     let e = gone.check("").await.unwrap_err();
     assert_eq!(e.kind, pail::store::StoreErrorKind::NotFound, "{e}");
 }
+
+#[tokio::test]
+async fn secrets_stay_out_of_argv_logs_and_state_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let s3 = s3();
+    let d = Driver::start();
+    let t = d.target("pod-secret");
+    let mut node = d.node().await;
+    let mut req = publish_req(&s3, "vol-s", &t, static_context(&s3, &unique("secret")));
+    req.volume_context
+        .insert("mountOptions".into(), "debug".into());
+    node.node_publish_volume(req).await.unwrap();
+    fs::write(t.join("f"), b"x").unwrap();
+    assert_eq!(fs::read(t.join("f")).unwrap(), b"x");
+    // No process on the machine has it in its command line.
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = fs::read(entry.path().join("cmdline")) {
+            assert!(
+                !String::from_utf8_lossy(&cmdline).contains(SECRET),
+                "pid {:?} has the secret in argv",
+                entry.file_name()
+            );
+        }
+    }
+    // No log line (the driver's, the mount process's at debug level) and no state file has it;
+    // the state directory is root-only.
+    assert!(!d.log().contains(SECRET));
+    let mut files = 0;
+    let mut stack = vec![d.state()];
+    while let Some(dir) = stack.pop() {
+        let mode = fs::metadata(&dir).unwrap().permissions().mode();
+        if dir == d.state() {
+            assert_eq!(mode & 0o077, 0, "state dir mode {mode:o}");
+        }
+        for e in fs::read_dir(&dir).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                files += 1;
+                let text = String::from_utf8_lossy(&fs::read(e.path()).unwrap()).into_owned();
+                assert!(
+                    !text.contains(SECRET),
+                    "{} holds the secret",
+                    e.path().display()
+                );
+            }
+        }
+    }
+    assert!(files >= 2, "a record and a log");
+    node.node_unpublish_volume(unpublish_req("vol-s", &t))
+        .await
+        .unwrap();
+}

@@ -479,3 +479,146 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod random_input {
+    //! Property test: random attributes, secrets and mount options never make the parsing
+    //! panic, are refused with INVALID_ARGUMENT when refused, and never echo a secret.
+    use super::*;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[(self.next() % items.len() as u64) as usize]
+        }
+        fn junk(&mut self) -> String {
+            let alphabet = [
+                'a', 'Z', '0', '/', '.', '-', '_', '=', ' ', ',', '\0', '\n', '\u{7f}', 'é', '$',
+                '{', '}', ';', ':',
+            ];
+            let n = (self.next() % 40) as usize;
+            (0..n)
+                .map(|_| alphabet[(self.next() % alphabet.len() as u64) as usize])
+                .collect()
+        }
+    }
+
+    const KEYS: &[&str] = &[
+        "bucketName",
+        "prefix",
+        "endpointUrl",
+        "region",
+        "forcePathStyle",
+        "provider",
+        "requesterPays",
+        "mountOptions",
+        "csi.storage.k8s.io/ephemeral",
+        "unknown",
+        "",
+    ];
+    const VALUES: &[&str] = &[
+        "my-bucket",
+        "a/b/",
+        "../etc",
+        "/",
+        "http://127.0.0.1:9000",
+        "file:///etc",
+        "true",
+        "false",
+        "s3",
+        "gcs",
+        "memory",
+        "uid=1000",
+        "read-only allow-other",
+        "uid",
+        "uid=;rm -rf",
+        "metadata-ttl minimal",
+        "",
+    ];
+    const SECRET_KEYS: &[&str] = &[
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "GOOGLE_SERVICE_ACCOUNT_JSON",
+        "x",
+    ];
+
+    #[test]
+    fn random_publish_requests_never_panic_nor_leak_secrets() {
+        let mut rng = Rng(0x9e3779b97f4a7c15);
+        for _ in 0..20_000 {
+            let mut attrs = HashMap::new();
+            for _ in 0..(rng.next() % 6) {
+                let k = rng.pick(KEYS).to_string();
+                let v = if rng.next() % 3 == 0 {
+                    rng.junk()
+                } else {
+                    rng.pick(VALUES).to_string()
+                };
+                attrs.insert(k, v);
+            }
+            let secret_value = format!("SECRET{}", rng.next());
+            let mut secrets = HashMap::new();
+            for _ in 0..(rng.next() % 3) {
+                secrets.insert(rng.pick(SECRET_KEYS).to_string(), secret_value.clone());
+            }
+            let flags: Vec<String> = (0..(rng.next() % 3)).map(|_| rng.junk()).collect();
+            let input = PublishInput {
+                volume_id: "v",
+                attrs: &attrs,
+                secrets: &secrets,
+                readonly: rng.next() % 2 == 0,
+                cap_read_only: rng.next() % 2 == 0,
+                mount_flags: &flags,
+            };
+            match publish_request(&input, "/t".into()) {
+                Ok(req) => {
+                    assert!(
+                        req.source.starts_with("s3://")
+                            || req.source.starts_with("gs://")
+                            || req.source.starts_with("memory://")
+                    );
+                    for a in &req.args {
+                        assert!(a.starts_with("--"), "{a}");
+                        assert!(!a.contains(&secret_value));
+                        assert!(
+                            !a.chars().any(|c| c.is_whitespace() || c.is_control()),
+                            "{a:?}"
+                        );
+                    }
+                    assert!(
+                        !req.source.split('/').any(|s| s == ".." || s == "."),
+                        "{}",
+                        req.source
+                    );
+                }
+                Err(e) => {
+                    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+                    assert!(!e.message().contains(&secret_value), "{}", e.message());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn random_target_paths_never_escape_the_kubelet_dir() {
+        let mut rng = Rng(42);
+        let root = std::path::Path::new("/var/lib/kubelet/pods");
+        let parts = [
+            "/var", "/lib", "/kubelet", "/pods", "/..", "/.", "/x", "//", "/mount", "kubelet",
+        ];
+        for _ in 0..20_000 {
+            let p: String = (0..(rng.next() % 8)).map(|_| rng.pick(&parts)).collect();
+            if let Ok(t) = crate::csi::node::check_target(&p, root, "target_path") {
+                assert!(t.starts_with(root) && t != root, "{p} accepted");
+                assert!(!p.contains("/.."), "{p} accepted");
+            }
+        }
+    }
+}

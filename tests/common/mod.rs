@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod proxy;
+
 use pail::mounter::ready::{Readiness, spawn_and_wait};
 use pail::store::{Credentials, Source, Store, StoreOptions};
 
