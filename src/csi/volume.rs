@@ -556,7 +556,7 @@ mod random_input {
             let mut attrs = HashMap::new();
             for _ in 0..(rng.next() % 6) {
                 let k = rng.pick(KEYS).to_string();
-                let v = if rng.next() % 3 == 0 {
+                let v = if rng.next().is_multiple_of(3) {
                     rng.junk()
                 } else {
                     rng.pick(VALUES).to_string()
@@ -573,8 +573,8 @@ mod random_input {
                 volume_id: "v",
                 attrs: &attrs,
                 secrets: &secrets,
-                readonly: rng.next() % 2 == 0,
-                cap_read_only: rng.next() % 2 == 0,
+                readonly: rng.next().is_multiple_of(2),
+                cap_read_only: rng.next().is_multiple_of(2),
                 mount_flags: &flags,
             };
             match publish_request(&input, "/t".into()) {
