@@ -750,3 +750,133 @@ async fn secrets_stay_out_of_argv_logs_and_state_files() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_plugin_killed_during_a_publish_leaves_no_duplicate_after_the_retry() {
+    use common::proxy::{Fault, Proxy};
+    let s3 = s3();
+    let mut d = Driver::start();
+    let prefix = unique("killpub");
+    // The mount process's start-up check is slow, so the plugin dies while it waits.
+    let proxy = Proxy::start(&s3.endpoint);
+    proxy.add(
+        Some("GET"),
+        "list-type",
+        Fault::Delay(Duration::from_secs(2)),
+        Some(1),
+    );
+    let mut ctx = static_context(&s3, &prefix);
+    ctx.insert("endpointUrl".into(), proxy.endpoint.clone());
+    let t = d.target("pod-kp");
+    let req = publish_req(&s3, "vol-kp", &t, ctx);
+    let mut node = d.node().await;
+    let pending = tokio::spawn({
+        let req = req.clone();
+        async move { node.node_publish_volume(req).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mount_pids(&t).is_empty() {
+        assert!(Instant::now() < deadline, "no mount process started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    d.kill_and_restart();
+    assert!(
+        pending.await.unwrap().is_err(),
+        "the caller saw the plugin die"
+    );
+    // kubelet retries the publish.
+    let mut node = d.node().await;
+    node.node_publish_volume(req).await.unwrap();
+    fs::write(t.join("after-retry"), b"ok").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mount_pids(&t).len() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "a duplicate mount process is left: {:?}",
+            mount_pids(&t)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(mount_pids(&t).len(), 1);
+    node.node_unpublish_volume(unpublish_req("vol-kp", &t))
+        .await
+        .unwrap();
+    assert!(mount_pids(&t).is_empty());
+    assert!(!is_mounted(&t));
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_publishes_and_unpublishes_leak_nothing() {
+    let s3 = s3();
+    let d = Driver::start();
+    let prefix = unique("load");
+    let n = 100;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let mut node = d.node().await;
+        let t = d.target(&format!("load-{i}"));
+        let req = publish_req(&s3, &format!("load-{i}"), &t, static_context(&s3, &prefix));
+        tasks.push(tokio::spawn(async move {
+            node.node_publish_volume(req).await.unwrap();
+            node.node_unpublish_volume(unpublish_req(&format!("load-{i}"), &t))
+                .await
+                .unwrap();
+            t
+        }));
+    }
+    let mut targets = Vec::new();
+    for task in tasks {
+        targets.push(task.await.unwrap());
+    }
+    for t in &targets {
+        assert!(!is_mounted(t), "{} is still mounted", t.display());
+        assert!(
+            mount_pids(t).is_empty(),
+            "{} still has a process",
+            t.display()
+        );
+        assert!(!t.exists());
+    }
+    let records = fs::read_dir(d.state().join("mounts")).unwrap().count();
+    assert_eq!(records, 0, "mount records left behind");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+#[ignore = "soak (about a minute): run with scripts/soak.sh"]
+async fn node_plugin_memory_stays_flat_over_a_thousand_publish_cycles() {
+    let s3 = s3();
+    let d = Driver::start();
+    let pid = d.child.as_ref().unwrap().id();
+    let prefix = unique("soak");
+    let mut node = d.node().await;
+    let cycle = |i: usize| {
+        let t = d.target(&format!("soak-{}", i % 10));
+        let req = publish_req(&s3, &format!("soak-{i}"), &t, static_context(&s3, &prefix));
+        (req, t)
+    };
+    let mut after_warmup = 0;
+    for i in 0..1000 {
+        let (req, t) = cycle(i);
+        node.node_publish_volume(req).await.unwrap();
+        node.node_unpublish_volume(unpublish_req(&format!("soak-{i}"), &t))
+            .await
+            .unwrap();
+        if i == 99 {
+            after_warmup = rss_kib(pid);
+        }
+    }
+    let end = rss_kib(pid);
+    assert!(
+        end < after_warmup + 8 * 1024,
+        "node plugin RSS grew from {after_warmup} KiB to {end} KiB"
+    );
+}

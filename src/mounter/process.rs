@@ -72,6 +72,18 @@ fn is_our_process(pid: u32, target: &Path) -> bool {
     args.contains(&&b"mount"[..]) && args.contains(&t) && pid_alive(pid)
 }
 
+/// Every live pail mount process of `target` (found by its command line), including one
+/// whose record was never written because the plugin died during the publish.
+fn processes_of(target: &Path) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| is_our_process(*pid, target))
+        .collect()
+}
+
 fn reap(pid: u32) {
     // SAFETY: waitpid with WNOHANG on a pid; harmless if it is not our child.
     unsafe {
@@ -281,6 +293,10 @@ impl ProcessMounter {
         }
         if let Some(r) = record {
             stop_process(r.pid, target);
+        }
+        for pid in processes_of(target) {
+            tracing::warn!(target = %target.display(), pid, "stopping a mount process with no record (its publish was interrupted)");
+            stop_process(pid, target);
         }
         self.state.remove(target);
     }
