@@ -542,6 +542,18 @@ async fn a_killed_mount_process_is_cleaned_up_by_unpublish() {
     ))
     .await
     .unwrap();
+    let stats = |node: &mut NodeClient<Channel>| {
+        let req = NodeGetVolumeStatsRequest {
+            volume_id: "vol-k".into(),
+            volume_path: t.display().to_string(),
+            staging_target_path: String::new(),
+        };
+        let mut node = node.clone();
+        async move { node.node_get_volume_stats(req).await.unwrap().into_inner() }
+    };
+    let healthy = stats(&mut node).await;
+    assert!(!healthy.volume_condition.unwrap().abnormal);
+    assert!(healthy.usage[0].total > 0);
     for pid in mount_pids(&t) {
         // SAFETY: killing the mount process this test started through the driver.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -563,6 +575,9 @@ async fn a_killed_mount_process_is_cleaned_up_by_unpublish() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The plugin reports the dead mount through the volume condition kubelet polls.
+    let sick = stats(&mut node).await.volume_condition.unwrap();
+    assert!(sick.abnormal && sick.message.contains("gone"), "{sick:?}");
     node.node_unpublish_volume(unpublish_req("vol-k", &t))
         .await
         .unwrap();

@@ -108,19 +108,78 @@ impl Node for NodeService {
 
     async fn node_get_volume_stats(
         &self,
-        _req: Request<NodeGetVolumeStatsRequest>,
+        req: Request<NodeGetVolumeStatsRequest>,
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
-        Err(Status::unimplemented(
-            "volume stats are not reported: object stores have no capacity",
-        ))
+        let req = req.into_inner();
+        if req.volume_id.is_empty() {
+            return Err(Status::invalid_argument("volume_id is required"));
+        }
+        let path = check_target(&req.volume_path, &self.allowed_root, "volume_path")?;
+        let mounter = self.mounter.clone();
+        let (mounted, live) = tokio::task::spawn_blocking(move || {
+            let mounted = crate::mounter::kernel::mount_type(&path).as_deref() == Some("fuse.pail");
+            (mounted, mounter.is_live(&path))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("stats task: {e}")))?;
+        if !mounted {
+            return Err(Status::not_found(format!(
+                "{} is not a pail mount",
+                req.volume_path
+            )));
+        }
+        // Object stores have no capacity: report what the mount reports (large and free),
+        // and whether its process is alive, which kubelet turns into events.
+        let (usage, condition) = if live {
+            let usage = statvfs_bytes(&req.volume_path)
+                .map(|(total, free)| {
+                    vec![VolumeUsage {
+                        available: free,
+                        total,
+                        used: total - free,
+                        unit: volume_usage::Unit::Bytes as i32,
+                    }]
+                })
+                .unwrap_or_default();
+            (
+                usage,
+                VolumeCondition {
+                    abnormal: false,
+                    message: "mounted".into(),
+                },
+            )
+        } else {
+            self.mounter
+                .dead_mounts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(volume_id = %req.volume_id, path = %req.volume_path, "the mount process of this volume is gone");
+            (
+                vec![],
+                VolumeCondition {
+                    abnormal: true,
+                    message: "the pail mount process of this volume is gone (transport endpoint is not connected); restart the pod".into(),
+                },
+            )
+        };
+        Ok(Response::new(NodeGetVolumeStatsResponse {
+            usage,
+            volume_condition: Some(condition),
+        }))
     }
 
     async fn node_get_capabilities(
         &self,
         _req: Request<NodeGetCapabilitiesRequest>,
     ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        use node_service_capability::{Rpc, Type, rpc};
+        let cap = |t: rpc::Type| NodeServiceCapability {
+            r#type: Some(Type::Rpc(Rpc { r#type: t as i32 })),
+        };
         Ok(Response::new(NodeGetCapabilitiesResponse {
-            capabilities: vec![],
+            capabilities: vec![
+                cap(rpc::Type::GetVolumeStats),
+                cap(rpc::Type::VolumeCondition),
+            ],
         }))
     }
 
@@ -134,6 +193,17 @@ impl Node for NodeService {
             accessible_topology: None,
         }))
     }
+}
+
+fn statvfs_bytes(path: &str) -> Option<(i64, i64)> {
+    let c = std::ffi::CString::new(path).ok()?;
+    // SAFETY: `st` is plain data that statvfs fills; `c` is a valid path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let frsize = st.f_frsize as i64;
+    Some((st.f_blocks as i64 * frsize, st.f_bavail as i64 * frsize))
 }
 
 #[cfg(test)]
