@@ -154,3 +154,36 @@ fn an_object_replaced_mid_read_fails_the_read() {
         data(48 << 20, 1)[64 << 10..(64 << 10) + rest.len()]
     );
 }
+
+#[test]
+fn a_store_outage_during_a_large_read_and_write_is_ridden_out() {
+    let s3 = s3();
+    let prefix = unique("outage");
+    let body = data(24 << 20, 9);
+    put(&s3, &format!("{prefix}big"), body.clone());
+    let proxy = Proxy::start(&s3.endpoint);
+    let m = mount_via(&proxy, &s3, &prefix, &[]).unwrap();
+    let mut f = fs::File::open(m.join("big")).unwrap();
+    let mut got = vec![0u8; 1 << 20];
+    f.read_exact(&mut got).unwrap();
+    // The server "restarts": every connection is dropped for a while.
+    proxy.add(None, "", Fault::Reset, Some(6));
+    f.read_to_end(&mut got).unwrap();
+    assert!(got == body, "the read completed with the right bytes");
+    assert!(proxy.hits() >= 1);
+
+    // Uploads ride it out too, and close() reports success only once the object is whole.
+    let before = proxy.hits();
+    proxy.add(Some("PUT"), "", Fault::Reset, Some(3));
+    use std::io::Write;
+    use std::os::fd::IntoRawFd;
+    let mut w = fs::File::create(m.join("written")).unwrap();
+    w.write_all(&body[..20 << 20]).unwrap();
+    // SAFETY: closing the descriptor we own, to see close()'s result.
+    assert_eq!(unsafe { libc::close(w.into_raw_fd()) }, 0);
+    assert_eq!(proxy.hits() - before, 3);
+    let stored = block_on(s3.store().get_all(&format!("{prefix}written")))
+        .unwrap()
+        .unwrap();
+    assert!(stored[..] == body[..20 << 20]);
+}
