@@ -27,13 +27,23 @@ const SECRET: &str = "pailtestsecret";
 struct Driver {
     child: Option<Child>,
     dir: tempfile::TempDir,
+    metrics_port: u16,
 }
 
 impl Driver {
     fn start() -> Driver {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("kubelet/pods")).unwrap();
-        let mut d = Driver { child: None, dir };
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut d = Driver {
+            child: None,
+            dir,
+            metrics_port,
+        };
         d.spawn();
         d
     }
@@ -58,6 +68,7 @@ impl Driver {
             .arg("csi")
             .arg(format!("--endpoint=unix://{}", self.socket().display()))
             .args(["--node-id=test-node", "--mode=all"])
+            .arg(format!("--metrics-address=127.0.0.1:{}", self.metrics_port))
             .arg(format!("--kubelet-dir={}", self.kubelet().display()))
             .arg(format!("--state-dir={}", self.state().display()))
             .env_clear()
@@ -91,6 +102,15 @@ impl Driver {
     fn target(&self, pod: &str) -> PathBuf {
         self.kubelet()
             .join(format!("pods/{pod}/volumes/kubernetes.io~csi/vol/mount"))
+    }
+
+    fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        out
     }
 
     fn log(&self) -> String {
@@ -575,9 +595,12 @@ async fn a_killed_mount_process_is_cleaned_up_by_unpublish() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The plugin reports the dead mount through the volume condition kubelet polls.
+    // The plugin reports the dead mount through the volume condition kubelet polls, and
+    // counts it in its metrics.
     let sick = stats(&mut node).await.volume_condition.unwrap();
     assert!(sick.abnormal && sick.message.contains("gone"), "{sick:?}");
+    let metrics = d.metrics();
+    assert!(metrics.contains("pail_dead_mounts_total 1"), "{metrics}");
     node.node_unpublish_volume(unpublish_req("vol-k", &t))
         .await
         .unwrap();

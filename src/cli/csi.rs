@@ -44,6 +44,9 @@ pub struct CsiArgs {
     /// The CSI socket as kubelet sees it (default: <kubelet-dir>/plugins/<driver>/csi.sock).
     #[arg(long)]
     pub kubelet_registration_path: Option<String>,
+    /// Serve Prometheus metrics of the node plugin on this address (e.g. 127.0.0.1:9812).
+    #[arg(long)]
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -71,6 +74,7 @@ pub fn run(args: CsiArgs) -> anyhow::Result<()> {
     });
     let cfg = DriverConfig {
         register,
+        metrics: args.metrics_address,
         endpoint: args.endpoint,
         name: args.driver_name,
         node_id: args.node_id,

@@ -17,6 +17,7 @@ pub mod registration_pb {
 
 pub mod controller;
 pub mod identity;
+pub mod metrics;
 pub mod node;
 pub mod registration;
 pub mod server;

@@ -52,6 +52,8 @@ pub struct DriverConfig {
     /// Register with kubelet without a sidecar: (registration dir, CSI socket path as
     /// kubelet sees it).
     pub register: Option<(PathBuf, String)>,
+    /// Serve Prometheus metrics of the node plugin here.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// How long open connections may delay a shutdown.
@@ -121,6 +123,14 @@ pub async fn serve(
             ProcessMounter::new(cfg.pail_bin.clone(), &cfg.state_dir)
                 .with_context(|| format!("state directory {}", cfg.state_dir.display()))?,
         );
+        if let Some(addr) = cfg.metrics {
+            let m = mounter.clone();
+            tokio::spawn(async move {
+                if let Err(e) = super::metrics::serve(addr, m).await {
+                    tracing::error!(%addr, error = %e, "metrics endpoint failed");
+                }
+            });
+        }
         let recorded = mounter.mount_count();
         if recorded > 0 {
             tracing::info!(

@@ -80,6 +80,8 @@ const MOUNT_FLAGS: &[(&str, bool)] = &[
 ];
 
 const MAX_VALUE_LEN: usize = 1024;
+/// Most attributes, secret keys or mount options one request may carry.
+const MAX_ENTRIES: usize = 64;
 
 fn invalid(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg.into())
@@ -237,6 +239,17 @@ pub fn publish_request(
     target: std::path::PathBuf,
 ) -> Result<MountRequest, Status> {
     let attrs = input.attrs;
+    if attrs.len() > MAX_ENTRIES {
+        return Err(invalid(format!(
+            "volume attributes: {} entries, at most {MAX_ENTRIES}",
+            attrs.len()
+        )));
+    }
+    if input.mount_flags.len() > MAX_ENTRIES {
+        return Err(invalid(format!(
+            "mountOptions: at most {MAX_ENTRIES} entries"
+        )));
+    }
     for (k, v) in attrs {
         if v.len() > MAX_VALUE_LEN {
             return Err(invalid(format!("volume attribute {k}: value too long")));
@@ -329,6 +342,12 @@ pub fn credentials(
 ) -> Result<(Env, Option<String>), Status> {
     let mut env = Vec::new();
     let mut gcs_key = None;
+    if secrets.len() > MAX_ENTRIES {
+        return Err(invalid(format!(
+            "secret: {} keys, at most {MAX_ENTRIES}",
+            secrets.len()
+        )));
+    }
     for (k, v) in secrets {
         if v.len() > 64 * 1024 {
             return Err(invalid(format!("secret key {k}: value too long")));
