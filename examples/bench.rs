@@ -152,7 +152,10 @@ async fn setup(e: &Env, store: &Store) {
         e.bucket
     );
     if store.head("bench/big.bin").await.unwrap().map(|i| i.size) != Some(e.big) {
-        let mut up = store.start_upload("bench/big.bin").await.unwrap();
+        let mut up = store
+            .start_upload("bench/big.bin", &Default::default())
+            .await
+            .unwrap();
         let part = 8u64 << 20;
         let mut off = 0;
         let mut tasks = Vec::new();
@@ -305,7 +308,7 @@ async fn direct_write(store: &Store, key: &str, size: u64) -> Duration {
     let part: Vec<u8> = (0..8u32 << 20).map(|i| (i * 31) as u8).collect();
     let part = Bytes::from(part);
     let start = Instant::now();
-    let mut up = store.start_upload(key).await.unwrap();
+    let mut up = store.start_upload(key, &Default::default()).await.unwrap();
     let mut tasks = Vec::new();
     for _ in 0..size / part.len() as u64 {
         tasks.push(tokio::spawn(up.put_part(PutPayload::from(part.clone()))));

@@ -160,3 +160,41 @@ fn files_in_parents_that_exist_only_as_prefixes_can_be_created() {
     assert_eq!(fs::read(m.join("x/y/new")).unwrap(), b"n");
     assert_eq!(fs::read(m.join("p/q/r/f")).unwrap(), b"f");
 }
+
+#[test]
+fn rsync_and_tar_round_trip_symlinks_and_modes_with_persist_metadata() {
+    let s3 = s3();
+    let prefix = unique("rsync");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path().display();
+    sh(&format!(
+        "mkdir -p {w}/src/sub && echo one > {w}/src/one.txt && echo two > {w}/src/sub/two.sh && chmod 755 {w}/src/sub/two.sh \
+         && chmod 600 {w}/src/one.txt && ln -s one.txt {w}/src/link && ln -s sub/two.sh {w}/src/sub-link \
+         && tar -C {w} -cf {w}/src.tar src"
+    ));
+    let listing = |dir: &str| {
+        sh(&format!(
+            "cd {dir} && find . -printf '%y %m %p %l\\n' | sort"
+        ))
+    };
+    {
+        let m = mount_s3(&s3, &prefix, &["--persist-metadata"]);
+        sh(&format!("rsync -a {w}/src/ {}/synced/", m.path.display()));
+        sh(&format!(
+            "mkdir {mp}/untar && tar -C {mp}/untar -xf {w}/src.tar",
+            mp = m.path.display()
+        ));
+    }
+    let m = mount_s3(&s3, &prefix, &["--persist-metadata"]);
+    sh(&format!("rsync -a {}/synced/ {w}/back/", m.path.display()));
+    sh(&format!("diff -r {w}/src {w}/back"));
+    assert_eq!(listing(&format!("{w}/src")), listing(&format!("{w}/back")));
+    assert_eq!(
+        listing(&format!("{w}/src")),
+        listing(&format!("{}/untar/src", m.path.display()))
+    );
+    assert_eq!(
+        fs::read_link(m.join("synced/link")).unwrap().to_str(),
+        Some("one.txt")
+    );
+}

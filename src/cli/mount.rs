@@ -99,6 +99,10 @@ pub struct MountArgs {
     /// readers stop prefetching and writers wait when it is spent.
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     pub memory_limit: u64,
+    /// Store mode, owner and mtime in object metadata (s3fs's x-amz-meta-mode/uid/gid/mtime)
+    /// and show them; without it they come from --file-mode/--uid/--gid and chmod is a no-op.
+    #[arg(long)]
+    pub persist_metadata: bool,
     /// Most keys a directory rename copies; past it rename fails with EXDEV.
     #[arg(long, default_value_t = 1000)]
     pub rename_dir_limit: usize,
@@ -270,6 +274,7 @@ fn mount_and_serve(args: &MountArgs) -> anyhow::Result<()> {
         max_cache_size: args.max_cache_size,
         rename_dir_limit: args.rename_dir_limit,
         memory_limit: args.memory_limit,
+        persist_metadata: args.persist_metadata,
     };
     // Handle SIGTERM/SIGINT from before the mount is reported live.
     let (mut term, mut int) = rt.block_on(async {

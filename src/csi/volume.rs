@@ -63,6 +63,7 @@ const MOUNT_FLAGS: &[(&str, bool)] = &[
     ("read-only", false),
     ("allow-other", false),
     ("debug", false),
+    ("persist-metadata", false),
     ("uid", true),
     ("gid", true),
     ("file-mode", true),

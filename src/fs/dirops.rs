@@ -63,7 +63,18 @@ impl Fs {
     async fn list_dir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
         let dir = self.inode(ino)?;
         self.counters.listings.fetch_add(1, Ordering::Relaxed);
-        let listing = self.store.list(&dir.key).await?;
+        let mut listing = self.store.list(&dir.key).await?;
+        if self.cfg.persist_metadata {
+            // Modes, owners and symlinks live in object metadata: one HEAD per object (as
+            // s3fs does), many at a time.
+            let keys: Vec<String> = listing.files.iter().map(|(_, i)| i.key.clone()).collect();
+            let heads = self.head_all(keys).await;
+            for ((_, info), head) in listing.files.iter_mut().zip(heads) {
+                if let Ok(Some(h)) = head {
+                    *info = h;
+                }
+            }
+        }
         let expiry = self.expiry();
         let mut inodes = self.inodes();
         let mut entries: Vec<DirEntry> =
@@ -76,12 +87,9 @@ impl Fs {
         let mut names = std::collections::HashSet::new();
         // A file shadows a directory of the same name (as in lookup).
         for (name, info) in listing.files {
-            let stat = Stat {
-                size: info.size,
-                mtime: info.mtime,
-                etag: info.etag,
-            };
-            let ino = inodes.upsert(ino, &name, info.key, Kind::File, stat, expiry);
+            let key = info.key.clone();
+            let (kind, stat) = meta::stat_of(info);
+            let ino = inodes.upsert(ino, &name, key, kind, stat, expiry);
             let attr = self.attr_of(inodes.get(ino).expect("inserted"));
             names.insert(name.clone());
             entries.push(DirEntry {
@@ -244,7 +252,7 @@ impl Fs {
             ));
         }
         let new_key = match src.kind {
-            Kind::File => {
+            Kind::File | Kind::Symlink => {
                 if dst.as_ref().is_some_and(|d| d.kind == Kind::Dir) {
                     return Err(FsError::new(
                         libc::EISDIR,
@@ -333,5 +341,91 @@ impl Fs {
         }
         self.store.delete_marker(from).await?;
         Ok(())
+    }
+
+    /// Create the symbolic link `name` in `parent` pointing at `target` (s3fs's convention:
+    /// the object's body is the target, its `mode` metadata has S_IFLNK).
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &str,
+        target: &str,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        self.writable()?;
+        let p = self.parent_dir(parent)?;
+        if !self.store.supports_metadata() {
+            return Err(FsError::new(
+                libc::ENOTSUP,
+                "symbolic links need object metadata, which this store does not keep",
+            ));
+        }
+        if !valid_name(name) {
+            return Err(FsError::new(libc::EINVAL, format!("invalid name {name:?}")));
+        }
+        match self.resolve(parent, name).await {
+            Ok(_) => return Err(FsError::new(libc::EEXIST, format!("{name:?} exists"))),
+            Err(e) if e.errno == libc::ENOENT => {}
+            Err(e) => return Err(e),
+        }
+        let key = format!("{}{name}", p.key);
+        let now = std::time::SystemTime::now();
+        let m = meta::new_meta(meta::S_IFLNK | 0o777, uid, gid, now);
+        self.store
+            .put_meta(
+                &key,
+                object_store::PutPayload::from(target.as_bytes().to_vec()),
+                &m,
+            )
+            .await?;
+        let stat = Stat {
+            size: target.len() as u64,
+            mtime: now,
+            etag: None,
+            meta: m,
+        };
+        let mut inodes = self.inodes();
+        let ino = inodes.upsert(parent, name, key, Kind::Symlink, stat, self.expiry());
+        inodes.add_lookups(ino, 1);
+        Ok(self.attr_of(inodes.get(ino).expect("inserted")))
+    }
+
+    /// The target of the symbolic link `ino`.
+    pub async fn readlink(&self, ino: u64) -> FsResult<bytes::Bytes> {
+        let inode = self.inode(ino)?;
+        if inode.kind != Kind::Symlink {
+            return Err(FsError::new(libc::EINVAL, "not a symbolic link"));
+        }
+        self.store
+            .get_all(&inode.key)
+            .await?
+            .ok_or_else(|| FsError::not_found(&inode.key))
+    }
+
+    /// HEAD every key, 32 at a time, in order.
+    async fn head_all(
+        &self,
+        keys: Vec<String>,
+    ) -> Vec<crate::store::Result<Option<crate::store::ObjectInfo>>> {
+        use futures::StreamExt;
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(32) {
+            let futs: Vec<_> = chunk
+                .iter()
+                .map(|k| {
+                    let store = self.store.clone();
+                    let k = k.clone();
+                    async move { store.head(&k).await }
+                })
+                .collect();
+            out.extend(
+                futures::stream::iter(futs)
+                    .buffered(32)
+                    .collect::<Vec<_>>()
+                    .await,
+            );
+        }
+        out
     }
 }

@@ -89,7 +89,9 @@ impl Fs {
                     inode.stat.size = fresh.size;
                     let mut staged = self.stage(&inode, size == 0, false).await?;
                     staged.truncate(size)?;
-                    staged.upload(self.cfg.write, self.budget.clone()).await?;
+                    staged
+                        .upload(self.cfg.write, self.budget.clone(), self.upload_meta(ino))
+                        .await?;
                     if let Some(i) = self.inodes().get_mut(ino) {
                         i.stat.size = size;
                         i.stat.mtime = SystemTime::now();
@@ -188,6 +190,68 @@ impl Fs {
         Ok(())
     }
 
+    /// chmod, chown, utimes: stored in object metadata with `persist_metadata` (the object
+    /// is rewritten, or the pending upload carries them); otherwise accepted and not stored.
+    pub async fn chattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        mtime: Option<SystemTime>,
+    ) -> FsResult<Attr> {
+        let inode = self.inode(ino)?;
+        if !self.cfg.persist_metadata
+            || inode.kind != Kind::File
+            || (mode, uid, gid, mtime) == (None, None, None, None)
+        {
+            return Ok(self.attr_of(&inode));
+        }
+        self.writable()?;
+        let mut m = self.upload_meta(ino);
+        let old_mode = meta::mode(&m).unwrap_or(meta::S_IFREG | 0o644);
+        if let Some(p) = mode {
+            m.insert(
+                "mode".into(),
+                ((old_mode & meta::S_IFMT) | (p & 0o7777)).to_string(),
+            );
+        }
+        if let Some(u) = uid {
+            m.insert("uid".into(), u.to_string());
+        }
+        if let Some(g) = gid {
+            m.insert("gid".into(), g.to_string());
+        }
+        let when = mtime.unwrap_or(inode.stat.mtime);
+        meta::set_mtime(&mut m, when);
+        if let Some(i) = self.inodes().get_mut(ino) {
+            i.stat.meta = m.clone();
+            i.stat.mtime = when;
+        }
+        if inode.local {
+            // Open for writing: the upload at close carries the new metadata.
+            if let Some(h) = self.writing_handle(ino).await
+                && let Handle::Write { writer, .. } = &mut *h.lock().await
+            {
+                writer.set_meta(m);
+            }
+            return Ok(self.attr_of(&self.inode(ino)?));
+        }
+        // Rewrite the object with its new metadata (through the staging cache).
+        let fresh = self.inode(ino)?;
+        let mut staged = self.stage(&fresh, false, false).await?;
+        staged.touch();
+        staged
+            .upload(self.cfg.write, self.budget.clone(), m)
+            .await?;
+        if let Some(i) = self.inodes().get_mut(ino) {
+            i.stat.etag = None;
+            i.expiry = Instant::now();
+            i.stat.mtime = when;
+        }
+        Ok(self.attr_of(&self.inode(ino)?))
+    }
+
     /// Open file `ino`.
     pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<u64> {
         let inode = self.inode(ino)?;
@@ -203,12 +267,13 @@ impl Fs {
             if mode.truncate && !mode.read && !mode.append {
                 // The common case: a sequential rewrite streams, no local copy.
                 self.mark_local(ino, 0);
-                let writer = Writer::new(
+                let mut writer = Writer::new(
                     self.store.clone(),
                     inode.key.clone(),
                     self.cfg.write,
                     self.budget.clone(),
                 );
+                writer.set_meta(self.upload_meta(ino));
                 return Ok(self.new_fh(Handle::Write {
                     ino,
                     pid: mode.pid,
@@ -270,10 +335,21 @@ impl Fs {
             Err(e) => return Err(e),
         }
         let key = format!("{}{name}", p.key);
+        let now = SystemTime::now();
         let stat = Stat {
             size: 0,
-            mtime: SystemTime::now(),
+            mtime: now,
             etag: None,
+            meta: if self.cfg.persist_metadata {
+                meta::new_meta(
+                    meta::S_IFREG | (mode.perm & 0o7777),
+                    mode.uid,
+                    mode.gid,
+                    now,
+                )
+            } else {
+                Default::default()
+            },
         };
         let (attr, inode) = {
             let mut inodes = self.inodes();
@@ -290,10 +366,13 @@ impl Fs {
                 staged,
             }
         } else {
+            let mut writer =
+                Writer::new(self.store.clone(), key, self.cfg.write, self.budget.clone());
+            writer.set_meta(self.upload_meta(attr.ino));
             Handle::Write {
                 ino: attr.ino,
                 pid: mode.pid,
-                writer: Writer::new(self.store.clone(), key, self.cfg.write, self.budget.clone()),
+                writer,
             }
         };
         Ok((attr, self.new_fh(handle)))
@@ -385,8 +464,29 @@ impl Fs {
         }
     }
 
+    /// The metadata an upload of `ino` carries now.
+    pub(super) fn upload_meta(&self, ino: u64) -> crate::store::Meta {
+        if !self.cfg.persist_metadata {
+            return Default::default();
+        }
+        let mut m = self.inode(ino).map(|i| i.stat.meta).unwrap_or_default();
+        if meta::mode(&m).is_none() {
+            m = meta::new_meta(
+                meta::S_IFREG | self.cfg.file_mode as u32,
+                self.cfg.uid,
+                self.cfg.gid,
+                SystemTime::now(),
+            );
+        }
+        meta::set_mtime(&mut m, SystemTime::now());
+        m
+    }
+
     async fn upload_staged(&self, ino: u64, staged: &mut Staged) -> FsResult<()> {
-        let result = staged.upload(self.cfg.write, self.budget.clone()).await;
+        let meta = self.upload_meta(ino);
+        let result = staged
+            .upload(self.cfg.write, self.budget.clone(), meta)
+            .await;
         match &result {
             Ok(()) => {
                 if let Some(i) = self.inodes().get_mut(ino) {

@@ -14,6 +14,8 @@ pub enum Kind {
     File,
     /// A directory (a prefix, or a marker object).
     Dir,
+    /// A symbolic link (an object whose body is the target).
+    Symlink,
 }
 
 /// The remote state of an inode as last seen.
@@ -25,6 +27,8 @@ pub struct Stat {
     pub mtime: SystemTime,
     /// ETag of the object, when known.
     pub etag: Option<String>,
+    /// User metadata of the object (mode, owner, mtime), when known.
+    pub meta: crate::store::Meta,
 }
 
 /// One inode.
@@ -72,6 +76,7 @@ impl Inodes {
                 size: 0,
                 mtime,
                 etag: None,
+                meta: Default::default(),
             },
             expiry: far_future(),
             lookups: 1,

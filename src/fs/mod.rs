@@ -8,6 +8,7 @@ mod dirops;
 mod error;
 mod handles;
 mod inode;
+mod meta;
 mod read;
 mod stage;
 mod write;
@@ -64,6 +65,8 @@ pub struct FsConfig {
     pub rename_dir_limit: usize,
     /// Bytes all prefetched and uploading parts of the mount may hold together.
     pub memory_limit: u64,
+    /// Store mode, owner and mtime in object metadata (s3fs's convention) and show them.
+    pub persist_metadata: bool,
 }
 
 impl Default for FsConfig {
@@ -82,6 +85,7 @@ impl Default for FsConfig {
             max_cache_size: 10 << 30,
             rename_dir_limit: 1000,
             memory_limit: 1 << 30,
+            persist_metadata: false,
         }
     }
 }
@@ -131,6 +135,12 @@ pub struct CreateMode {
     pub append: bool,
     /// Process that created it.
     pub pid: u32,
+    /// Permission bits asked for (mode & ~umask).
+    pub perm: u32,
+    /// Creator's user and group.
+    pub uid: u32,
+    /// Creator's group.
+    pub gid: u32,
 }
 
 enum Handle {
@@ -197,18 +207,26 @@ impl Fs {
     }
 
     fn attr_of(&self, inode: &Inode) -> Attr {
-        let (perm, size) = match inode.kind {
+        let (mut perm, size) = match inode.kind {
             Kind::Dir => (self.cfg.dir_mode, 0),
             Kind::File => (self.cfg.file_mode, inode.stat.size),
+            Kind::Symlink => (0o777, inode.stat.size),
         };
+        let (mut uid, mut gid) = (self.cfg.uid, self.cfg.gid);
+        if self.cfg.persist_metadata && inode.kind == Kind::File {
+            let m = &inode.stat.meta;
+            perm = meta::mode(m).map(|m| (m & 0o7777) as u16).unwrap_or(perm);
+            uid = meta::uid(m).unwrap_or(uid);
+            gid = meta::gid(m).unwrap_or(gid);
+        }
         Attr {
             ino: inode.ino,
             kind: inode.kind,
             size,
             mtime: inode.stat.mtime,
             perm,
-            uid: self.cfg.uid,
-            gid: self.cfg.gid,
+            uid,
+            gid,
         }
     }
 
@@ -221,6 +239,7 @@ impl Fs {
             size: 0,
             mtime: self.started,
             etag: None,
+            meta: Default::default(),
         }
     }
 
@@ -280,12 +299,8 @@ impl Fs {
         let mut inodes = self.inodes();
         let ino = match (file, dir) {
             (Some(info), _) => {
-                let stat = Stat {
-                    size: info.size,
-                    mtime: info.mtime,
-                    etag: info.etag,
-                };
-                inodes.upsert(parent, name, file_key, Kind::File, stat, self.expiry())
+                let (kind, stat) = meta::stat_of(info);
+                inodes.upsert(parent, name, file_key, kind, stat, self.expiry())
             }
             (None, true) => inodes.upsert(
                 parent,
@@ -324,11 +339,7 @@ impl Fs {
                 let expiry = self.expiry();
                 if let Some(i) = inodes.get_mut(ino) {
                     if !i.local {
-                        i.stat = Stat {
-                            size: info.size,
-                            mtime: info.mtime,
-                            etag: info.etag,
-                        };
+                        i.stat = meta::stat_of(info).1;
                         i.expiry = expiry;
                     }
                     return Ok(self.attr_of(i));

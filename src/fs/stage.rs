@@ -167,6 +167,11 @@ impl Staged {
         Ok(())
     }
 
+    /// Upload it even if unchanged (to rewrite its metadata).
+    pub fn touch(&mut self) {
+        self.dirty = true;
+    }
+
     /// Upload to `key` from now on (the file was renamed while open).
     pub fn set_key(&mut self, key: String) {
         self.key = key;
@@ -219,11 +224,17 @@ impl Staged {
     }
 
     /// Upload the staged file if it changed since the last upload.
-    pub async fn upload(&mut self, cfg: WriteConfig, budget: Budget) -> FsResult<()> {
+    pub async fn upload(
+        &mut self,
+        cfg: WriteConfig,
+        budget: Budget,
+        meta: crate::store::Meta,
+    ) -> FsResult<()> {
         if !self.dirty {
             return Ok(());
         }
         let mut writer = Writer::new(self.store.clone(), self.key.clone(), cfg, budget);
+        writer.set_meta(meta);
         let chunk = cfg.part_size as u64;
         let mut off = 0;
         while off < self.size {

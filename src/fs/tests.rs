@@ -748,4 +748,105 @@ async fn a_small_memory_budget_slows_reads_and_writes_but_bounds_them() {
     assert_eq!(fs.memory_in_use(), 0, "everything is given back");
 }
 
+#[tokio::test]
+async fn symlinks_are_objects_with_an_s3fs_mode() {
+    let store = Store::memory();
+    let fs = Fs::new(
+        store.clone(),
+        FsConfig {
+            persist_metadata: true,
+            ..config()
+        },
+    );
+    let l = fs
+        .symlink(ROOT_INO, "link", "target/file.txt", 1000, 100)
+        .await
+        .unwrap();
+    assert_eq!(l.kind, Kind::Symlink);
+    assert_eq!(&fs.readlink(l.ino).await.unwrap()[..], b"target/file.txt");
+    assert_eq!(
+        store.get_all("link").await.unwrap().unwrap(),
+        &b"target/file.txt"[..]
+    );
+    let info = store.head("link").await.unwrap().unwrap();
+    assert_eq!(info.meta.get("mode").map(String::as_str), Some("41471"));
+    // Another mount sees a symlink, through lookup and through a listing.
+    let fresh = Fs::new(
+        store.clone(),
+        FsConfig {
+            persist_metadata: true,
+            ..config()
+        },
+    );
+    assert_eq!(
+        fresh.lookup(ROOT_INO, "link").await.unwrap().kind,
+        Kind::Symlink
+    );
+    let fresh = Fs::new(
+        store,
+        FsConfig {
+            persist_metadata: true,
+            ..config()
+        },
+    );
+    let fh = fresh.opendir(ROOT_INO).await.unwrap();
+    let entries = fresh.readdir(ROOT_INO, fh, 0, 10).await.unwrap();
+    assert_eq!(entries[2].attr.kind, Kind::Symlink);
+    assert_eq!(
+        fs.symlink(ROOT_INO, "link", "x", 0, 0)
+            .await
+            .unwrap_err()
+            .errno,
+        libc::EEXIST
+    );
+}
+
+#[tokio::test]
+async fn modes_owners_and_mtimes_persist_with_persist_metadata() {
+    let store = Store::memory();
+    let cfg = FsConfig {
+        persist_metadata: true,
+        ..config()
+    };
+    let fs = Fs::new(store.clone(), cfg.clone());
+    let (a, fh) = fs
+        .create(
+            ROOT_INO,
+            "f",
+            CreateMode {
+                perm: 0o600,
+                uid: 1000,
+                gid: 100,
+                pid: 7,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    fs.write(fh, 0, Bytes::from_static(b"data")).await.unwrap();
+    fs.release(fh).await.unwrap();
+    let fresh = Fs::new(store.clone(), cfg.clone());
+    let f = fresh.lookup(ROOT_INO, "f").await.unwrap();
+    assert_eq!((f.perm, f.uid, f.gid), (0o600, 1000, 100));
+    let when = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    fs.chattr(a.ino, Some(0o755), Some(7), None, Some(when))
+        .await
+        .unwrap();
+    let fresh = Fs::new(store.clone(), cfg);
+    let f = fresh.lookup(ROOT_INO, "f").await.unwrap();
+    assert_eq!((f.perm, f.uid, f.gid, f.mtime), (0o755, 7, 100, when));
+    assert_eq!(read_all(&fresh, f.ino).await, b"data");
+    // Without the option, chmod succeeds and changes nothing.
+    let plain = fs_over(store.clone());
+    let p = plain.lookup(ROOT_INO, "f").await.unwrap();
+    assert_eq!(
+        plain
+            .chattr(p.ino, Some(0o700), None, None, None)
+            .await
+            .unwrap()
+            .perm,
+        0o644
+    );
+}
+
 mod failures;

@@ -50,6 +50,8 @@ pub struct Writer {
     buf: Vec<Bytes>,
     buffered: usize,
     budget: Budget,
+    /// User metadata the object is written with (mode, owner, mtime, symlink).
+    meta: crate::store::Meta,
     written: u64,
     upload: Option<Upload>,
     in_flight: VecDeque<JoinHandle<object_store::Result<()>>>,
@@ -66,11 +68,17 @@ impl Writer {
             buf: Vec::new(),
             buffered: 0,
             budget,
+            meta: Default::default(),
             written: 0,
             upload: None,
             in_flight: VecDeque::new(),
             state: State::Open,
         }
+    }
+
+    /// Write the object with this user metadata.
+    pub fn set_meta(&mut self, meta: crate::store::Meta) {
+        self.meta = meta;
     }
 
     /// Bytes written so far.
@@ -126,7 +134,7 @@ impl Writer {
         // deadlock on the budget): a writer faster than the store slows down instead.
         let held = self.budget.take(payload.content_length() as u64).await;
         if self.upload.is_none() {
-            self.upload = Some(self.store.start_upload(&self.key).await?);
+            self.upload = Some(self.store.start_upload(&self.key, &self.meta).await?);
         }
         let upload = self.upload.as_mut().expect("upload started");
         let fut = upload.put_part(payload);
@@ -196,7 +204,7 @@ impl Writer {
         let rest: PutPayload = std::mem::take(&mut self.buf).into_iter().collect();
         self.buffered = 0;
         if self.upload.is_none() {
-            self.store.put(&self.key, rest).await?;
+            self.store.put_meta(&self.key, rest, &self.meta).await?;
             return Ok(());
         }
         if rest.content_length() > 0 {

@@ -62,6 +62,7 @@ fn file_attr(a: &Attr) -> FileAttr {
     let (kind, nlink) = match a.kind {
         Kind::Dir => (FileType::Directory, 2),
         Kind::File => (FileType::RegularFile, 1),
+        Kind::Symlink => (FileType::Symlink, 1),
     };
     FileAttr {
         ino: INodeNo(a.ino),
@@ -86,6 +87,7 @@ fn file_type(kind: Kind) -> FileType {
     match kind {
         Kind::Dir => FileType::Directory,
         Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
     }
 }
 
@@ -145,12 +147,12 @@ impl Filesystem for FuseFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
         _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -160,7 +162,15 @@ impl Filesystem for FuseFs {
         reply: ReplyAttr,
     ) {
         self.spawn(move |fs, ttl| async move {
-            match fs.setattr(ino.0, size, fh.map(|f| f.0)).await {
+            let mtime = mtime.map(|t| match t {
+                TimeOrNow::SpecificTime(t) => t,
+                TimeOrNow::Now => SystemTime::now(),
+            });
+            let result = match fs.setattr(ino.0, size, fh.map(|f| f.0)).await {
+                Ok(_) => fs.chattr(ino.0, mode, uid, gid, mtime).await,
+                Err(e) => Err(e),
+            };
+            match result {
                 Ok(a) => reply.attr(&ttl, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e, "setattr")),
             }
@@ -254,8 +264,8 @@ impl Filesystem for FuseFs {
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode_bits: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
@@ -263,6 +273,9 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::EINVAL);
         };
         let mode = CreateMode {
+            perm: mode_bits & !umask,
+            uid: req.uid(),
+            gid: req.gid(),
             exclusive: flags & libc::O_EXCL != 0,
             read: flags & libc::O_ACCMODE == libc::O_RDWR,
             append: flags & libc::O_APPEND != 0,
@@ -479,16 +492,31 @@ impl Filesystem for FuseFs {
 
     fn symlink(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &Path,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(if self.fs.config().read_only {
-            Errno::EROFS
-        } else {
-            Errno::ENOTSUP
+        let (Some(name), Some(target)) = (utf8(link_name), target.to_str().map(str::to_string))
+        else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (uid, gid) = (req.uid(), req.gid());
+        self.spawn(move |fs, ttl| async move {
+            match fs.symlink(parent.0, &name, &target, uid, gid).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
+                Err(e) => reply.error(errno(&e, "symlink")),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.spawn(move |fs, _| async move {
+            match fs.readlink(ino.0).await {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(errno(&e, "readlink")),
+            }
         });
     }
 }

@@ -39,6 +39,22 @@ pub struct ObjectInfo {
     pub mtime: SystemTime,
     /// Entity tag, when the store reports one.
     pub etag: Option<String>,
+    /// User metadata (`x-amz-meta-*`), read by [`Store::head`] only.
+    pub meta: Meta,
+}
+
+/// User metadata of an object, keys without their `x-amz-meta-` prefix.
+pub type Meta = std::collections::BTreeMap<String, String>;
+
+fn attributes_of(meta: &Meta) -> object_store::Attributes {
+    meta.iter()
+        .map(|(k, v)| {
+            (
+                object_store::Attribute::Metadata(k.clone().into()),
+                object_store::AttributeValue::from(v.clone()),
+            )
+        })
+        .collect()
 }
 
 /// One directory level of a listing: the objects directly under a prefix and the
@@ -114,8 +130,20 @@ impl Store {
     /// The metadata of the object at `key`, or `None` when there is none.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
         let path = path_of(key)?;
-        match self.inner.head(&path).await {
-            Ok(meta) => Ok(Some(info_of(key, &meta))),
+        let opts = GetOptions {
+            head: true,
+            ..Default::default()
+        };
+        match self.inner.get_opts(&path, opts).await {
+            Ok(r) => {
+                let mut info = info_of(key, &r.meta);
+                for (k, v) in r.attributes.iter() {
+                    if let object_store::Attribute::Metadata(name) = k {
+                        info.meta.insert(name.to_string(), v.as_ref().to_string());
+                    }
+                }
+                Ok(Some(info))
+            }
             Err(e) => {
                 let e = StoreError::from_object_store(e, key);
                 if e.kind == StoreErrorKind::NotFound {
@@ -203,22 +231,48 @@ impl Store {
 
     /// Write a whole object in one request.
     pub async fn put(&self, key: &str, data: PutPayload) -> Result<()> {
+        self.put_meta(key, data, &Meta::new()).await
+    }
+
+    /// Whether objects can carry user metadata here (modes, symlinks).
+    pub fn supports_metadata(&self) -> bool {
+        matches!(&*self.raw, Raw::S3(_) | Raw::Memory(_))
+    }
+
+    /// Write a whole object with user metadata.
+    pub async fn put_meta(&self, key: &str, data: PutPayload, meta: &Meta) -> Result<()> {
         let path = path_of(key)?;
         if let Raw::Gcs(gcs) = &*self.raw {
             return gcs.upload(key, data.into()).await;
         }
+        let opts = object_store::PutOptions {
+            attributes: if self.supports_metadata() {
+                attributes_of(meta)
+            } else {
+                Default::default()
+            },
+            ..Default::default()
+        };
         self.inner
-            .put_opts(&path, data, Default::default())
+            .put_opts(&path, data, opts)
             .await
             .map_err(|e| StoreError::from_object_store(e, key))?;
         Ok(())
     }
 
     /// Start a multipart upload to `key`. The object appears only when it completes.
-    pub async fn start_upload(&self, key: &str) -> Result<Upload> {
+    pub async fn start_upload(&self, key: &str, meta: &Meta) -> Result<Upload> {
         let path = path_of(key)?;
+        let opts = object_store::PutMultipartOptions {
+            attributes: if self.supports_metadata() {
+                attributes_of(meta)
+            } else {
+                Default::default()
+            },
+            ..Default::default()
+        };
         self.inner
-            .put_multipart_opts(&path, Default::default())
+            .put_multipart_opts(&path, opts)
             .await
             .map_err(|e| StoreError::from_object_store(e, key))
     }
@@ -383,6 +437,7 @@ fn info_of(key: &str, meta: &object_store::ObjectMeta) -> ObjectInfo {
         size: meta.size,
         mtime: SystemTime::from(meta.last_modified),
         etag: meta.e_tag.clone(),
+        meta: Meta::new(),
     }
 }
 
