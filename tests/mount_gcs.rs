@@ -59,3 +59,38 @@ fn a_missing_gcs_bucket_is_a_clear_error() {
         .expect("must fail");
     assert!(err.contains("no-such-gcs-bucket"), "{err}");
 }
+
+#[test]
+fn symlinks_and_modes_use_object_metadata_on_gcs() {
+    let g = gcs();
+    let prefix = unique("gcslink");
+    let args = vec![
+        "--endpoint-url".to_string(),
+        g.endpoint.clone(),
+        "--service-account-file".to_string(),
+        g.key_file.display().to_string(),
+        "--persist-metadata".to_string(),
+    ];
+    let source = format!("gs://{}/{prefix}", g.bucket);
+    {
+        let m = mount(&source, &args, &[]);
+        fs::write(m.join("target.txt"), b"t").unwrap();
+        std::os::unix::fs::symlink("target.txt", m.join("link")).unwrap();
+        sh(&format!("chmod 600 {}", m.join("target.txt").display()));
+    }
+    let m = mount(&source, &args, &[]);
+    assert_eq!(
+        fs::read_link(m.join("link")).unwrap().to_str(),
+        Some("target.txt")
+    );
+    assert_eq!(fs::read(m.join("link")).unwrap(), b"t");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(m.join("target.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+}

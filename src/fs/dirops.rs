@@ -397,6 +397,9 @@ impl Fs {
         if inode.kind != Kind::Symlink {
             return Err(FsError::new(libc::EINVAL, "not a symbolic link"));
         }
+        if let Some(t) = inode.stat.meta.get(meta::GCSFUSE_SYMLINK) {
+            return Ok(bytes::Bytes::from(t.clone()));
+        }
         self.store
             .get_all(&inode.key)
             .await?

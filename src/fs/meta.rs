@@ -36,14 +36,22 @@ pub fn mtime(meta: &Meta) -> Option<SystemTime> {
     (secs.is_finite() && secs >= 0.0).then(|| UNIX_EPOCH + Duration::from_secs_f64(secs))
 }
 
+/// gcsfuse's symlink convention on GCS: the target in this metadata key, an empty body.
+pub const GCSFUSE_SYMLINK: &str = "gcsfuse_symlink_target";
+
 /// The kind and stat of an object as the store describes it.
 pub fn stat_of(info: ObjectInfo) -> (Kind, Stat) {
     let kind = match mode(&info.meta) {
         Some(m) if m & S_IFMT == S_IFLNK => Kind::Symlink,
+        _ if info.meta.contains_key(GCSFUSE_SYMLINK) => Kind::Symlink,
         _ => Kind::File,
     };
+    let size = match info.meta.get(GCSFUSE_SYMLINK) {
+        Some(t) if kind == Kind::Symlink => t.len() as u64,
+        _ => info.size,
+    };
     let stat = Stat {
-        size: info.size,
+        size,
         mtime: mtime(&info.meta).unwrap_or(info.mtime),
         etag: info.etag,
         meta: info.meta,

@@ -236,14 +236,27 @@ impl Store {
 
     /// Whether objects can carry user metadata here (modes, symlinks).
     pub fn supports_metadata(&self) -> bool {
-        matches!(&*self.raw, Raw::S3(_) | Raw::Memory(_))
+        matches!(&*self.raw, Raw::S3(_) | Raw::Gcs(_) | Raw::Memory(_))
+    }
+
+    /// Whether this is Google Cloud Storage (symlinks follow gcsfuse's convention there).
+    pub fn is_gcs(&self) -> bool {
+        matches!(&*self.raw, Raw::Gcs(_))
     }
 
     /// Write a whole object with user metadata.
     pub async fn put_meta(&self, key: &str, data: PutPayload, meta: &Meta) -> Result<()> {
         let path = path_of(key)?;
         if let Raw::Gcs(gcs) = &*self.raw {
-            return gcs.upload(key, data.into()).await;
+            if meta.is_empty() {
+                return gcs.upload(key, data.into()).await;
+            }
+            let bytes: bytes::Bytes = data
+                .into_iter()
+                .flat_map(|b| b.to_vec())
+                .collect::<Vec<u8>>()
+                .into();
+            return gcs.upload_with_meta(key, bytes, meta).await;
         }
         let opts = object_store::PutOptions {
             attributes: if self.supports_metadata() {

@@ -233,11 +233,15 @@ impl GcsJson {
         url: String,
         key: &str,
         body: HttpRequestBody,
+        content_type: Option<&str>,
     ) -> Result<()> {
         let mut b = http::Request::builder().method(method).uri(&url).header(
             http::header::CONTENT_LENGTH,
             body.content_length().to_string(),
         );
+        if let Some(ct) = content_type {
+            b = b.header(http::header::CONTENT_TYPE, ct);
+        }
         if let Some(token) = self.bearer(key).await? {
             b = b.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -255,7 +259,33 @@ impl GcsJson {
             self.bucket,
             encode_key(key, false)
         );
-        self.request("POST", url, key, body).await
+        self.request("POST", url, key, body, None).await
+    }
+
+    /// Write the whole object `key` with user metadata (a JSON API multipart upload:
+    /// the object resource, then the data).
+    pub async fn upload_with_meta(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+        meta: &super::Meta,
+    ) -> Result<()> {
+        let url = format!(
+            "{}/upload/storage/v1/b/{}/o?uploadType=multipart",
+            self.base_url, self.bucket
+        );
+        let resource = serde_json::json!({ "name": key, "metadata": meta });
+        let boundary = "pail-boundary-7f3a9c";
+        let mut body = Vec::with_capacity(data.len() + 512);
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{resource}\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n")
+                .as_bytes(),
+        );
+        body.extend_from_slice(&data);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let ct = format!("multipart/related; boundary={boundary}");
+        self.request("POST", url, key, HttpRequestBody::from(body), Some(&ct))
+            .await
     }
 
     /// Delete the object `key`.
@@ -266,7 +296,7 @@ impl GcsJson {
             self.bucket,
             encode_key(key, false)
         );
-        self.request("DELETE", url, key, HttpRequestBody::empty())
+        self.request("DELETE", url, key, HttpRequestBody::empty(), None)
             .await
     }
 }
