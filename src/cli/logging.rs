@@ -16,10 +16,12 @@ pub enum LogFormat {
 
 /// Install the global subscriber.
 pub fn init(format: LogFormat, debug: bool, file: Option<&Path>) -> anyhow::Result<()> {
+    // fuser warns about calls the kernel merely probes (xattrs, ioctl) and about unmounting
+    // a mount that is already gone: noise for users, shown with --debug.
     let default = if debug {
         "pail=debug,info"
     } else {
-        "pail=info,warn"
+        "pail=info,fuser=error,warn"
     };
     let filter = EnvFilter::try_from_env("PAIL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let writer: Box<dyn Fn() -> Box<dyn std::io::Write> + Send + Sync> = match file {
