@@ -103,17 +103,19 @@ impl Fs {
         Ok(self.attr_of(&self.inode(ino)?))
     }
 
-    /// Upload what every handle writing `ino` holds (a rename must see the written data),
-    /// and point staged handles at `new_key`. Streaming writers are completed.
-    pub(super) async fn settle_writers(&self, ino: u64, new_key: &str) -> FsResult<()> {
-        let all: Vec<_> = self
-            .handles
+    fn all_handles(&self) -> Vec<Arc<AsyncMutex<Handle>>> {
+        self.handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .cloned()
-            .collect();
-        for h in all {
+            .collect()
+    }
+
+    /// Upload what every handle writing `ino` holds (a rename must see the written data),
+    /// and point staged handles at `new_key`. Streaming writers are completed.
+    pub(super) async fn settle_writers(&self, ino: u64, new_key: &str) -> FsResult<()> {
+        for h in self.all_handles() {
             let mut g = h.lock().await;
             match &mut *g {
                 Handle::Write { ino: i, writer, .. } if *i == ino => {
@@ -130,14 +132,7 @@ impl Fs {
     }
 
     async fn writing_handle(&self, ino: u64) -> Option<Arc<AsyncMutex<Handle>>> {
-        let all: Vec<_> = self
-            .handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for h in all {
+        for h in self.all_handles() {
             let g = h.lock().await;
             let owner = match &*g {
                 Handle::Write { ino: i, .. } | Handle::Staged { ino: i, .. } => *i,

@@ -144,14 +144,7 @@ impl Store {
                 }
                 Ok(Some(info))
             }
-            Err(e) => {
-                let e = StoreError::from_object_store(e, key);
-                if e.kind == StoreErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
+            Err(e) => absent(e, key),
         }
     }
 
@@ -328,14 +321,7 @@ impl Store {
                 .await
                 .map(Some)
                 .map_err(|e| StoreError::from_object_store(e, key)),
-            Err(e) => {
-                let e = StoreError::from_object_store(e, key);
-                if e.kind == StoreErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
+            Err(e) => absent(e, key),
         }
     }
 
@@ -435,6 +421,16 @@ impl Store {
             .map_err(|_| StoreError::new(StoreErrorKind::Other, "the store did not answer"))?
             .map_err(|e| StoreError::from_object_store(e, prefix))?;
         Ok(())
+    }
+}
+
+/// A missing object is `None`; any other error stays one.
+fn absent<T>(e: object_store::Error, key: &str) -> Result<Option<T>> {
+    let e = StoreError::from_object_store(e, key);
+    if e.kind == StoreErrorKind::NotFound {
+        Ok(None)
+    } else {
+        Err(e)
     }
 }
 
