@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod csi;
 pub mod proxy;
 
 use pail::mounter::ready::{Readiness, spawn_and_wait};

@@ -1,0 +1,379 @@
+//! Unit tests of edits beyond sequential writes: staging (seek, append, truncate,
+//! read-write), the staging cache bound, rename, symlinks, persisted metadata, the memory
+//! budget.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::*;
+
+#[tokio::test]
+async fn a_seek_in_a_new_file_under_one_part_continues_it_staged() {
+    let store = Store::memory();
+    let fs = fs_over(store.clone());
+    let (_, fh) = fs
+        .create(
+            ROOT_INO,
+            "f",
+            CreateMode {
+                exclusive: true,
+                pid: 7,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    fs.write(fh, 0, Bytes::from_static(b"abc")).await.unwrap();
+    fs.write(fh, 10, Bytes::from_static(b"x")).await.unwrap();
+    fs.write(fh, 0, Bytes::from_static(b"A")).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(
+        store.get_all("f").await.unwrap().unwrap(),
+        &b"Abc\0\0\0\0\0\0\0x"[..]
+    );
+}
+
+#[tokio::test]
+async fn a_seek_after_parts_were_uploaded_is_einval() {
+    let store = Store::memory();
+    let fs = fs_over(store.clone());
+    let (_, fh) = fs
+        .create(
+            ROOT_INO,
+            "f",
+            CreateMode {
+                exclusive: true,
+                pid: 7,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    fs.write(fh, 0, Bytes::from(data(2500))).await.unwrap();
+    let e = fs.write(fh, 0, Bytes::from_static(b"x")).await.unwrap_err();
+    assert_eq!(e.errno, libc::EINVAL);
+}
+
+#[tokio::test]
+async fn appends_and_in_place_writes_edit_existing_objects() {
+    let store = Store::memory();
+    put(&store, "log", b"one\n").await;
+    let fs = fs_over(store.clone());
+    let a = fs.lookup(ROOT_INO, "log").await.unwrap();
+    for line in ["two\n", "three\n"] {
+        let fh = fs
+            .open(
+                a.ino,
+                OpenMode {
+                    write: true,
+                    append: true,
+                    pid: 7,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        // O_APPEND writes land at the end whatever offset the caller had.
+        fs.write(fh, 0, Bytes::from(line)).await.unwrap();
+        fs.flush(fh, 7).await.unwrap();
+        fs.release(fh).await.unwrap();
+    }
+    assert_eq!(
+        store.get_all("log").await.unwrap().unwrap(),
+        &b"one\ntwo\nthree\n"[..]
+    );
+    // Read-write: reads see the written bytes before close.
+    let fh = fs
+        .open(
+            a.ino,
+            OpenMode {
+                write: true,
+                read: true,
+                pid: 7,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    fs.write(fh, 4, Bytes::from_static(b"TWO")).await.unwrap();
+    assert_eq!(
+        &fs.read(fh, 0, 100).await.unwrap()[..],
+        b"one\nTWO\nthree\n"
+    );
+    assert_eq!(
+        store.get_all("log").await.unwrap().unwrap(),
+        &b"one\ntwo\nthree\n"[..],
+        "not before close"
+    );
+    fs.setattr(a.ino, Some(8), Some(fh)).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(
+        store.get_all("log").await.unwrap().unwrap(),
+        &b"one\nTWO\n"[..]
+    );
+    assert_eq!(fs.getattr(a.ino).await.unwrap().size, 8);
+}
+
+#[tokio::test]
+async fn a_full_staging_cache_fails_writes_with_enospc() {
+    let store = Store::memory();
+    put(&store, "f", b"").await;
+    let fs = Fs::new(
+        store,
+        FsConfig {
+            max_cache_size: 100,
+            ..config()
+        },
+    );
+    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
+    let fh = fs
+        .open(
+            a.ino,
+            OpenMode {
+                write: true,
+                read: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    fs.write(fh, 0, Bytes::from(vec![1u8; 100])).await.unwrap();
+    let e = fs
+        .write(fh, 100, Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, libc::ENOSPC);
+    fs.release(fh).await.unwrap();
+    assert_eq!(fs.cache_used(), 0);
+}
+
+#[tokio::test]
+async fn rename_of_a_file_replaces_the_target() {
+    let store = Store::memory();
+    put(&store, "a", b"new").await;
+    put(&store, "d/b", b"old").await;
+    let fs = fs_over(store.clone());
+    let a = fs.lookup(ROOT_INO, "a").await.unwrap();
+    let d = fs.lookup(ROOT_INO, "d").await.unwrap();
+    fs.rename(ROOT_INO, "a", d.ino, "b", false).await.unwrap();
+    assert!(store.head("a").await.unwrap().is_none());
+    assert_eq!(store.get_all("d/b").await.unwrap().unwrap(), &b"new"[..]);
+    // The kernel's inode follows the file.
+    assert_eq!(read_all(&fs, a.ino).await, b"new");
+    assert_eq!(
+        fs.lookup(ROOT_INO, "a").await.unwrap_err().errno,
+        libc::ENOENT
+    );
+    put(&store, "c", b"c").await;
+    let e = fs
+        .rename(ROOT_INO, "c", d.ino, "b", true)
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EEXIST);
+}
+
+#[tokio::test]
+async fn rename_of_a_directory_moves_every_key_up_to_the_limit() {
+    let store = Store::memory();
+    put(&store, "src/x", b"x").await;
+    put(&store, "src/sub/y", b"y").await;
+    let fs = fs_over(store.clone());
+    fs.lookup(ROOT_INO, "src").await.unwrap();
+    fs.rename(ROOT_INO, "src", ROOT_INO, "dst", false)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_all("dst/sub/y").await.unwrap().unwrap(),
+        &b"y"[..]
+    );
+    assert!(store.head("src/x").await.unwrap().is_none());
+    let fresh = fs_over(store.clone());
+    assert_eq!(names(&fresh, ROOT_INO).await, [".", "..", "dst"]);
+    let dst = fresh.lookup(ROOT_INO, "dst").await.unwrap();
+    assert_eq!(names(&fresh, dst.ino).await, [".", "..", "sub", "x"]);
+
+    for i in 0..5 {
+        put(&store, &format!("big/f{i}"), b"").await;
+    }
+    let small = Fs::new(
+        store.clone(),
+        FsConfig {
+            rename_dir_limit: 4,
+            ..config()
+        },
+    );
+    small.lookup(ROOT_INO, "big").await.unwrap();
+    let e = small
+        .rename(ROOT_INO, "big", ROOT_INO, "big2", false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EXDEV);
+    assert!(
+        store.head("big/f0").await.unwrap().is_some(),
+        "nothing moved"
+    );
+}
+
+#[tokio::test]
+async fn truncate_by_path_rewrites_the_object() {
+    let store = Store::memory();
+    put(&store, "f", b"12345").await;
+    let fs = fs_over(store.clone());
+    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
+    assert_eq!(fs.setattr(a.ino, Some(5), None).await.unwrap().size, 5);
+    assert_eq!(fs.setattr(a.ino, Some(2), None).await.unwrap().size, 2);
+    assert_eq!(store.get_all("f").await.unwrap().unwrap(), &b"12"[..]);
+    assert_eq!(fs.setattr(a.ino, Some(4), None).await.unwrap().size, 4);
+    assert_eq!(store.get_all("f").await.unwrap().unwrap(), &b"12\0\0"[..]);
+    assert_eq!(fs.cache_used(), 0, "staged files are dropped after upload");
+    let (c, fh) = fs
+        .create(
+            ROOT_INO,
+            "new",
+            CreateMode {
+                exclusive: false,
+                pid: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(fs.setattr(c.ino, Some(0), Some(fh)).await.unwrap().size, 0);
+}
+
+#[tokio::test]
+async fn symlinks_are_objects_with_an_s3fs_mode() {
+    let store = Store::memory();
+    let fs = Fs::new(
+        store.clone(),
+        FsConfig {
+            persist_metadata: true,
+            ..config()
+        },
+    );
+    let l = fs
+        .symlink(ROOT_INO, "link", "target/file.txt", 1000, 100)
+        .await
+        .unwrap();
+    assert_eq!(l.kind, Kind::Symlink);
+    assert_eq!(&fs.readlink(l.ino).await.unwrap()[..], b"target/file.txt");
+    assert_eq!(
+        store.get_all("link").await.unwrap().unwrap(),
+        &b"target/file.txt"[..]
+    );
+    let info = store.head("link").await.unwrap().unwrap();
+    assert_eq!(info.meta.get("mode").map(String::as_str), Some("41471"));
+    // Another mount sees a symlink, through lookup and through a listing.
+    let fresh = Fs::new(
+        store.clone(),
+        FsConfig {
+            persist_metadata: true,
+            ..config()
+        },
+    );
+    assert_eq!(
+        fresh.lookup(ROOT_INO, "link").await.unwrap().kind,
+        Kind::Symlink
+    );
+    let fresh = Fs::new(
+        store,
+        FsConfig {
+            persist_metadata: true,
+            ..config()
+        },
+    );
+    let fh = fresh.opendir(ROOT_INO).await.unwrap();
+    let entries = fresh.readdir(ROOT_INO, fh, 0, 10).await.unwrap();
+    assert_eq!(entries[2].attr.kind, Kind::Symlink);
+    assert_eq!(
+        fs.symlink(ROOT_INO, "link", "x", 0, 0)
+            .await
+            .unwrap_err()
+            .errno,
+        libc::EEXIST
+    );
+}
+
+#[tokio::test]
+async fn modes_owners_and_mtimes_persist_with_persist_metadata() {
+    let store = Store::memory();
+    let cfg = FsConfig {
+        persist_metadata: true,
+        ..config()
+    };
+    let fs = Fs::new(store.clone(), cfg.clone());
+    let (a, fh) = fs
+        .create(
+            ROOT_INO,
+            "f",
+            CreateMode {
+                perm: 0o600,
+                uid: 1000,
+                gid: 100,
+                pid: 7,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    fs.write(fh, 0, Bytes::from_static(b"data")).await.unwrap();
+    fs.release(fh).await.unwrap();
+    let fresh = Fs::new(store.clone(), cfg.clone());
+    let f = fresh.lookup(ROOT_INO, "f").await.unwrap();
+    assert_eq!((f.perm, f.uid, f.gid), (0o600, 1000, 100));
+    let when = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    fs.chattr(a.ino, Some(0o755), Some(7), None, Some(when))
+        .await
+        .unwrap();
+    let fresh = Fs::new(store.clone(), cfg);
+    let f = fresh.lookup(ROOT_INO, "f").await.unwrap();
+    assert_eq!((f.perm, f.uid, f.gid, f.mtime), (0o755, 7, 100, when));
+    assert_eq!(read_all(&fresh, f.ino).await, b"data");
+    // Without the option, chmod succeeds and changes nothing.
+    let plain = fs_over(store.clone());
+    let p = plain.lookup(ROOT_INO, "f").await.unwrap();
+    assert_eq!(
+        plain
+            .chattr(p.ino, Some(0o700), None, None, None)
+            .await
+            .unwrap()
+            .perm,
+        0o644
+    );
+}
+
+#[tokio::test]
+async fn a_small_memory_budget_slows_reads_and_writes_but_bounds_them() {
+    let store = Store::memory();
+    let bytes = data(30_000);
+    put(&store, "big", &bytes).await;
+    // Room for two 1,000-byte parts: prefetch stops early, writers wait for uploads.
+    let fs = Fs::new(
+        store.clone(),
+        FsConfig {
+            memory_limit: 2048,
+            ..config()
+        },
+    );
+    let a = fs.lookup(ROOT_INO, "big").await.unwrap();
+    let fh = fs.open(a.ino, OpenMode::default()).await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        let chunk = fs.read(fh, got.len() as u64, 700).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        assert!(
+            fs.memory_in_use() <= 2048,
+            "{} bytes held",
+            fs.memory_in_use()
+        );
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, bytes);
+    fs.release(fh).await.unwrap();
+    write_file(&fs, ROOT_INO, "w", &data(9_000)).await;
+    assert_eq!(store.get_all("w").await.unwrap().unwrap(), &data(9_000)[..]);
+    assert_eq!(fs.memory_in_use(), 0, "everything is given back");
+}
