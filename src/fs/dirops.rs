@@ -260,7 +260,7 @@ impl Fs {
                     ));
                 }
                 let new_key = format!("{}{newname}", np.key);
-                self.store.copy(&inode.key, &new_key).await?;
+                self.store.copy_any(&inode.key, &new_key).await?;
                 self.store.delete(&inode.key).await?;
                 new_key
             }
@@ -312,7 +312,7 @@ impl Fs {
         let keys: Vec<String> = keys.into_iter().filter(|k| k.len() > from.len()).collect();
         for (i, key) in keys.iter().enumerate() {
             let rel = &key[from.len()..];
-            match self.store.copy(key, &format!("{to}{rel}")).await {
+            match self.store.copy_any(key, &format!("{to}{rel}")).await {
                 Ok(()) => {}
                 Err(e) if e.kind == crate::store::StoreErrorKind::NotFound => {
                     // Listed but not addressable: a marker object `key/`.

@@ -9,6 +9,7 @@ mod gcs;
 mod local;
 mod raw;
 mod s3;
+mod s3copy;
 pub mod source;
 
 use std::ops::Range;
@@ -75,6 +76,8 @@ pub type Upload = Box<dyn object_store::MultipartUpload>;
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     raw: Arc<Raw>,
+    /// Objects larger than this are copied in parts (S3's CopyObject stops at 5 GiB).
+    copy_threshold: u64,
     /// Whether ranged reads can be pinned to an ETag with `If-Match`.
     if_match: bool,
     description: String,
@@ -117,6 +120,7 @@ impl Store {
         Store {
             inner,
             raw: Arc::new(raw),
+            copy_threshold: 5 << 30,
             if_match,
             description,
         }
@@ -362,6 +366,27 @@ impl Store {
             self.delete_marker(prefix).await?;
         }
         Ok(deleted)
+    }
+
+    /// Copy objects larger than `bytes` in parts (tests use a small threshold).
+    pub fn with_copy_threshold(mut self, bytes: u64) -> Store {
+        self.copy_threshold = bytes;
+        self
+    }
+
+    /// Server-side copy of `from` to `to`, whatever its size: objects over the threshold are
+    /// copied in parts of 512 MiB (S3), with their user metadata.
+    pub async fn copy_any(&self, from: &str, to: &str) -> Result<()> {
+        if let Raw::S3(s3) = &*self.raw
+            && let Some(info) = self.head(from).await?
+            && info.size > self.copy_threshold
+        {
+            let part = (self.copy_threshold / 2).clamp(5 << 20, 512 << 20);
+            return s3
+                .multipart_copy(from, to, info.size, part, &info.meta)
+                .await;
+        }
+        self.copy(from, to).await
     }
 
     /// Server-side copy of the object `from` to `to` (replacing `to`).
