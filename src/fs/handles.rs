@@ -88,7 +88,7 @@ impl Fs {
                     let mut inode = self.inode(ino)?;
                     inode.stat.size = fresh.size;
                     let mut staged = self.stage(&inode, size == 0, false).await?;
-                    staged.truncate(size)?;
+                    staged.truncate(size).await?;
                     staged
                         .upload(self.cfg.write, self.budget.clone(), self.upload_meta(ino))
                         .await?;
@@ -156,7 +156,7 @@ impl Fs {
         }
         match h {
             Handle::Staged { staged, ino } => {
-                staged.truncate(size)?;
+                staged.truncate(size).await?;
                 self.mark_local(*ino, size);
                 Ok(())
             }
@@ -379,7 +379,7 @@ impl Fs {
         let mut h = h.lock().await;
         match &mut *h {
             Handle::Read(r) => r.read(offset, len).await,
-            Handle::Staged { staged, .. } => staged.read(offset, len),
+            Handle::Staged { staged, .. } => staged.read(offset, len).await,
             Handle::Write { .. } => Err(FsError::new(libc::EBADF, "file opened write-only")),
             Handle::Dir(_) => Err(FsError::new(libc::EISDIR, "is a directory")),
         }
@@ -405,7 +405,7 @@ impl Fs {
                 Ok(n)
             }
             Handle::Staged { ino, staged } => {
-                let n = staged.write(offset, &data)?;
+                let n = staged.write(offset, &data).await?;
                 self.mark_local(*ino, staged.size());
                 Ok(n)
             }

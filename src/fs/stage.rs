@@ -96,7 +96,17 @@ pub struct Staged {
     dirty: bool,
     /// Writes go to the end whatever the offset (O_APPEND).
     pub append: bool,
+    /// The stored object's bytes `[0, remote)` are fetched lazily, chunk by chunk, before
+    /// they are first read or written (and all of them before an upload).
+    remote: u64,
+    etag: Option<String>,
+    fetched: Vec<bool>,
+    /// Chunks fetched from the store (tests assert on it).
+    pub fetches: u64,
 }
+
+/// Granularity of lazy fetching.
+const CHUNK: u64 = 1 << 20;
 
 impl Drop for Staged {
     fn drop(&mut self) {
@@ -106,7 +116,7 @@ impl Drop for Staged {
 
 impl Staged {
     /// Stage `key`: its current contents (`size` bytes, or none when `empty`) are fetched
-    /// into a cache file.
+    /// into a cache file lazily, as they are read or written.
     pub async fn open(
         store: Store,
         key: String,
@@ -116,6 +126,7 @@ impl Staged {
         etag: Option<String>,
     ) -> FsResult<Staged> {
         let file = cache.create_file()?;
+        let remote = if empty { 0 } else { size };
         let mut s = Staged {
             store,
             key,
@@ -125,28 +136,53 @@ impl Staged {
             reserved: 0,
             dirty: empty,
             append: false,
+            remote,
+            etag,
+            fetched: vec![false; remote.div_ceil(CHUNK) as usize],
+            fetches: 0,
         };
-        if !empty && size > 0 {
-            s.grow(size)?;
-            let chunk = 8u64 << 20;
-            let mut off = 0;
-            while off < size {
-                let end = (off + chunk).min(size);
-                let data = s.store.get_range(&s.key, off..end, etag.as_deref()).await?;
-                if data.len() as u64 != end - off {
-                    return Err(FsError::new(
-                        libc::EIO,
-                        format!("{:?}: short read while staging", s.key),
-                    ));
-                }
-                s.file
-                    .write_all_at(&data, off)
-                    .map_err(|e| FsError::new(libc::EIO, e.to_string()))?;
-                off = end;
-            }
-            s.size = size;
+        if remote > 0 {
+            // Reserve the space now (ENOSPC at open, not in the middle of a write); the file
+            // is sparse until its chunks arrive.
+            s.grow(remote)?;
+            s.file
+                .set_len(remote)
+                .map_err(|e| FsError::new(libc::EIO, e.to_string()))?;
+            s.size = remote;
         }
         Ok(s)
+    }
+
+    /// Fetch the chunks of the stored object that `range` touches and that are not here yet.
+    async fn ensure(&mut self, range: std::ops::Range<u64>) -> FsResult<()> {
+        let end = range.end.min(self.remote);
+        if range.start >= end {
+            return Ok(());
+        }
+        for i in (range.start / CHUNK)..end.div_ceil(CHUNK) {
+            let i = i as usize;
+            if self.fetched[i] {
+                continue;
+            }
+            let from = i as u64 * CHUNK;
+            let to = (from + CHUNK).min(self.remote);
+            let data = self
+                .store
+                .get_range(&self.key, from..to, self.etag.as_deref())
+                .await?;
+            if data.len() as u64 != to - from {
+                return Err(FsError::new(
+                    libc::EIO,
+                    format!("{:?}: short read while staging", self.key),
+                ));
+            }
+            self.file
+                .write_all_at(&data, from)
+                .map_err(|e| FsError::new(libc::EIO, e.to_string()))?;
+            self.fetched[i] = true;
+            self.fetches += 1;
+        }
+        Ok(())
     }
 
     /// Stage the data a streaming writer holds (nothing uploaded yet).
@@ -194,17 +230,19 @@ impl Staged {
     }
 
     /// Write `data` at `offset` (at the end with O_APPEND).
-    pub fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<u32> {
+    pub async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<u32> {
         let offset = if self.append { self.size } else { offset };
+        self.ensure(offset..offset + data.len() as u64).await?;
         self.write_at(offset, data)
     }
 
     /// Read up to `len` bytes at `offset`.
-    pub fn read(&self, offset: u64, len: u32) -> FsResult<Bytes> {
+    pub async fn read(&mut self, offset: u64, len: u32) -> FsResult<Bytes> {
         if offset >= self.size {
             return Ok(Bytes::new());
         }
         let n = (len as u64).min(self.size - offset) as usize;
+        self.ensure(offset..offset + n as u64).await?;
         let mut buf = vec![0u8; n];
         self.file
             .read_exact_at(&mut buf, offset)
@@ -213,7 +251,10 @@ impl Staged {
     }
 
     /// Set the size (ftruncate).
-    pub fn truncate(&mut self, size: u64) -> FsResult<()> {
+    pub async fn truncate(&mut self, size: u64) -> FsResult<()> {
+        // Bytes of the stored object past the new end are never needed.
+        self.remote = self.remote.min(size);
+        self.ensure(size.saturating_sub(1)..size).await?;
         self.grow(size)?;
         self.file
             .set_len(size)
@@ -233,6 +274,7 @@ impl Staged {
         if !self.dirty {
             return Ok(());
         }
+        self.ensure(0..self.size).await?;
         let mut writer = Writer::new(self.store.clone(), self.key.clone(), cfg, budget);
         writer.set_meta(meta);
         let chunk = cfg.part_size as u64;

@@ -377,3 +377,41 @@ async fn a_small_memory_budget_slows_reads_and_writes_but_bounds_them() {
     assert_eq!(store.get_all("w").await.unwrap().unwrap(), &data(9_000)[..]);
     assert_eq!(fs.memory_in_use(), 0, "everything is given back");
 }
+
+#[tokio::test]
+async fn staged_files_fetch_only_the_chunks_they_touch() {
+    let store = Store::memory();
+    let body = data(3 << 20);
+    put(&store, "big", &body).await;
+    let etag = store.head("big").await.unwrap().unwrap().etag;
+    let fs = fs_over(store.clone());
+    let a = fs.lookup(ROOT_INO, "big").await.unwrap();
+    let rw = OpenMode {
+        write: true,
+        read: true,
+        pid: 7,
+        ..Default::default()
+    };
+    // Opened read-write but only read: one chunk fetched, nothing uploaded.
+    let fh = fs.open(a.ino, rw).await.unwrap();
+    let got = fs.read(fh, (3 << 19) + 5, 10).await.unwrap();
+    assert_eq!(&got[..], &body[(3 << 19) + 5..(3 << 19) + 15]);
+    if let Handle::Staged { staged, .. } = &*fs.handle(fh).unwrap().lock().await {
+        assert_eq!(staged.fetches, 1);
+    } else {
+        panic!("not staged");
+    }
+    fs.release(fh).await.unwrap();
+    assert_eq!(
+        store.head("big").await.unwrap().unwrap().etag,
+        etag,
+        "not re-uploaded"
+    );
+    // A one-byte edit fetches the rest before the upload, so nothing is lost.
+    let fh = fs.open(a.ino, rw).await.unwrap();
+    fs.write(fh, 0, Bytes::from_static(b"X")).await.unwrap();
+    fs.release(fh).await.unwrap();
+    let mut want = body.clone();
+    want[0] = b'X';
+    assert!(store.get_all("big").await.unwrap().unwrap()[..] == want[..]);
+}
