@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
+use object_store::aws::AwsCredentialProvider;
 use object_store::client::{HttpClient, HttpRequest, HttpRequestBody};
 use object_store::gcp::GcpCredentialProvider;
 use tokio::sync::Mutex;
@@ -182,34 +182,13 @@ async fn execute(http: &HttpClient, req: HttpRequest, key: &str) -> Result<()> {
 }
 
 impl S3Raw {
+    /// A bodiless signed request on `key`; a missing key is success (idempotent deletes).
     async fn send(&self, method: &str, key: &str) -> Result<()> {
-        let path = encode_key(key, true);
-        let url = if self.path_style {
-            format!("{}/{}/{}", self.endpoint, self.bucket, path)
-        } else {
-            let (scheme, host) = self
-                .endpoint
-                .split_once("://")
-                .unwrap_or(("https", &self.endpoint));
-            format!("{scheme}://{}.{host}/{path}", self.bucket)
-        };
-        let mut req: HttpRequest = http::Request::builder()
-            .method(method)
-            .uri(&url)
-            .header(http::header::CONTENT_LENGTH, "0")
-            .body(HttpRequestBody::empty())
-            .map_err(|e| StoreError::new(StoreErrorKind::InvalidKey, format!("{key:?}: {e}")))?;
-        if let Some(provider) = &self.credentials {
-            let cred = provider
-                .get_credential()
-                .await
-                .map_err(|e| StoreError::from_object_store(e, key))?;
-            AwsAuthorizer::new(&cred, "s3", &self.region)
-                .with_request_payer(self.requester_pays)
-                .try_authorize(&mut req, None)
-                .map_err(|e| StoreError::from_object_store(e, key))?;
+        match self.call(method, key, "", &[], Vec::new()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind == StoreErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
         }
-        execute(&self.http, req, key).await
     }
 }
 

@@ -29,7 +29,7 @@ impl S3Raw {
     }
 
     /// One signed request; the body of a 2xx answer, or an error.
-    async fn call(
+    pub(super) async fn call(
         &self,
         method: &str,
         key: &str,
