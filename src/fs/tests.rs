@@ -24,6 +24,45 @@ fn config() -> FsConfig {
     }
 }
 
+/// A new file, O_EXCL, created by process 7.
+fn excl() -> CreateMode {
+    CreateMode {
+        exclusive: true,
+        pid: 7,
+        ..Default::default()
+    }
+}
+
+/// An existing file opened O_WRONLY|O_TRUNC by process 7.
+fn trunc() -> OpenMode {
+    OpenMode {
+        write: true,
+        truncate: true,
+        pid: 7,
+        ..Default::default()
+    }
+}
+
+/// An existing file opened O_RDWR by process 7.
+fn rw() -> OpenMode {
+    OpenMode {
+        write: true,
+        read: true,
+        pid: 7,
+        ..Default::default()
+    }
+}
+
+/// An existing file opened O_WRONLY|O_APPEND by process 7.
+fn append() -> OpenMode {
+    OpenMode {
+        write: true,
+        append: true,
+        pid: 7,
+        ..Default::default()
+    }
+}
+
 fn fs_over(store: Store) -> Fs {
     Fs::new(store, config())
 }
@@ -40,18 +79,7 @@ async fn put(store: &Store, key: &str, bytes: &[u8]) {
 }
 
 async fn write_file(fs: &Fs, parent: u64, name: &str, bytes: &[u8]) -> Attr {
-    let (attr, fh) = fs
-        .create(
-            parent,
-            name,
-            CreateMode {
-                exclusive: true,
-                pid: 7,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let (attr, fh) = fs.create(parent, name, excl()).await.unwrap();
     for (i, chunk) in bytes.chunks(300).enumerate() {
         fs.write(fh, (i * 300) as u64, Bytes::copy_from_slice(chunk))
             .await
@@ -148,18 +176,7 @@ async fn written_files_become_objects_at_close() {
     let store = Store::memory();
     let fs = fs_over(store.clone());
     let bytes = data(5555); // several 1000-byte parts: a multipart upload
-    let (attr, fh) = fs
-        .create(
-            ROOT_INO,
-            "f.bin",
-            CreateMode {
-                exclusive: true,
-                pid: 7,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let (attr, fh) = fs.create(ROOT_INO, "f.bin", excl()).await.unwrap();
     for (i, chunk) in bytes.chunks(700).enumerate() {
         fs.write(fh, (i * 700) as u64, Bytes::copy_from_slice(chunk))
             .await
@@ -185,18 +202,7 @@ async fn small_and_empty_files_are_single_puts() {
     let store = Store::memory();
     let fs = fs_over(store.clone());
     write_file(&fs, ROOT_INO, "small", b"abc").await;
-    let (_, fh) = fs
-        .create(
-            ROOT_INO,
-            "empty",
-            CreateMode {
-                exclusive: true,
-                pid: 7,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let (_, fh) = fs.create(ROOT_INO, "empty", excl()).await.unwrap();
     fs.release(fh).await.unwrap();
     assert_eq!(store.head("small").await.unwrap().unwrap().size, 3);
     assert_eq!(store.head("empty").await.unwrap().unwrap().size, 0);
@@ -208,18 +214,7 @@ async fn overwrite_with_o_trunc_replaces_the_object() {
     put(&store, "f", b"old contents").await;
     let fs = fs_over(store.clone());
     let a = fs.lookup(ROOT_INO, "f").await.unwrap();
-    let fh = fs
-        .open(
-            a.ino,
-            OpenMode {
-                write: true,
-                truncate: true,
-                pid: 7,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let fh = fs.open(a.ino, trunc()).await.unwrap();
     fs.write(fh, 0, Bytes::from_static(b"new")).await.unwrap();
     fs.flush(fh, 7).await.unwrap();
     fs.release(fh).await.unwrap();

@@ -12,18 +12,7 @@ use super::*;
 async fn a_seek_in_a_new_file_under_one_part_continues_it_staged() {
     let store = Store::memory();
     let fs = fs_over(store.clone());
-    let (_, fh) = fs
-        .create(
-            ROOT_INO,
-            "f",
-            CreateMode {
-                exclusive: true,
-                pid: 7,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let (_, fh) = fs.create(ROOT_INO, "f", excl()).await.unwrap();
     fs.write(fh, 0, Bytes::from_static(b"abc")).await.unwrap();
     fs.write(fh, 10, Bytes::from_static(b"x")).await.unwrap();
     fs.write(fh, 0, Bytes::from_static(b"A")).await.unwrap();
@@ -38,18 +27,7 @@ async fn a_seek_in_a_new_file_under_one_part_continues_it_staged() {
 async fn a_seek_after_parts_were_uploaded_is_einval() {
     let store = Store::memory();
     let fs = fs_over(store.clone());
-    let (_, fh) = fs
-        .create(
-            ROOT_INO,
-            "f",
-            CreateMode {
-                exclusive: true,
-                pid: 7,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let (_, fh) = fs.create(ROOT_INO, "f", excl()).await.unwrap();
     fs.write(fh, 0, Bytes::from(data(2500))).await.unwrap();
     let e = fs.write(fh, 0, Bytes::from_static(b"x")).await.unwrap_err();
     assert_eq!(e.errno, libc::EINVAL);
@@ -62,18 +40,7 @@ async fn appends_and_in_place_writes_edit_existing_objects() {
     let fs = fs_over(store.clone());
     let a = fs.lookup(ROOT_INO, "log").await.unwrap();
     for line in ["two\n", "three\n"] {
-        let fh = fs
-            .open(
-                a.ino,
-                OpenMode {
-                    write: true,
-                    append: true,
-                    pid: 7,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        let fh = fs.open(a.ino, append()).await.unwrap();
         // O_APPEND writes land at the end whatever offset the caller had.
         fs.write(fh, 0, Bytes::from(line)).await.unwrap();
         fs.flush(fh, 7).await.unwrap();
@@ -84,18 +51,7 @@ async fn appends_and_in_place_writes_edit_existing_objects() {
         &b"one\ntwo\nthree\n"[..]
     );
     // Read-write: reads see the written bytes before close.
-    let fh = fs
-        .open(
-            a.ino,
-            OpenMode {
-                write: true,
-                read: true,
-                pid: 7,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let fh = fs.open(a.ino, rw()).await.unwrap();
     fs.write(fh, 4, Bytes::from_static(b"TWO")).await.unwrap();
     assert_eq!(
         &fs.read(fh, 0, 100).await.unwrap()[..],
@@ -386,12 +342,7 @@ async fn staged_files_fetch_only_the_chunks_they_touch() {
     let etag = store.head("big").await.unwrap().unwrap().etag;
     let fs = fs_over(store.clone());
     let a = fs.lookup(ROOT_INO, "big").await.unwrap();
-    let rw = OpenMode {
-        write: true,
-        read: true,
-        pid: 7,
-        ..Default::default()
-    };
+    let rw = rw();
     // Opened read-write but only read: one chunk fetched, nothing uploaded.
     let fh = fs.open(a.ino, rw).await.unwrap();
     let got = fs.read(fh, (3 << 19) + 5, 10).await.unwrap();

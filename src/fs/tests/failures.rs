@@ -133,18 +133,7 @@ fn failing() -> (Store, Arc<AtomicBool>, Arc<Failing>) {
 async fn a_failed_small_upload_fails_close_and_leaves_no_object() {
     let (store, fail, _) = failing();
     let fs = fs_over(store.clone());
-    let (_, fh) = fs
-        .create(
-            ROOT_INO,
-            "f",
-            CreateMode {
-                exclusive: true,
-                pid: 7,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let (_, fh) = fs.create(ROOT_INO, "f", excl()).await.unwrap();
     fs.write(fh, 0, Bytes::from_static(b"data")).await.unwrap();
     fail.store(true, Ordering::SeqCst);
     let e = fs.flush(fh, 7).await.unwrap_err();
@@ -166,18 +155,7 @@ async fn a_failed_multipart_upload_fails_fsync_and_keeps_the_old_object() {
     put(&store, "f", b"old").await;
     let fs = fs_over(store.clone());
     let a = fs.lookup(ROOT_INO, "f").await.unwrap();
-    let fh = fs
-        .open(
-            a.ino,
-            OpenMode {
-                write: true,
-                truncate: true,
-                pid: 7,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let fh = fs.open(a.ino, trunc()).await.unwrap();
     fs.write(fh, 0, Bytes::from(data(2500))).await.unwrap();
     fail.store(true, Ordering::SeqCst);
     assert_eq!(fs.fsync(fh).await.unwrap_err().errno, libc::EIO);
