@@ -15,6 +15,7 @@ pub mod registration_pb {
     tonic::include_proto!("pluginregistration");
 }
 
+pub mod authority;
 pub mod controller;
 pub mod identity;
 pub mod metrics;

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
 use super::registration_pb::registration_server::{Registration, RegistrationServer};
@@ -64,7 +63,7 @@ pub async fn serve(
     tracing::info!(socket = %socket.display(), "serving kubelet plugin registration");
     let result = tonic::transport::Server::builder()
         .add_service(RegistrationServer::new(service))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(super::authority::incoming(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(&socket);
     Ok(result?)

