@@ -47,6 +47,11 @@ pub struct CsiArgs {
     /// Serve Prometheus metrics of the node plugin on this address (e.g. 127.0.0.1:9812).
     #[arg(long)]
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// The host's cgroup file system (e.g. /host/sys/fs/cgroup; with the host's PID
+    /// namespace): each mount process moves into its root cgroups, so that live mounts
+    /// outlive the node plugin's container (restarts, upgrades).
+    #[arg(long)]
+    pub host_cgroup_root: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -75,6 +80,7 @@ pub fn run(args: CsiArgs) -> anyhow::Result<()> {
     let cfg = DriverConfig {
         register,
         metrics: args.metrics_address,
+        host_cgroup_root: args.host_cgroup_root,
         endpoint: args.endpoint,
         name: args.driver_name,
         node_id: args.node_id,

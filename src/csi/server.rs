@@ -53,6 +53,9 @@ pub struct DriverConfig {
     pub register: Option<(PathBuf, String)>,
     /// Serve Prometheus metrics of the node plugin here.
     pub metrics: Option<std::net::SocketAddr>,
+    /// The host's cgroup file system, where mount processes move so that they outlive the
+    /// plugin's container (needs the host's PID namespace).
+    pub host_cgroup_root: Option<PathBuf>,
 }
 
 /// How long open connections may delay a shutdown.
@@ -118,10 +121,10 @@ pub async fn serve(
         if cfg.node_id.is_empty() {
             bail!("--node-id is required in node mode");
         }
-        let mounter = Arc::new(
-            ProcessMounter::new(cfg.pail_bin.clone(), &cfg.state_dir)
-                .with_context(|| format!("state directory {}", cfg.state_dir.display()))?,
-        );
+        let mut mounter = ProcessMounter::new(cfg.pail_bin.clone(), &cfg.state_dir)
+            .with_context(|| format!("state directory {}", cfg.state_dir.display()))?;
+        mounter.host_cgroup_root = cfg.host_cgroup_root.clone();
+        let mounter = Arc::new(mounter);
         if let Some(addr) = cfg.metrics {
             let m = mounter.clone();
             tokio::spawn(async move {

@@ -3,6 +3,7 @@
 //! process, waits until it serves, and keeps a state record per mount so that a restarted
 //! plugin can still unmount what its predecessor mounted.
 
+pub mod cgroup;
 pub mod kernel;
 pub mod process;
 pub mod ready;

@@ -49,6 +49,9 @@ pub struct ProcessMounter {
     pub dead_mounts: std::sync::atomic::AtomicU64,
     /// How long to wait for a mount process to serve.
     pub ready_timeout: Duration,
+    /// The host's cgroup file system: mount processes move to its root cgroups, out of the
+    /// plugin's container, so that they outlive it (see [`super::cgroup`]).
+    pub host_cgroup_root: Option<PathBuf>,
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -124,6 +127,7 @@ impl ProcessMounter {
             locks: Mutex::new(HashMap::new()),
             dead_mounts: Default::default(),
             ready_timeout: Duration::from_secs(60),
+            host_cgroup_root: None,
         })
     }
 
@@ -230,6 +234,12 @@ impl ProcessMounter {
             let _ = child.wait();
             self.cleanup(target);
             return Err(MountError::Failed(why));
+        }
+        if let Some(root) = &self.host_cgroup_root {
+            // The mount works either way; it would only not survive a plugin restart.
+            if let Err(e) = super::cgroup::move_to_root(root, child.id()) {
+                tracing::warn!(target = %target.display(), error = %e, "could not move the mount process out of the plugin's cgroup: it will stop with the plugin's container");
+            }
         }
         let record = Record {
             volume_id: req.volume_id.clone(),

@@ -205,7 +205,9 @@ start_s3() {
 # everything under $LAB and containerd's runtime dir, remove the kubelet's cgroups and the
 # namespace, restore the sysctls. Runs whatever failed, and reports what it could not clean.
 teardown() {
+  trap - ERR
   set +e
+  local left=0
   log "tearing down"
   [ -d "/run/netns" ] && [ -e "/run/netns/$NETNS" ] && {
     local pid
@@ -216,7 +218,7 @@ teardown() {
       for pid in $pids; do kill -9 "$pid" 2>/dev/null; done
       sleep 0.5
     done
-    [ -n "$(ip netns pids "$NETNS" 2>/dev/null)" ] && log "LEFT: processes $(ip netns pids "$NETNS" | tr '\n' ' ')"
+    [ -n "$(ip netns pids "$NETNS" 2>/dev/null)" ] && log "LEFT: processes $(ip netns pids "$NETNS" | tr '\n' ' ')" && left=1
   }
   local m
   for _ in 1 2 3; do
@@ -229,7 +231,7 @@ teardown() {
   for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/unified/; do
     c=${h%/}/kubepods
     [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} + 2>/dev/null
-    [ -d "$c" ] && log "LEFT: cgroup $c"
+    [ -d "$c" ] && log "LEFT: cgroup $c" && left=1
   done
   if [ -f "$LAB/created" ]; then
     while read -r p; do
@@ -245,6 +247,19 @@ teardown() {
   fi
   if grep -qE " ($LAB|/run/containerd)[/ ]" /proc/self/mountinfo; then
     log "LEFT: mounts $(awk '{print $5}' /proc/self/mountinfo | grep -E "^($LAB|/run/containerd)" | tr '\n' ' ')"
+    left=1
   fi
+  if [ -f "$LAB/sysctl-before" ] && [ "$(sysctl -n vm.overcommit_memory kernel.panic kernel.panic_on_oops)" != "$(cat "$LAB/sysctl-before")" ]; then
+    log "LEFT: kernel settings differ from before the run" && left=1
+  fi
+  ip netns list 2>/dev/null | grep -qw "$NETNS" && log "LEFT: network namespace $NETNS" && left=1
   set -e
+  return "$left"
+}
+
+# Every listening socket of the cluster (in its namespace) is on loopback.
+assert_loopback_listeners() {
+  local bad
+  bad=$(in_ns ss -Hltun | awk '{print $5}' | grep -vE '^(127\.0\.0\.1|\[::1\]):' || true)
+  [ -z "$bad" ] || die "listeners not on 127.0.0.1: $bad"
 }

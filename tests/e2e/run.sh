@@ -5,7 +5,8 @@
 # Every process runs in a network namespace with only loopback. The teardown (also on
 # failure) leaves no process, mount, namespace or cgroup and restores the kernel settings the
 # kubelet changes. Needs root. Usage: tests/e2e/run.sh
-set -euo pipefail
+set -Eeuo pipefail
+trap 'log "failed: line $LINENO of ${BASH_SOURCE[0]##*/}: $BASH_COMMAND"' ERR
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 LAB=${PAIL_E2E_DIR:-/tmp/pail-e2e}
 NETNS=${PAIL_E2E_NETNS:-pail-e2e}
@@ -20,7 +21,7 @@ export AWS_EC2_METADATA_DISABLED=true
 [ -e /dev/fuse ] || die "needs /dev/fuse"
 if ip netns list 2>/dev/null | grep -qw "$NETNS" || [ -d "$LAB" ]; then
   log "cleaning up a previous run"
-  teardown
+  teardown || die "could not clean up the previous run"
 fi
 rm -rf "$LAB"
 mkdir -p "$LAB"
@@ -40,9 +41,10 @@ on_exit() {
     cp -r "$LAB/state" "$LAB/logs/pail-state" 2>/dev/null || true
     cp -r "$LAB/logs" "${LAB}-logs" 2>/dev/null || true
   fi
-  teardown
+  teardown || rc=1
   rm -rf "$LAB"
   if ((rc == 0)); then log "PASSED in $((SECONDS - started)) s"; else log "FAILED (exit $rc); logs in ${LAB}-logs"; fi
+  exit "$rc"
 }
 trap on_exit EXIT
 rm -rf "${LAB}-logs"

@@ -1,50 +1,99 @@
 # shellcheck shell=bash
-# The end-to-end scenarios, driven with kubectl and helm only, as a user would. Sourced by
-# tests/e2e/run.sh after the cluster and the S3 server are up.
+# The end-to-end scenarios, driven with kubectl and helm only, as a user would; the harness
+# then checks the node (mount table, processes, kubelet dirs) and the bucket (through the S3
+# server's filer, not through pail). Sourced by tests/e2e/run.sh once the cluster and the S3
+# server are up.
 
 DRIVER=s3.csi.pail.dev
 S3_ENDPOINT=http://127.0.0.1:18333
-FILER=http://127.0.0.1:21333 # SeaweedFS's filer: reads the bucket without pail
+FILER=http://127.0.0.1:21333 # SeaweedFS's filer (S3 port + 3000)
 
-# The object KEY of the test bucket, read straight from the S3 server's filer.
+# The object KEY of the test bucket, read from the S3 server's filer.
 bucket_object() { in_ns curl -sf "$FILER/buckets/pail-test/$1"; }
-bucket_has() { bucket_object "$1" >/dev/null; }
 
-# Pail FUSE mounts under the kubelet's root dir, one per line.
+# pail FUSE mounts under the kubelet's root dir, one per line.
 pail_mounts() { awk -v root="$LAB/kubelet/" '$3 == "fuse.pail" && index($2, root) == 1 {print $2}' /proc/mounts; }
-no_pail_mounts() { [ -z "$(pail_mounts)" ]; }
-# Live `pail mount` processes (any container, any cgroup).
+# Live `pail mount` processes, wherever they run.
 mount_processes() { pgrep -f "^/usr/bin/pail mount " || true; }
-no_mount_processes() { [ -z "$(mount_processes)" ]; }
+# CSI volume directories the kubelet still has.
+csi_volume_dirs() { find "$LAB/kubelet/pods" -mindepth 4 -maxdepth 4 -path '*/volumes/kubernetes.io~csi/*' 2>/dev/null || true; }
+node_is_clean() { [ -z "$(pail_mounts)$(mount_processes)$(csi_volume_dirs)" ]; }
+assert_node_clean() {
+  wait_until "no pail mount, mount process or CSI volume dir on the node" 60 node_is_clean
+}
 
-apply() { # manifest file under tests/e2e/manifests, placeholders filled
+apply() { # manifest under tests/e2e/manifests, placeholders filled
   sed -e "s#@S3_ENDPOINT@#$S3_ENDPOINT#g" -e "s#@DRIVER@#$DRIVER#g" \
     "$REPO/tests/e2e/manifests/$1" | kc apply -f - >/dev/null
 }
 
+# Volume stanzas for run_pod.
+claim() { printf '      persistentVolumeClaim: {claimName: %s}\n' "$1"; }
+inline() { # prefix
+  cat <<EOF
+      csi:
+        driver: $DRIVER
+        volumeAttributes: {bucketName: pail-test, prefix: $1, endpointUrl: "$S3_ENDPOINT", region: us-east-1}
+        nodePublishSecretRef: {name: e2e-s3}
+EOF
+}
+
+# run_pod NAME VOLUME-STANZA SCRIPT: a busybox pod running SCRIPT with the volume at /data.
+run_pod() {
+  kc apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $1, namespace: default}
+spec:
+  hostNetwork: true
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: main
+      image: localhost/busybox:e2e
+      imagePullPolicy: Never
+      command: [sh, -c]
+      args:
+        - |
+$(sed 's/^/          /' <<<"$3")
+      volumeMounts: [{name: data, mountPath: /data}]
+  volumes:
+    - name: data
+$2
+EOF
+}
+
 pod_phase() { kc get pod "$1" -o 'jsonpath={.status.phase}'; }
-pvc_bound() { [ "$(kc get pvc "$1" -o 'jsonpath={.status.phase}')" = Bound ]; }
-# Wait for a pod to succeed; on failure show its log and events.
+show_pod() { kc logs "$1" >&2 || true; kc describe pod "$1" | tail -15 >&2 || true; }
 wait_succeeded() { # pod seconds
   local deadline=$((SECONDS + $2)) phase
   while :; do
     phase=$(pod_phase "$1" 2>/dev/null || true)
     [ "$phase" = Succeeded ] && return 0
     if [ "$phase" = Failed ] || ((SECONDS > deadline)); then
-      kc logs "$1" >&2 || true
-      kc describe pod "$1" | tail -20 >&2 || true
+      show_pod "$1"
       die "pod $1 did not succeed (phase ${phase:-none})"
     fi
     sleep 0.5
   done
 }
-wait_running() { kc wait --for=condition=Ready "pod/$1" --timeout="${2}s" >/dev/null || { kc describe pod "$1" | tail -20 >&2; die "pod $1 not ready"; }; }
+wait_ready() { kc wait --for=condition=Ready "pod/$1" --timeout="${2}s" >/dev/null || { show_pod "$1"; die "pod $1 not ready"; }; }
+delete_pods() { kc delete pod "$@" --wait=true --timeout=60s >/dev/null; }
+pvc_bound() { [ "$(kc get pvc "$1" -o 'jsonpath={.status.phase}')" = Bound ]; }
 
-node_plugin_pod() { kc get pods -n kube-system -l app.kubernetes.io/component=node -o 'jsonpath={.items[0].metadata.name}'; }
+node_plugin_pod() { kc get pods -n kube-system -l app.kubernetes.io/component=node -o 'jsonpath={.items[*].metadata.name}'; }
 driver_registered() { kc get csinode 127.0.0.1 -o 'jsonpath={.spec.drivers[*].name}' | grep -qw "$DRIVER"; }
+driver_unregistered() { ! driver_registered; }
+no_plugin_pods() { [ -z "$(node_plugin_pod)" ]; }
+plugin_ready() { # a node plugin pod other than $1 is Ready and registered
+  local p
+  p=$(node_plugin_pod)
+  [ -n "$p" ] && [ "$p" != "${1:-}" ] && kc wait --for=condition=Ready "pod/$p" -n kube-system --timeout=1s &&
+    driver_registered
+}
 
 helm_install() {
-  log "helm install (node plugin registers itself with the kubelet; images local)"
+  log "helm install (the node plugin registers itself with the kubelet; local images)"
   hm install pail "$REPO/charts/pail" --namespace kube-system --wait --timeout 120s \
     --set image.repository=localhost/pail --set image.tag=e2e --set image.pullPolicy=Never \
     --set kubeletDir="$LAB/kubelet" --set node.registration=self --set node.stateDir="$LAB/state" \
@@ -53,19 +102,118 @@ helm_install() {
 }
 
 scenario_static_pv() {
-  log "scenario: Secret + static PV + PVC, one pod writes, another reads"
+  log "scenario: Secret + static PV + PVC; one pod writes, a second reads and answers"
   apply secret.yaml
   apply static.yaml
   wait_until "PVC e2e-static to bind" 60 pvc_bound e2e-static
-  apply writer.yaml
-  wait_succeeded writer 120
-  apply reader.yaml
+  # The writer waits for the reader's answer: both pods have the volume mounted at once.
+  run_pod writer "$(claim e2e-static)" 'echo "hello from the writer pod" > /data/hello.txt
+for i in $(seq 120); do [ -f /data/ack.txt ] && cat /data/ack.txt && exit 0; sleep 1; done
+echo "no answer from the reader"; exit 1'
+  run_pod reader "$(claim e2e-static)" 'for i in $(seq 120); do [ -f /data/hello.txt ] && break; sleep 1; done
+cat /data/hello.txt && cat /data/hello.txt > /data/ack.txt'
   wait_succeeded reader 120
-  [ "$(kc logs reader)" = "hello from the writer pod" ] || die "reader read: $(kc logs reader)"
+  wait_succeeded writer 120
+  [ "$(kc logs reader)" = "hello from the writer pod" ] || die "the reader read '$(kc logs reader)'"
+  [ "$(kc logs writer)" = "hello from the writer pod" ] || die "the writer read back '$(kc logs writer)'"
   [ "$(bucket_object static/hello.txt)" = "hello from the writer pod" ] || die "static/hello.txt is not in the bucket"
+  [ "$(bucket_object static/ack.txt)" = "hello from the writer pod" ] || die "static/ack.txt is not in the bucket"
+}
+
+scenario_inline() {
+  log "scenario: CSI ephemeral inline volume"
+  run_pod inline "$(inline inline/)" 'mkdir -p /data/a/b && echo inline > /data/a/b/c.txt && cat /data/a/b/c.txt'
+  wait_succeeded inline 120
+  [ "$(kc logs inline)" = inline ] || die "inline pod read '$(kc logs inline)'"
+  [ "$(bucket_object inline/a/b/c.txt)" = inline ] || die "inline/a/b/c.txt is not in the bucket"
+}
+
+scenario_read_only() {
+  log "scenario: read-only PV: reads work, writes fail with EROFS"
+  apply readonly.yaml
+  wait_until "PVC e2e-readonly to bind" 60 pvc_bound e2e-readonly
+  run_pod readonly "$(claim e2e-readonly)" 'cat /data/hello.txt || exit 2
+if err=$(sh -c "echo x > /data/nope.txt" 2>&1); then echo "the write succeeded"; exit 1; fi
+echo "$err"
+case "$err" in *"Read-only file system"*) exit 0 ;; esac
+exit 1'
+  wait_succeeded readonly 120
+  kc logs readonly | grep -q "Read-only file system" || die "readonly pod: $(kc logs readonly)"
+  ! bucket_object static/nope.txt >/dev/null || die "a read-only volume wrote static/nope.txt"
+}
+
+scenario_unmount_on_delete() {
+  log "scenario: deleting the pods unmounts their volumes"
+  delete_pods writer reader inline readonly
+  assert_node_clean
+}
+
+reads_ok() { kc logs streamer | grep -c '^ok' || true; }
+reads_at_least() { (($(reads_ok) >= $1)); }
+
+scenario_plugin_restart() {
+  log "scenario: the node plugin pod is deleted while a pod reads; the pod keeps reading"
+  run_pod bigfile "$(claim e2e-static)" 'dd if=/dev/urandom of=/data/big.bin bs=1M count=64 2>/dev/null
+md5sum < /data/big.bin > /data/big.md5 && cat /data/big.md5'
+  wait_succeeded bigfile 180
+  run_pod streamer "$(claim e2e-static)" 'want=$(cat /data/big.md5)
+n=0
+while true; do
+  got=$(md5sum < /data/big.bin) || { echo "FAILED: read error"; exit 1; }
+  [ "$got" = "$want" ] || { echo "FAILED: $got"; exit 1; }
+  n=$((n + 1)); echo "ok $n"
+done'
+  wait_ready streamer 120
+  wait_until "streamer's first read" 120 reads_at_least 1
+  local old pid before
+  old=$(node_plugin_pod)
+  pid=$(mount_processes | tr '\n' ' ')
+  [ -n "$pid" ] || die "no mount process serves the streamer"
+  before=$(reads_ok)
+  kc delete pod -n kube-system "$old" --wait=true --timeout=60s >/dev/null
+  wait_until "a new node plugin pod Ready and registered" 120 plugin_ready "$old"
+  wait_until "3 more whole reads of big.bin" 120 reads_at_least $((before + 3))
+  [ "$(pod_phase streamer)" = Running ] || { show_pod streamer; die "streamer stopped"; }
+  ! kc logs streamer | grep FAILED || die "streamer failed a read"
+  [ "$(mount_processes | tr '\n' ' ')" = "$pid" ] || die "the mount process changed ($pid -> $(mount_processes | tr '\n' ' '))"
+  log "  streamer read big.bin $(reads_ok) times (${before} before the restart), mount process $pid kept"
+  delete_pods streamer bigfile
+  assert_node_clean
+}
+
+scenario_upgrade_uninstall() {
+  log "scenario: helm upgrade with a changed value, a pod on the upgraded plugin, helm uninstall"
+  local old
+  old=$(node_plugin_pod)
+  hm upgrade pail "$REPO/charts/pail" --namespace kube-system --reuse-values --set logLevel=debug \
+    --wait --timeout 120s >/dev/null
+  wait_until "the upgraded node plugin Ready and registered" 120 plugin_ready "$old"
+  kc get ds -n kube-system pail-node -o 'jsonpath={.spec.template.spec.containers[0].args}' | grep -q -- --debug ||
+    die "helm upgrade did not change the node plugin's args"
+  run_pod upgraded "$(inline upgraded/)" 'echo after-upgrade > /data/x.txt && cat /data/x.txt'
+  wait_succeeded upgraded 120
+  [ "$(bucket_object upgraded/x.txt)" = after-upgrade ] || die "upgraded/x.txt is not in the bucket"
+  delete_pods upgraded
+  assert_node_clean
+  hm uninstall pail --namespace kube-system --wait --timeout 120s >/dev/null
+  wait_until "node plugin pods gone" 60 no_plugin_pods
+  wait_until "the kubelet to drop the driver from CSINode" 60 driver_unregistered
+  ! kc get csidriver "$DRIVER" >/dev/null 2>&1 || die "CSIDriver $DRIVER left after uninstall"
+  local left
+  left=$(find "$LAB/kubelet/plugins_registry" "$LAB/kubelet/plugins" -mindepth 1 -not -type d 2>/dev/null || true)
+  [ -z "$left" ] || die "files left after uninstall: $left"
+  left=$(find "$LAB/state/mounts" -name '*.json' 2>/dev/null; find "$LAB/state/cache" -mindepth 1 -maxdepth 1 2>/dev/null || true)
+  [ -z "$left" ] || die "mount records left after uninstall: $left"
+  node_is_clean || die "node not clean after uninstall"
 }
 
 run_scenarios() {
   helm_install
   scenario_static_pv
+  assert_loopback_listeners # with everything running
+  scenario_inline
+  scenario_read_only
+  scenario_unmount_on_delete
+  scenario_plugin_restart
+  scenario_upgrade_uninstall
 }
