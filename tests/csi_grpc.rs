@@ -427,3 +427,72 @@ async fn a_volume_can_have_its_own_bucket() {
     let e = gone.check("").await.unwrap_err();
     assert_eq!(e.kind, pail::store::StoreErrorKind::NotFound, "{e}");
 }
+
+/// One HTTP/2 frame: (type, flags, stream, payload).
+async fn read_frame(s: &mut UnixStream) -> (u8, u8, u32, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await.unwrap();
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let stream = u32::from_be_bytes([head[5] & 0x7f, head[6], head[7], head[8]]);
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.unwrap();
+    (head[3], head[4], stream, payload)
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut v = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    v.extend([kind, flags]);
+    v.extend(stream.to_be_bytes());
+    v.extend(payload);
+    v
+}
+
+/// kubelet before 1.26 (grpc-go dialling a bare socket path) sends that path as the HTTP/2
+/// `:authority`, which h2 alone refuses with RST_STREAM(PROTOCOL_ERROR): the driver must
+/// answer it anyway, or kubelet can neither register nor publish.
+#[tokio::test]
+async fn a_client_sending_the_socket_path_as_authority_is_answered() {
+    use tokio::io::AsyncWriteExt;
+    let d = Driver::start();
+    let socket = d.socket();
+    let lit = |s: &[u8]| {
+        let mut v = vec![s.len() as u8];
+        v.extend(s);
+        v
+    };
+    // :method POST, :scheme http, :path, :authority = the socket path, content-type, te.
+    let mut block = vec![0x83, 0x86, 0x44];
+    block.extend(lit(b"/csi.v1.Identity/GetPluginInfo"));
+    block.push(0x41);
+    block.extend(lit(socket.as_os_str().as_encoded_bytes()));
+    block.push(0x5f);
+    block.extend(lit(b"application/grpc"));
+    block.push(0x40);
+    block.extend(lit(b"te"));
+    block.extend(lit(b"trailers"));
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    out.extend(frame(0x1, 0x4, 1, &block)); // HEADERS, END_HEADERS
+    out.extend(frame(0x0, 0x1, 1, &[0, 0, 0, 0, 0])); // an empty request, END_STREAM
+
+    let mut s = UnixStream::connect(&socket).await.unwrap();
+    s.write_all(&out).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (kind, flags, stream, payload) = read_frame(&mut s).await;
+            match kind {
+                0x4 if flags & 0x1 == 0 => s.write_all(&frame(0x4, 0x1, 0, &[])).await.unwrap(),
+                0x0 if stream == 1 => return Ok(payload),
+                0x3 => return Err(format!("RST_STREAM {payload:?}")),
+                0x7 => return Err(format!("GOAWAY {payload:?}")),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("no answer within 10 s");
+    let payload = answer.unwrap();
+    let body = String::from_utf8_lossy(&payload);
+    assert!(body.contains("s3.csi.pail.dev"), "answer: {body:?}");
+}

@@ -47,6 +47,7 @@ on_exit() {
   exit "$rc"
 }
 trap on_exit EXIT
+trap 'exit 130' INT TERM
 rm -rf "${LAB}-logs"
 
 start_cluster
