@@ -36,6 +36,10 @@ build_images
 note_host_state
 on_exit() {
   local rc=$?
+  if ((rc != 0)) && [ -n "${PAIL_E2E_PAUSE_ON_FAILURE:-}" ]; then
+    log "paused for inspection; touch $LAB/continue to tear down (kubectl: $KUBECTL --kubeconfig $LAB/kubeconfig in the namespace $NETNS)"
+    until [ -e "$LAB/continue" ]; do sleep 1; done
+  fi
   if ((rc != 0)); then
     cp -r /var/log/pods "$LAB/logs/pods" 2>/dev/null || true
     cp -r "$LAB/state" "$LAB/logs/pail-state" 2>/dev/null || true

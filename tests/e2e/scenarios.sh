@@ -78,7 +78,9 @@ wait_succeeded() { # pod seconds
   done
 }
 wait_ready() { kc wait --for=condition=Ready "pod/$1" --timeout="${2}s" >/dev/null || { show_pod "$1"; die "pod $1 not ready"; }; }
-delete_pods() { kc delete pod "$@" --wait=true --timeout=60s >/dev/null; }
+# The 1.20 kubelet deletes a pod once its exited containers are removed, which its
+# container GC may leave for its next pass (every minute): allow for two.
+delete_pods() { kc delete pod "$@" --wait=true --timeout=180s >/dev/null; }
 pvc_bound() { [ "$(kc get pvc "$1" -o 'jsonpath={.status.phase}')" = Bound ]; }
 
 node_plugin_pod() { kc get pods -n kube-system -l app.kubernetes.io/component=node -o 'jsonpath={.items[*].metadata.name}'; }
@@ -170,7 +172,7 @@ done'
   pid=$(mount_processes | tr '\n' ' ')
   [ -n "$pid" ] || die "no mount process serves the streamer"
   before=$(reads_ok)
-  kc delete pod -n kube-system "$old" --wait=true --timeout=60s >/dev/null
+  kc delete pod -n kube-system "$old" --wait=true --timeout=180s >/dev/null
   wait_until "a new node plugin pod Ready and registered" 120 plugin_ready "$old"
   wait_until "3 more whole reads of big.bin" 120 reads_at_least $((before + 3))
   [ "$(pod_phase streamer)" = Running ] || { show_pod streamer; die "streamer stopped"; }
@@ -195,8 +197,8 @@ scenario_upgrade_uninstall() {
   [ "$(bucket_object upgraded/x.txt)" = after-upgrade ] || die "upgraded/x.txt is not in the bucket"
   delete_pods upgraded
   assert_node_clean
-  hm uninstall pail --namespace kube-system --wait --timeout 120s >/dev/null
-  wait_until "node plugin pods gone" 60 no_plugin_pods
+  hm uninstall pail --namespace kube-system --wait --timeout 240s >/dev/null
+  wait_until "node plugin pods gone" 180 no_plugin_pods
   wait_until "the kubelet to drop the driver from CSINode" 60 driver_unregistered
   ! kc get csidriver "$DRIVER" >/dev/null 2>&1 || die "CSIDriver $DRIVER left after uninstall"
   local left
