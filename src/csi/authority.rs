@@ -76,7 +76,15 @@ async fn pump(client: tokio::net::UnixStream, server: DuplexStream) {
         tokio::io::copy(&mut server_rd, &mut client_wr).await?;
         client_wr.shutdown().await
     };
-    let _ = tokio::join!(up, down);
+    // The server closing ends the connection; the client closing its side still lets the
+    // server's answers through.
+    tokio::pin!(up, down);
+    tokio::select! {
+        _ = &mut down => {}
+        _ = &mut up => {
+            let _ = down.await;
+        }
+    }
 }
 
 #[derive(Default, PartialEq)]
