@@ -7,9 +7,12 @@
 DRIVER=s3.csi.pail.dev
 S3_ENDPOINT=http://127.0.0.1:18333
 FILER=http://127.0.0.1:21333 # SeaweedFS's filer (S3 port + 3000)
+GCS_ENDPOINT=http://127.0.0.1:14443 # fake-gcs-server (scripts/test-servers.sh)
 
 # The object KEY of the test bucket, read from the S3 server's filer.
 bucket_object() { in_ns curl -sf "$FILER/buckets/pail-test/$1"; }
+# The object KEY of the GCS test bucket, read from fake-gcs-server's JSON API.
+gcs_object() { in_ns curl -sf "$GCS_ENDPOINT/storage/v1/b/pail-gcs-test/o/$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$1")?alt=media"; }
 
 # pail FUSE mounts under the kubelet's root dir, one per line.
 pail_mounts() { awk -v root="$LAB/kubelet/" '$3 == "fuse.pail" && index($2, root) == 1 {print $2}' /proc/mounts; }
@@ -130,6 +133,17 @@ scenario_inline() {
   [ "$(bucket_object inline/a/b/c.txt)" = inline ] || die "inline/a/b/c.txt is not in the bucket"
 }
 
+scenario_gcs() {
+  log "scenario: an inline volume on Google Cloud Storage (fake-gcs-server), service account key from a Secret"
+  run_pod gcs "      csi:
+        driver: $DRIVER
+        volumeAttributes: {provider: gcs, bucketName: pail-gcs-test, prefix: pods/, endpointUrl: \"$GCS_ENDPOINT\"}
+        nodePublishSecretRef: {name: e2e-gcs}" 'mkdir -p /data/d && echo gcs > /data/d/g.txt && cat /data/d/g.txt && ls /data/d'
+  wait_succeeded gcs 120
+  [ "$(kc logs gcs)" = "$(printf 'gcs\ng.txt')" ] || die "gcs pod: $(kc logs gcs)"
+  [ "$(gcs_object pods/d/g.txt)" = gcs ] || die "pods/d/g.txt is not in the GCS bucket"
+}
+
 scenario_read_only() {
   log "scenario: read-only PV: reads work, writes fail with EROFS"
   apply readonly.yaml
@@ -146,7 +160,7 @@ exit 1'
 
 scenario_unmount_on_delete() {
   log "scenario: deleting the pods unmounts their volumes"
-  delete_pods writer reader inline readonly
+  delete_pods writer reader inline gcs readonly
   assert_node_clean
 }
 
@@ -214,6 +228,7 @@ run_scenarios() {
   scenario_static_pv
   assert_loopback_listeners # with everything running
   scenario_inline
+  scenario_gcs
   scenario_read_only
   scenario_unmount_on_delete
   scenario_plugin_restart
