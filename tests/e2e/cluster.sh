@@ -71,7 +71,11 @@ build_kubernetes() {
   fi
   local tree=$src/kubernetes-${K8S_VERSION#v}
   if [ ! -d "$tree/vendor" ]; then
-    (cd "$src" && tar xzf kubernetes_*.orig.tar.gz)
+    # A download cut short leaves a broken tarball: drop it so that the next run fetches anew.
+    (cd "$src" && tar xzf kubernetes_*.orig.tar.gz) || {
+      rm -rf "$src"/kubernetes_* "$tree"
+      die "unpacking the kubernetes source package failed (removed; run again to download it)"
+    }
   fi
   [ -d "$tree/vendor" ] || die "the kubernetes source package did not unpack to $tree"
   (
