@@ -198,3 +198,138 @@ fn rsync_and_tar_round_trip_symlinks_and_modes_with_persist_metadata() {
         Some("one.txt")
     );
 }
+
+/// An append to a large object, or an edit near its end, sends only the parts from the
+/// first changed one: the unchanged ones are copied by the server (UploadPartCopy pinned
+/// to the version that was read). Edits anywhere else still upload the whole file, and
+/// every result reads back exactly.
+#[test]
+fn appends_to_a_large_object_send_only_the_changed_parts() {
+    use bytes::Bytes;
+    use common::proxy::Proxy;
+    use std::io::{Seek, SeekFrom, Write};
+
+    const MIB: usize = 1 << 20;
+    let s3 = s3();
+    let prefix = unique("bigappend");
+    let key = format!("{prefix}big.bin");
+    let mut want = data(20 * MIB + 123, 11);
+    let store = s3.store();
+    block_on(store.put(&key, Bytes::from(want.clone()).into())).unwrap();
+    let proxy = Proxy::start(&s3.endpoint);
+    let mut args = vec!["--endpoint-url".to_string(), proxy.endpoint.clone()];
+    args.extend(["--part-size".to_string(), "5M".to_string()]);
+    let m = mount(&s3.url(&prefix), &args, &s3.env());
+    let path = m.join("big.bin");
+    let stored = || block_on(store.get_all(&key)).unwrap().unwrap().to_vec();
+    // close(2), failing the test if it reports an error (File's drop ignores it).
+    let close = |f: fs::File| {
+        use std::os::fd::IntoRawFd;
+        // SAFETY: closing a descriptor this test owns.
+        assert_eq!(
+            unsafe { libc::close(f.into_raw_fd()) },
+            0,
+            "close failed: {}",
+            std::io::Error::last_os_error()
+        );
+    };
+    proxy.take_traffic();
+
+    // An append: 4 parts copied, the last one sent.
+    let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(b"appended once\n").unwrap();
+    close(f);
+    want.extend_from_slice(b"appended once\n");
+    let (sent, received) = proxy.take_traffic();
+    assert!(sent < MIB as u64, "an append sent {sent} bytes");
+    assert!(
+        received < 2 * MIB as u64,
+        "an append fetched {received} bytes"
+    );
+    assert!(stored() == want, "the appended object differs");
+
+    // Two appends on one handle with an fsync between: the second starts from the version
+    // the first made.
+    let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(b"second\n").unwrap();
+    f.sync_all().unwrap();
+    f.write_all(b"third\n").unwrap();
+    close(f);
+    want.extend_from_slice(b"second\nthird\n");
+    let (sent, _) = proxy.take_traffic();
+    assert!(sent < MIB as u64, "two appends sent {sent} bytes");
+    let got = stored();
+    let diff = got.iter().zip(&want).position(|(a, b)| a != b);
+    assert!(
+        got == want,
+        "the twice-appended object differs: {} vs {} bytes, first difference at {diff:?}",
+        got.len(),
+        want.len()
+    );
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        want,
+        "read back through the mount"
+    );
+
+    // An edit in the fourth part: three parts copied, the rest sent.
+    let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.seek(SeekFrom::Start(15 * MIB as u64 + 5)).unwrap();
+    f.write_all(b"EDIT").unwrap();
+    close(f);
+    want[15 * MIB + 5..15 * MIB + 9].copy_from_slice(b"EDIT");
+    let (sent, _) = proxy.take_traffic();
+    assert!(
+        sent < 6 * MIB as u64,
+        "an edit in the last parts sent {sent} bytes"
+    );
+    assert!(stored() == want, "the object edited near its end differs");
+
+    // An edit in the first part: everything is sent again.
+    let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.seek(SeekFrom::Start(MIB as u64)).unwrap();
+    f.write_all(b"FRONT").unwrap();
+    close(f);
+    want[MIB..MIB + 5].copy_from_slice(b"FRONT");
+    let (sent, _) = proxy.take_traffic();
+    assert!(
+        sent > 20 * MIB as u64,
+        "an edit at the front sent only {sent} bytes"
+    );
+    assert!(stored() == want, "the object edited at its front differs");
+    drop(m);
+    let m = remount(&s3, &prefix);
+    assert!(fs::read(m.join("big.bin")).unwrap() == want);
+}
+
+/// If another writer replaces a large object while it is open for appending, the append's
+/// close() fails and the other writer's object stays as it was: the server-side copy of
+/// the unchanged prefix is pinned to the version that was opened.
+#[test]
+fn an_append_to_an_object_replaced_meanwhile_fails_and_changes_nothing() {
+    use bytes::Bytes;
+    use std::io::Write;
+
+    const MIB: usize = 1 << 20;
+    let s3 = s3();
+    let prefix = unique("bigreplaced");
+    let key = format!("{prefix}big.bin");
+    let store = s3.store();
+    block_on(store.put(&key, Bytes::from(data(12 * MIB, 1)).into())).unwrap();
+    let m = mount_s3(&s3, &prefix, &["--part-size", "5M"]);
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("big.bin"))
+        .unwrap();
+    f.write_all(b"mine\n").unwrap();
+    let theirs = data(12 * MIB, 2);
+    block_on(store.put(&key, Bytes::from(theirs.clone()).into())).unwrap();
+    use std::os::fd::IntoRawFd;
+    // SAFETY: closing a descriptor this test owns.
+    let rc = unsafe { libc::close(f.into_raw_fd()) };
+    let err = std::io::Error::last_os_error();
+    assert_eq!(rc, -1, "close() succeeded over another writer's object");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let stored = block_on(store.get_all(&key)).unwrap().unwrap();
+    assert!(stored == theirs, "the other writer's object was changed");
+}

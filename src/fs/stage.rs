@@ -1,7 +1,9 @@
 //! Staged files: an existing object opened for writing without `O_TRUNC`, appends, writes
 //! after a seek, truncates, and files opened read-write are edited in a local cache file
-//! and uploaded whole (multipart, parallel) at close or fsync. The cache space is bounded:
-//! past `max_cache_size` writes fail with ENOSPC instead of filling the node's disk.
+//! and uploaded at close or fsync: whole (multipart, parallel), or on S3 with the unchanged
+//! leading parts copied by the server, so that an append sends only what was appended. The
+//! cache space is bounded: past `max_cache_size` writes fail with ENOSPC instead of filling
+//! the node's disk.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -101,12 +103,17 @@ pub struct Staged {
     remote: u64,
     etag: Option<String>,
     fetched: Vec<bool>,
+    /// Bytes `[0, clean)` are those of the stored object version `etag`: uploads copy that
+    /// much server-side instead of sending it (S3).
+    clean: u64,
     /// Chunks fetched from the store (tests assert on it).
     pub fetches: u64,
 }
 
 /// Granularity of lazy fetching.
 const CHUNK: u64 = 1 << 20;
+/// S3's smallest part (all but the last).
+const MIN_COPY_PART: u64 = 5 << 20;
 
 impl Drop for Staged {
     fn drop(&mut self) {
@@ -140,6 +147,7 @@ impl Staged {
             etag,
             fetched: vec![false; remote.div_ceil(CHUNK) as usize],
             fetches: 0,
+            clean: remote,
         };
         if remote > 0 {
             // Reserve the space now (ENOSPC at open, not in the middle of a write); the file
@@ -211,6 +219,7 @@ impl Staged {
     /// Upload to `key` from now on (the file was renamed while open).
     pub fn set_key(&mut self, key: String) {
         self.key = key;
+        self.clean = 0;
     }
 
     /// Size of the staged file.
@@ -226,6 +235,7 @@ impl Staged {
             .map_err(|e| FsError::new(e.raw_os_error().unwrap_or(libc::EIO), e.to_string()))?;
         self.size = self.size.max(end);
         self.dirty = true;
+        self.clean = self.clean.min(offset);
         Ok(data.len() as u32)
     }
 
@@ -261,6 +271,7 @@ impl Staged {
             .map_err(|e| FsError::new(libc::EIO, e.to_string()))?;
         self.size = size;
         self.dirty = true;
+        self.clean = self.clean.min(size);
         Ok(())
     }
 
@@ -272,6 +283,9 @@ impl Staged {
         meta: crate::store::Meta,
     ) -> FsResult<()> {
         if !self.dirty {
+            return Ok(());
+        }
+        if self.upload_keeping_prefix(cfg, &meta).await? {
             return Ok(());
         }
         self.ensure(0..self.size).await?;
@@ -290,6 +304,58 @@ impl Staged {
         }
         writer.finish().await?;
         self.dirty = false;
+        // The stored version is now unknown: later uploads send everything.
+        self.clean = 0;
         Ok(())
+    }
+
+    /// Upload only what changed past an unchanged prefix of the stored object (S3: the
+    /// prefix is copied by the server, pinned to its version), when that prefix spans one
+    /// part or more. False when it does not apply or the store refused the copy (the
+    /// caller then uploads the whole file).
+    async fn upload_keeping_prefix(
+        &mut self,
+        cfg: WriteConfig,
+        meta: &crate::store::Meta,
+    ) -> FsResult<bool> {
+        let part = (cfg.part_size as u64).max(MIN_COPY_PART);
+        let keep = self.clean.min(self.remote) / part * part;
+        let Some(etag) = self.etag.clone() else {
+            return Ok(false);
+        };
+        if keep == 0 || !self.store.supports_part_copy() || self.size.div_ceil(part) > 10_000 {
+            return Ok(false);
+        }
+        self.ensure(keep..self.size).await?;
+        let file = &self.file;
+        let mut read = |offset: u64, len: usize| {
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, offset).map(|()| buf)
+        };
+        let result = self
+            .store
+            .put_keeping_prefix(&self.key, &etag, keep, self.size, part, meta, &mut read)
+            .await;
+        match result {
+            Ok(()) => {
+                self.dirty = false;
+                // Chunks not fetched yet are read from the new version (same bytes), whose
+                // ETag the store reports as it will check it (the completion's may differ).
+                let head = self.store.head(&self.key).await;
+                self.etag = head.ok().flatten().and_then(|i| i.etag);
+                if self.etag.is_some() {
+                    self.clean = self.size;
+                } else {
+                    // No version to pin later reads to: fetch the rest now.
+                    self.clean = 0;
+                    self.ensure(0..self.size).await?;
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!(key = %self.key, error = %e, "copying the unchanged part server-side failed; uploading the whole file");
+                Ok(false)
+            }
+        }
     }
 }

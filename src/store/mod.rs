@@ -389,6 +389,64 @@ impl Store {
         self.copy(from, to).await
     }
 
+    /// Whether [`Store::put_keeping_prefix`] works here (S3).
+    pub fn supports_part_copy(&self) -> bool {
+        matches!(&*self.raw, Raw::S3(_))
+    }
+
+    /// Replace `key` (version `etag`, `keep` or more bytes) with its own first `keep` bytes,
+    /// copied by the server in parts of `part` bytes (`keep` is a multiple of it, `part` is
+    /// 5 MiB at least), followed by bytes `keep..size` that `read(offset, len)` gives, part
+    /// by part: an append to a large object uploads only what was appended. If the object
+    /// changed since `etag`, the upload fails and nothing changes.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put_keeping_prefix(
+        &self,
+        key: &str,
+        etag: &str,
+        keep: u64,
+        size: u64,
+        part: u64,
+        meta: &Meta,
+        read: &mut (dyn FnMut(u64, usize) -> std::io::Result<Vec<u8>> + Send),
+    ) -> Result<()> {
+        let Raw::S3(s3) = &*self.raw else {
+            return Err(StoreError::new(
+                StoreErrorKind::Config,
+                format!("{key:?}: server-side part copies need S3"),
+            ));
+        };
+        if part < 5 << 20 || !keep.is_multiple_of(part) || keep > size {
+            return Err(StoreError::new(
+                StoreErrorKind::Other,
+                format!("{key:?}: bad part layout ({keep} of {size} in parts of {part})"),
+            ));
+        }
+        let mut at = 0;
+        s3.multipart(key, meta, || {
+            if at >= size {
+                return Ok(None);
+            }
+            let end = (at + part).min(size);
+            let p = if at < keep {
+                s3copy::Part::Copy {
+                    from: key.to_string(),
+                    range: at..end,
+                    if_match: Some(etag.to_string()),
+                }
+            } else {
+                let data = read(at, (end - at) as usize).map_err(|e| {
+                    StoreError::new(StoreErrorKind::Other, format!("{key:?}: staged data: {e}"))
+                })?;
+                s3copy::Part::Data(data)
+            };
+            at = end;
+            Ok(Some(p))
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Server-side copy of the object `from` to `to` (replacing `to`).
     pub async fn copy(&self, from: &str, to: &str) -> Result<()> {
         let (src, dst) = (path_of(from)?, path_of(to)?);

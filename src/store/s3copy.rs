@@ -1,6 +1,7 @@
-//! Server-side copy of objects larger than one CopyObject allows (5 GiB on S3): a multipart
-//! upload whose parts are UploadPartCopy ranges of the source, made with raw signed requests.
-//! The copy carries the source's user metadata; a failure aborts the upload.
+//! Multipart uploads made with raw signed requests, whose parts are UploadPartCopy ranges of
+//! an object or bytes sent: copies of objects larger than one CopyObject allows (5 GiB on
+//! S3), with the source's user metadata, and uploads that keep an object's unchanged
+//! leading parts (appends). A failure aborts the upload, so nothing appears.
 
 use bytes::Bytes;
 use object_store::aws::AwsAuthorizer;
@@ -37,6 +38,21 @@ impl S3Raw {
         headers: &[(String, String)],
         body: Vec<u8>,
     ) -> Result<Bytes> {
+        Ok(self
+            .call_full(method, key, query, headers, body)
+            .await?
+            .body)
+    }
+
+    /// One signed request; a 2xx answer, or an error.
+    async fn call_full(
+        &self,
+        method: &str,
+        key: &str,
+        query: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> Result<Answer> {
         let mut b = http::Request::builder()
             .method(method)
             .uri(self.url(key, query))
@@ -63,13 +79,19 @@ impl S3Raw {
             .await
             .map_err(|e| StoreError::new(StoreErrorKind::Other, format!("{key:?}: {e}")))?;
         let status = resp.status();
+        let etag = resp
+            .headers()
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let text = resp.into_body().bytes().await.unwrap_or_default();
         if status.is_success() {
-            return Ok(text);
+            return Ok(Answer { body: text, etag });
         }
         let kind = match status.as_u16() {
             401 | 403 => StoreErrorKind::PermissionDenied,
             404 => StoreErrorKind::NotFound,
+            412 => StoreErrorKind::Precondition,
             _ => StoreErrorKind::Other,
         };
         Err(StoreError::new(
@@ -93,6 +115,32 @@ impl S3Raw {
         part_size: u64,
         meta: &Meta,
     ) -> Result<()> {
+        let mut start = 0;
+        self.multipart(to, meta, || {
+            if start >= size {
+                return Ok(None);
+            }
+            let end = (start + part_size).min(size);
+            let part = Part::Copy {
+                from: from.to_string(),
+                range: start..end,
+                if_match: None,
+            };
+            start = end;
+            Ok(Some(part))
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// A multipart upload to `to` of the parts `next` yields, in order; the new object's
+    /// ETag when the store says it. A failure aborts the upload, so nothing appears.
+    pub(super) async fn multipart(
+        &self,
+        to: &str,
+        meta: &Meta,
+        mut next: impl FnMut() -> Result<Option<Part>>,
+    ) -> Result<Option<String>> {
         let headers: Vec<(String, String)> = meta
             .iter()
             .map(|(k, v)| (format!("x-amz-meta-{k}"), v.clone()))
@@ -111,36 +159,46 @@ impl S3Raw {
         })?;
         let id = encode_key(&upload_id, false);
         let result = async {
-            let source = format!("/{}/{}", self.bucket, encode_key(from, true));
             let mut parts = Vec::new();
-            let mut start = 0;
-            while start < size {
-                let end = (start + part_size).min(size) - 1;
+            while let Some(part) = next()? {
                 let n = parts.len() + 1;
-                let h = vec![
-                    ("x-amz-copy-source".to_string(), source.clone()),
-                    (
-                        "x-amz-copy-source-range".to_string(),
-                        format!("bytes={start}-{end}"),
-                    ),
-                ];
+                let query = format!("partNumber={n}&uploadId={id}");
+                let (headers, body) = match part {
+                    Part::Copy {
+                        from,
+                        range,
+                        if_match,
+                    } => {
+                        let mut h = vec![
+                            (
+                                "x-amz-copy-source".to_string(),
+                                format!("/{}/{}", self.bucket, encode_key(&from, true)),
+                            ),
+                            (
+                                "x-amz-copy-source-range".to_string(),
+                                format!("bytes={}-{}", range.start, range.end - 1),
+                            ),
+                        ];
+                        if let Some(etag) = if_match {
+                            h.push(("x-amz-copy-source-if-match".to_string(), etag));
+                        }
+                        (h, Vec::new())
+                    }
+                    Part::Data(data) => (Vec::new(), data),
+                };
                 let answer = self
-                    .call(
-                        "PUT",
-                        to,
-                        &format!("partNumber={n}&uploadId={id}"),
-                        &h,
-                        Vec::new(),
-                    )
+                    .call_retrying("PUT", to, &query, &headers, body)
                     .await?;
-                let etag = xml_value(&answer, "ETag").ok_or_else(|| {
-                    StoreError::new(
-                        StoreErrorKind::Other,
-                        format!("{to:?}: no ETag for part {n}"),
-                    )
-                })?;
+                let etag = match xml_value(&answer.body, "ETag") {
+                    Some(etag) => etag,
+                    None => answer.etag.ok_or_else(|| {
+                        StoreError::new(
+                            StoreErrorKind::Other,
+                            format!("{to:?}: no ETag for part {n}"),
+                        )
+                    })?,
+                };
                 parts.push(etag);
-                start = end + 1;
             }
             let mut xml = String::from("<CompleteMultipartUpload>");
             for (i, etag) in parts.iter().enumerate() {
@@ -151,9 +209,20 @@ impl S3Raw {
                 ));
             }
             xml.push_str("</CompleteMultipartUpload>");
-            self.call("POST", to, &format!("uploadId={id}"), &[], xml.into_bytes())
-                .await
-                .map(|_| ())
+            let done = self
+                .call("POST", to, &format!("uploadId={id}"), &[], xml.into_bytes())
+                .await?;
+            // CompleteMultipartUpload can fail after its 200 status line.
+            if xml_value(&done, "Code").is_some() {
+                return Err(StoreError::new(
+                    StoreErrorKind::Other,
+                    format!(
+                        "{to:?}: completing the upload failed: {}",
+                        String::from_utf8_lossy(&done)
+                    ),
+                ));
+            }
+            Ok(xml_value(&done, "ETag"))
         }
         .await;
         if result.is_err() {
@@ -163,6 +232,51 @@ impl S3Raw {
         }
         result
     }
+
+    /// [`Self::call`] for an idempotent request, tried again (three times in all) after
+    /// errors other than refusals; with the answer's ETag header.
+    async fn call_retrying(
+        &self,
+        method: &str,
+        key: &str,
+        query: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> Result<Answer> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .call_full(method, key, query, headers, body.clone())
+                .await
+            {
+                Ok(a) => return Ok(a),
+                Err(e) if e.kind == StoreErrorKind::Other && attempt < 3 => {
+                    tracing::debug!(key, attempt, error = %e, "retrying a part");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// One part of a [`S3Raw::multipart`] upload.
+pub(super) enum Part {
+    /// Bytes `range` of the object `from`, copied by the server; `if_match` pins its version.
+    Copy {
+        from: String,
+        range: std::ops::Range<u64>,
+        if_match: Option<String>,
+    },
+    /// Bytes sent with the request.
+    Data(Vec<u8>),
+}
+
+/// A 2xx answer: its body and its ETag header.
+pub(super) struct Answer {
+    body: Bytes,
+    etag: Option<String>,
 }
 
 /// The text of the first `<tag>` in an XML answer, entities undone.

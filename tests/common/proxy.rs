@@ -2,6 +2,7 @@
 //! answer with an error status, reset the connection, delay, or cut a response mid-body,
 //! for requests matching a method and a path fragment, a given number of times.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +36,16 @@ pub struct Proxy {
     pub endpoint: String,
     rules: Arc<Mutex<Vec<Rule>>>,
     pub hits: Arc<Mutex<usize>>,
+    traffic: Arc<Traffic>,
+}
+
+/// Bytes that went through the proxy.
+#[derive(Default)]
+struct Traffic {
+    /// Request bodies sent upstream.
+    sent: AtomicU64,
+    /// Responses (heads and bodies) sent back.
+    received: AtomicU64,
 }
 
 impl Proxy {
@@ -47,7 +58,8 @@ impl Proxy {
         let endpoint = format!("http://{}", std_listener.local_addr().unwrap());
         let rules: Arc<Mutex<Vec<Rule>>> = Arc::default();
         let hits: Arc<Mutex<usize>> = Arc::default();
-        let (r, h) = (rules.clone(), hits.clone());
+        let traffic: Arc<Traffic> = Arc::default();
+        let (r, h, t) = (rules.clone(), hits.clone(), traffic.clone());
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -59,9 +71,9 @@ impl Proxy {
                     let Ok((client, _)) = listener.accept().await else {
                         return;
                     };
-                    let (r, h, up) = (r.clone(), h.clone(), upstream.clone());
+                    let (r, h, t, up) = (r.clone(), h.clone(), t.clone(), upstream.clone());
                     tokio::spawn(async move {
-                        let _ = serve(client, &up, r, h).await;
+                        let _ = serve(client, &up, r, h, t).await;
                     });
                 }
             });
@@ -70,7 +82,16 @@ impl Proxy {
             endpoint,
             rules,
             hits,
+            traffic,
         }
+    }
+
+    /// Request body bytes sent upstream and response bytes returned, since the last call.
+    pub fn take_traffic(&self) -> (u64, u64) {
+        (
+            self.traffic.sent.swap(0, Ordering::SeqCst),
+            self.traffic.received.swap(0, Ordering::SeqCst),
+        )
     }
 
     /// Apply `fault` to requests with `method` (any when `None`) whose path contains `path`,
@@ -129,6 +150,7 @@ async fn serve(
     upstream: &str,
     rules: Arc<Mutex<Vec<Rule>>>,
     hits: Arc<Mutex<usize>>,
+    traffic: Arc<Traffic>,
 ) -> std::io::Result<()> {
     loop {
         let Some((head, mut body)) = read_head(&mut client).await? else {
@@ -194,8 +216,12 @@ async fn serve(
         up.write_all(head_text.trim_end().as_bytes()).await?;
         up.write_all(b"\r\n\r\n").await?;
         up.write_all(&body).await?;
+        traffic.sent.fetch_add(body.len() as u64, Ordering::SeqCst);
         let mut resp = Vec::new();
         up.read_to_end(&mut resp).await?;
+        traffic
+            .received
+            .fetch_add(resp.len() as u64, Ordering::SeqCst);
         if let Some(Fault::Cut(n)) = fault {
             client.write_all(&resp[..n.min(resp.len())]).await?;
             return Ok(());
