@@ -200,10 +200,18 @@ EOF
   wait_until "service account default/default" 60 kc get serviceaccount default -n default
 }
 
+# Ports of the namespace's test servers: not those of scripts/test.sh's own servers, which
+# may be running on the host's loopback meanwhile (SeaweedFS also keeps unix sockets named
+# after its ports in /tmp, shared across namespaces).
+E2E_S3_PORT=38333
+E2E_GCS_PORT=34443
+
 start_s3() {
-  # SeaweedFS inside the namespace: pods use host networking, so 127.0.0.1 there is the
-  # same loopback.
-  in_ns "$REPO/scripts/test-servers.sh" start "$LAB/s3" >"$LAB/s3.env" || die "the S3 test server did not start"
+  # SeaweedFS and fake-gcs-server inside the namespace: pods use host networking, so
+  # 127.0.0.1 there is the same loopback.
+  in_ns env PAIL_S3_PORT=$E2E_S3_PORT PAIL_GCS_PORT=$E2E_GCS_PORT \
+    "$REPO/scripts/test-servers.sh" start "$LAB/s3" >"$LAB/s3.env" ||
+    die "the S3 test server did not start: $(tail -5 "$LAB/s3/weed.log" 2>/dev/null)"
 }
 
 # Kill every process in the namespace (the cluster, containers, mount processes), unmount
@@ -258,6 +266,11 @@ teardown() {
     log "LEFT: kernel settings differ from before the run" && left=1
   fi
   ip netns list 2>/dev/null | grep -qw "$NETNS" && log "LEFT: network namespace $NETNS" && left=1
+  # SeaweedFS's unix sockets, named after its ports (and grpc ports, +10000).
+  local port
+  for port in $(seq "$E2E_S3_PORT" 1000 $((E2E_S3_PORT + 4000))); do
+    rm -f /tmp/seaweedfs-*-"$port".sock /tmp/seaweedfs-*-$((port + 10000)).sock
+  done
   set -e
   return "$left"
 }

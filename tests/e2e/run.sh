@@ -43,6 +43,7 @@ on_exit() {
   if ((rc != 0)); then
     cp -r /var/log/pods "$LAB/logs/pods" 2>/dev/null || true
     cp -r "$LAB/state" "$LAB/logs/pail-state" 2>/dev/null || true
+    cp "$LAB"/s3/*.log "$LAB/logs/" 2>/dev/null || true
     cp -r "$LAB/logs" "${LAB}-logs" 2>/dev/null || true
   fi
   teardown || rc=1

@@ -5,9 +5,9 @@
 # server are up.
 
 DRIVER=s3.csi.pail.dev
-S3_ENDPOINT=http://127.0.0.1:18333
-FILER=http://127.0.0.1:21333 # SeaweedFS's filer (S3 port + 3000)
-GCS_ENDPOINT=http://127.0.0.1:14443 # fake-gcs-server (scripts/test-servers.sh)
+S3_ENDPOINT=http://127.0.0.1:$E2E_S3_PORT
+FILER=http://127.0.0.1:$((E2E_S3_PORT + 3000)) # SeaweedFS's filer
+GCS_ENDPOINT=http://127.0.0.1:$E2E_GCS_PORT # fake-gcs-server
 
 # The object KEY of the test bucket, read from the S3 server's filer.
 bucket_object() { in_ns curl -sf "$FILER/buckets/pail-test/$1"; }
