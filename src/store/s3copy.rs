@@ -4,11 +4,15 @@
 //! leading parts (appends). A failure aborts the upload, so nothing appears.
 
 use bytes::Bytes;
+use futures::StreamExt;
 use object_store::aws::AwsAuthorizer;
 use object_store::client::{HttpRequest, HttpRequestBody};
 
 use super::raw::{S3Raw, encode_key};
 use super::{Meta, Result, StoreError, StoreErrorKind};
+
+/// Parts of one multipart upload in flight at once.
+const PARALLEL_PARTS: usize = 4;
 
 impl S3Raw {
     fn url(&self, key: &str, query: &str) -> String {
@@ -159,46 +163,24 @@ impl S3Raw {
         })?;
         let id = encode_key(&upload_id, false);
         let result = async {
+            // Up to PARALLEL_PARTS parts in flight; their ETags collected in order.
             let mut parts = Vec::new();
-            while let Some(part) = next()? {
-                let n = parts.len() + 1;
-                let query = format!("partNumber={n}&uploadId={id}");
-                let (headers, body) = match part {
-                    Part::Copy {
-                        from,
-                        range,
-                        if_match,
-                    } => {
-                        let mut h = vec![
-                            (
-                                "x-amz-copy-source".to_string(),
-                                format!("/{}/{}", self.bucket, encode_key(&from, true)),
-                            ),
-                            (
-                                "x-amz-copy-source-range".to_string(),
-                                format!("bytes={}-{}", range.start, range.end - 1),
-                            ),
-                        ];
-                        if let Some(etag) = if_match {
-                            h.push(("x-amz-copy-source-if-match".to_string(), etag));
+            let mut in_flight = futures::stream::FuturesOrdered::new();
+            let mut exhausted = false;
+            loop {
+                while !exhausted && in_flight.len() < PARALLEL_PARTS {
+                    match next()? {
+                        Some(part) => {
+                            let n = parts.len() + in_flight.len() + 1;
+                            in_flight.push_back(self.send_part(to, &id, n, part));
                         }
-                        (h, Vec::new())
+                        None => exhausted = true,
                     }
-                    Part::Data(data) => (Vec::new(), data),
-                };
-                let answer = self
-                    .call_retrying("PUT", to, &query, &headers, body)
-                    .await?;
-                let etag = match xml_value(&answer.body, "ETag") {
-                    Some(etag) => etag,
-                    None => answer.etag.ok_or_else(|| {
-                        StoreError::new(
-                            StoreErrorKind::Other,
-                            format!("{to:?}: no ETag for part {n}"),
-                        )
-                    })?,
-                };
-                parts.push(etag);
+                }
+                match in_flight.next().await {
+                    Some(etag) => parts.push(etag?),
+                    None => break,
+                }
             }
             let mut xml = String::from("<CompleteMultipartUpload>");
             for (i, etag) in parts.iter().enumerate() {
@@ -231,6 +213,46 @@ impl S3Raw {
                 .await;
         }
         result
+    }
+
+    /// Upload part `n` of the upload `id` (URL-encoded) to `to`; its ETag.
+    async fn send_part(&self, to: &str, id: &str, n: usize, part: Part) -> Result<String> {
+        let query = format!("partNumber={n}&uploadId={id}");
+        let (headers, body) = match part {
+            Part::Copy {
+                from,
+                range,
+                if_match,
+            } => {
+                let mut h = vec![
+                    (
+                        "x-amz-copy-source".to_string(),
+                        format!("/{}/{}", self.bucket, encode_key(&from, true)),
+                    ),
+                    (
+                        "x-amz-copy-source-range".to_string(),
+                        format!("bytes={}-{}", range.start, range.end - 1),
+                    ),
+                ];
+                if let Some(etag) = if_match {
+                    h.push(("x-amz-copy-source-if-match".to_string(), etag));
+                }
+                (h, Vec::new())
+            }
+            Part::Data(data) => (Vec::new(), data),
+        };
+        let answer = self
+            .call_retrying("PUT", to, &query, &headers, body)
+            .await?;
+        match xml_value(&answer.body, "ETag") {
+            Some(etag) => Ok(etag),
+            None => answer.etag.ok_or_else(|| {
+                StoreError::new(
+                    StoreErrorKind::Other,
+                    format!("{to:?}: no ETag for part {n}"),
+                )
+            }),
+        }
     }
 
     /// [`Self::call`] for an idempotent request, tried again (three times in all) after
