@@ -16,7 +16,8 @@ use super::pb::controller_service_capability::{self, rpc};
 use super::pb::validate_volume_capabilities_response::Confirmed;
 use super::pb::*;
 use super::volume::{
-    capability, credentials, endpoint, keys, mount_options, provider, secret_keys,
+    VOLUME_ATTRIBUTES, capability, credentials, endpoint, keys, mount_options, provider,
+    secret_keys,
 };
 use crate::store::source::{Credentials, normalize_prefix, validate_bucket};
 use crate::store::{Source, Store, StoreErrorKind, StoreOptions};
@@ -170,18 +171,9 @@ impl ControllerService {
     }
 }
 
-const PARAMS: &[&str] = &[
-    keys::BUCKET,
-    keys::PREFIX,
-    keys::PREFIX_TEMPLATE,
-    keys::BUCKET_PER_VOLUME,
-    keys::ENDPOINT,
-    keys::REGION,
-    keys::PATH_STYLE,
-    keys::PROVIDER,
-    keys::REQUESTER_PAYS,
-    keys::MOUNT_OPTIONS,
-];
+/// StorageClass parameters that only the controller reads (the others are volume
+/// attributes, passed on to the volume).
+const PROVISIONING_PARAMS: &[&str] = &[keys::PREFIX_TEMPLATE, keys::BUCKET_PER_VOLUME];
 
 #[tonic::async_trait]
 impl Controller for ControllerService {
@@ -209,7 +201,10 @@ impl Controller for ControllerService {
         }
         let params = &req.parameters;
         for k in params.keys() {
-            if !PARAMS.contains(&k.as_str()) && !k.starts_with("csi.storage.k8s.io/") {
+            if !VOLUME_ATTRIBUTES.contains(&k.as_str())
+                && !PROVISIONING_PARAMS.contains(&k.as_str())
+                && !k.starts_with("csi.storage.k8s.io/")
+            {
                 return Err(invalid(format!("unknown StorageClass parameter {k:?}")));
             }
         }

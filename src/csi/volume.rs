@@ -12,6 +12,19 @@ use super::pb::volume_capability::access_mode::Mode;
 use crate::mounter::MountRequest;
 use crate::store::source::{normalize_prefix, validate_bucket};
 
+/// The volume attributes a volume (static, inline, or provisioned from these StorageClass
+/// parameters) may carry.
+pub const VOLUME_ATTRIBUTES: &[&str] = &[
+    keys::BUCKET,
+    keys::PREFIX,
+    keys::ENDPOINT,
+    keys::REGION,
+    keys::PATH_STYLE,
+    keys::PROVIDER,
+    keys::REQUESTER_PAYS,
+    keys::MOUNT_OPTIONS,
+];
+
 /// Volume attribute keys (PV `volumeAttributes`, inline volume attributes, StorageClass
 /// parameters copied into the volume context by CreateVolume).
 pub mod keys {
@@ -255,17 +268,7 @@ pub fn publish_request(
         if v.len() > MAX_VALUE_LEN {
             return Err(invalid(format!("volume attribute {k}: value too long")));
         }
-        let known = [
-            keys::BUCKET,
-            keys::PREFIX,
-            keys::ENDPOINT,
-            keys::REGION,
-            keys::PATH_STYLE,
-            keys::PROVIDER,
-            keys::REQUESTER_PAYS,
-            keys::MOUNT_OPTIONS,
-        ];
-        if !known.contains(&k.as_str()) && !is_kubernetes_key(k) {
+        if !VOLUME_ATTRIBUTES.contains(&k.as_str()) && !is_kubernetes_key(k) {
             return Err(invalid(format!("unknown volume attribute {k:?}")));
         }
     }

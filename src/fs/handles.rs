@@ -446,7 +446,12 @@ impl Fs {
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
         let mut h = h.lock().await;
-        match &mut *h {
+        self.complete(&mut h).await
+    }
+
+    /// Complete the upload of a file open for writing (nothing for other handles).
+    async fn complete(&self, h: &mut Handle) -> FsResult<()> {
+        match h {
             Handle::Write { ino, writer, .. } => {
                 let ino = *ino;
                 self.finish(ino, writer).await
@@ -531,28 +536,23 @@ impl Fs {
             return Ok(());
         };
         let mut h = h.lock().await;
-        match &mut *h {
-            Handle::Write { ino, writer, .. } => {
-                let ino = *ino;
-                self.finish(ino, writer).await
-            }
+        let result = self.complete(&mut h).await;
+        match &*h {
             Handle::Staged { ino, staged } => {
-                let ino = *ino;
-                let result = self.upload_staged(ino, staged).await;
-                if let Some(i) = self.inodes().get_mut(ino) {
+                // Uploaded or not, the next lookup asks the store.
+                if let Some(i) = self.inodes().get_mut(*ino) {
                     i.local = false;
                     i.stat.size = staged.size();
                     i.stat.etag = None;
                     i.expiry = Instant::now();
                 }
-                result
             }
             Handle::Dir(snapshot) => {
                 let inos = snapshot.inos();
                 self.inodes().sweep(&inos);
-                Ok(())
             }
-            Handle::Read(_) => Ok(()),
+            Handle::Write { .. } | Handle::Read(_) => {}
         }
+        result
     }
 }
