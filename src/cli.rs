@@ -1,4 +1,5 @@
-//! Command-line parsing and the composition root: wires store → fs → fuse for `mount`.
+//! Command-line parsing and the composition root: wires store → fs → fuse for `mount`, and
+//! mounter, store and the CSI services for `csi`.
 
 mod csi;
 mod daemon;
@@ -7,7 +8,7 @@ mod mount;
 
 use clap::{Parser, Subcommand};
 
-pub use logging::LogFormat;
+use pail::options::MountArgs;
 
 /// Mount object-storage buckets as file systems.
 #[derive(Debug, Parser)]
@@ -20,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Mount a bucket (s3://, gs://, file://, memory://) at a directory.
-    Mount(Box<mount::MountArgs>),
+    Mount(Box<MountArgs>),
     /// Run the CSI driver (node plugin and/or controller) on a unix socket.
     Csi(Box<csi::CsiArgs>),
 }

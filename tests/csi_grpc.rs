@@ -127,7 +127,7 @@ async fn a_dynamic_volume_is_created_shared_by_two_pods_and_deleted() {
         secrets: secrets(&s3),
     };
     ctl.delete_volume(del.clone()).await.unwrap();
-    let left = (store.list(&base)).await.unwrap();
+    let left = (store.list_dir(&base)).await.unwrap();
     assert!(left.files.is_empty() && left.dirs.is_empty(), "{left:?}");
     ctl.delete_volume(del).await.unwrap();
     ctl.delete_volume(DeleteVolumeRequest {
@@ -145,7 +145,8 @@ async fn a_static_read_only_volume_publishes_idempotently() {
     let prefix = unique("static");
     (s3.store().put(
         &format!("{prefix}data.txt"),
-        object_store::PutPayload::from_static(b"static"),
+        pail::store::Payload::from(b"static".as_slice()),
+        &pail::store::PutOptions::default(),
     ))
     .await
     .unwrap();
@@ -410,7 +411,7 @@ async fn a_volume_can_have_its_own_bucket() {
     })
     .await
     .unwrap();
-    let gone = pail::store::Store::open(
+    let gone = pail::store::open(
         &pail::store::Source::parse(&format!("s3://{name}/")).unwrap(),
         &pail::store::StoreOptions {
             endpoint_url: Some(s3.endpoint.clone()),

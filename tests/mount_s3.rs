@@ -7,9 +7,8 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 
-use bytes::Bytes;
 use common::*;
-use object_store::PutPayload;
+use pail::store::{Payload, PutOptions};
 
 #[test]
 fn files_written_read_overwritten_and_deleted_land_in_the_bucket() {
@@ -112,7 +111,8 @@ fn random_reads_return_the_right_bytes() {
     let bytes = data(3 << 20, 7);
     block_on(s3.store().put(
         &format!("{prefix}r.bin"),
-        PutPayload::from(Bytes::from(bytes.clone())),
+        Payload::from(bytes.clone()),
+        &PutOptions::default(),
     ))
     .unwrap();
     let m = mount_s3(&s3, &prefix, &[]);
@@ -139,10 +139,16 @@ fn listings_of_ten_thousand_entries_are_complete_in_ls_and_readdir() {
             .map(|i| {
                 let store = store.clone();
                 let key = format!("{prefix}d/f{i:05}");
-                async move { store.put(&key, PutPayload::from_static(b"x")).await }
+                async move {
+                    store
+                        .put(&key, Payload::from(b"x".as_slice()), &PutOptions::default())
+                        .await
+                }
             })
             .buffer_unordered(64)
-            .for_each(|r| async move { r.unwrap() })
+            .for_each(|r| async move {
+                r.unwrap();
+            })
             .await;
     });
     let m = mount_s3(&s3, &prefix, &[]);
@@ -168,12 +174,14 @@ fn a_prefix_mount_shows_and_writes_only_under_its_prefix() {
     let store = s3.store();
     block_on(store.put(
         &format!("{base}inside/in.txt"),
-        PutPayload::from_static(b"in"),
+        Payload::from(b"in".as_slice()),
+        &PutOptions::default(),
     ))
     .unwrap();
     block_on(store.put(
         &format!("{base}outside.txt"),
-        PutPayload::from_static(b"out"),
+        Payload::from(b"out".as_slice()),
+        &PutOptions::default(),
     ))
     .unwrap();
     // The prefix may come in the URL or as --prefix.
@@ -197,10 +205,11 @@ fn a_prefix_mount_shows_and_writes_only_under_its_prefix() {
 fn a_read_only_mount_refuses_writes_with_erofs() {
     let s3 = s3();
     let prefix = unique("ro");
-    block_on(
-        s3.store()
-            .put(&format!("{prefix}f"), PutPayload::from_static(b"data")),
-    )
+    block_on(s3.store().put(
+        &format!("{prefix}f"),
+        Payload::from(b"data".as_slice()),
+        &PutOptions::default(),
+    ))
     .unwrap();
     let m = mount_s3(&s3, &prefix, &["--read-only"]);
     assert_eq!(fs::read(m.join("f")).unwrap(), b"data");

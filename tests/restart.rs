@@ -10,9 +10,8 @@ use std::os::fd::IntoRawFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::*;
-use object_store::PutPayload;
+use pail::store::{Payload, PutOptions};
 
 /// A SeaweedFS of our own on free loopback ports.
 struct Server {
@@ -113,8 +112,8 @@ impl Server {
         }
     }
 
-    fn store(&self) -> pail::store::Store {
-        pail::store::Store::open(
+    fn store(&self) -> pail::store::SharedBucket {
+        pail::store::open(
             &pail::store::Source::parse("s3://restart-test/").unwrap(),
             &pail::store::StoreOptions {
                 endpoint_url: Some(self.endpoint()),
@@ -162,11 +161,11 @@ fn close(f: fs::File) -> std::io::Result<()> {
 fn a_server_restart_during_a_large_read_and_write_is_survived_or_reported() {
     let mut server = Server::start();
     let body = data(64 << 20, 11);
-    block_on(
-        server
-            .store()
-            .put("big.bin", PutPayload::from(Bytes::from(body.clone()))),
-    )
+    block_on(server.store().put(
+        "big.bin",
+        Payload::from(body.clone()),
+        &PutOptions::default(),
+    ))
     .unwrap();
     let m = server.mount();
 

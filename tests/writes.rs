@@ -148,7 +148,8 @@ fn files_in_parents_that_exist_only_as_prefixes_can_be_created() {
     let store = s3.store();
     block_on(store.put(
         &format!("{prefix}x/y/existing"),
-        object_store::PutPayload::from_static(b"e"),
+        pail::store::Payload::from(b"e".as_slice()),
+        &pail::store::PutOptions::default(),
     ))
     .unwrap();
     let m = remount(&s3, &prefix);
@@ -205,7 +206,6 @@ fn rsync_and_tar_round_trip_symlinks_and_modes_with_persist_metadata() {
 /// every result reads back exactly.
 #[test]
 fn appends_to_a_large_object_send_only_the_changed_parts() {
-    use bytes::Bytes;
     use common::proxy::Proxy;
     use std::io::{Seek, SeekFrom, Write};
 
@@ -215,7 +215,7 @@ fn appends_to_a_large_object_send_only_the_changed_parts() {
     let key = format!("{prefix}big.bin");
     let mut want = data(20 * MIB + 123, 11);
     let store = s3.store();
-    block_on(store.put(&key, Bytes::from(want.clone()).into())).unwrap();
+    block_on(store.put(&key, Payload::from(want.clone()), &PutOptions::default())).unwrap();
     let proxy = Proxy::start(&s3.endpoint);
     let mut args = vec!["--endpoint-url".to_string(), proxy.endpoint.clone()];
     args.extend(["--part-size".to_string(), "5M".to_string()]);
@@ -307,7 +307,6 @@ fn appends_to_a_large_object_send_only_the_changed_parts() {
 /// the unchanged prefix is pinned to the version that was opened.
 #[test]
 fn an_append_to_an_object_replaced_meanwhile_fails_and_changes_nothing() {
-    use bytes::Bytes;
     use std::io::Write;
 
     const MIB: usize = 1 << 20;
@@ -315,7 +314,12 @@ fn an_append_to_an_object_replaced_meanwhile_fails_and_changes_nothing() {
     let prefix = unique("bigreplaced");
     let key = format!("{prefix}big.bin");
     let store = s3.store();
-    block_on(store.put(&key, Bytes::from(data(12 * MIB, 1)).into())).unwrap();
+    block_on(store.put(
+        &key,
+        Payload::from(data(12 * MIB, 1)),
+        &PutOptions::default(),
+    ))
+    .unwrap();
     let m = mount_s3(&s3, &prefix, &["--part-size", "5M"]);
     let mut f = fs::OpenOptions::new()
         .append(true)
@@ -323,13 +327,13 @@ fn an_append_to_an_object_replaced_meanwhile_fails_and_changes_nothing() {
         .unwrap();
     f.write_all(b"mine\n").unwrap();
     let theirs = data(12 * MIB, 2);
-    block_on(store.put(&key, Bytes::from(theirs.clone()).into())).unwrap();
+    block_on(store.put(&key, Payload::from(theirs.clone()), &PutOptions::default())).unwrap();
     use std::os::fd::IntoRawFd;
     // SAFETY: closing a descriptor this test owns.
     let rc = unsafe { libc::close(f.into_raw_fd()) };
     let err = std::io::Error::last_os_error();
     assert_eq!(rc, -1, "close() succeeded over another writer's object");
-    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
     let stored = block_on(store.get_all(&key)).unwrap().unwrap();
     assert!(stored == theirs, "the other writer's object was changed");
 }

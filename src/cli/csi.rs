@@ -1,12 +1,17 @@
 //! `pail csi`: run the CSI driver (node plugin, controller, or both) on a unix socket.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
-use pail::csi::{DEFAULT_DRIVER_NAME, DriverConfig, Mode};
-
-use super::LogFormat;
+use pail::csi::controller::{ControllerService, Defaults, StoreOpener};
+use pail::csi::identity::IdentityService;
+use pail::csi::node::NodeService;
+use pail::csi::registration::RegistrationService;
+use pail::csi::{DEFAULT_DRIVER_NAME, Mode, Services};
+use pail::mounter::{Mounter, ProcessMounter};
+use pail::options::LogFormat;
 
 /// Arguments of `pail csi`.
 #[derive(Debug, Clone, Args)]
@@ -60,10 +65,52 @@ pub struct CsiArgs {
     pub debug: bool,
 }
 
-/// Run `pail csi` until SIGTERM/SIGINT.
-pub fn run(args: CsiArgs) -> anyhow::Result<()> {
-    super::logging::init(args.log_format, args.debug, None)?;
-    let register = args.register_with_kubelet.then(|| {
+/// The node service: a process mounter with its records, and its metrics endpoint.
+fn node_service(args: &CsiArgs) -> anyhow::Result<NodeService> {
+    if args.node_id.is_empty() {
+        bail!("--node-id is required in node mode");
+    }
+    let pail_bin = std::env::current_exe().context("locating the pail binary")?;
+    let mut mounter = ProcessMounter::new(pail_bin, &args.state_dir)
+        .with_context(|| format!("state directory {}", args.state_dir.display()))?;
+    mounter.host_cgroup_root = args.host_cgroup_root.clone();
+    let recorded = mounter.mount_count();
+    if recorded > 0 {
+        tracing::info!(
+            mounts = recorded,
+            "found mounts started by an earlier node plugin; they keep running"
+        );
+    }
+    let mounter: Arc<dyn Mounter> = Arc::new(mounter);
+    if let Some(addr) = args.metrics_address {
+        let m = mounter.clone();
+        tokio::spawn(async move {
+            if let Err(e) = pail::csi::metrics::serve(addr, m).await {
+                tracing::error!(%addr, error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    Ok(NodeService {
+        node_id: args.node_id.clone(),
+        allowed_root: args.kubelet_dir.join("pods"),
+        mounter,
+    })
+}
+
+/// The services `args.mode` asks for.
+fn services(args: &CsiArgs) -> anyhow::Result<Services> {
+    let node = match args.mode {
+        Mode::Controller => None,
+        Mode::Node | Mode::All => Some(node_service(args)?),
+    };
+    let controller = (args.mode != Mode::Node).then(|| ControllerService {
+        defaults: Defaults {
+            endpoint: args.default_endpoint_url.clone(),
+            region: args.default_region.clone(),
+        },
+        opener: Arc::new(StoreOpener),
+    });
+    let registration = args.register_with_kubelet.then(|| {
         let dir = args
             .registration_dir
             .clone()
@@ -75,22 +122,26 @@ pub fn run(args: CsiArgs) -> anyhow::Result<()> {
                 args.driver_name
             )
         });
-        (dir, endpoint)
+        let service = RegistrationService {
+            name: args.driver_name.clone(),
+            endpoint,
+        };
+        (dir, service)
     });
-    let cfg = DriverConfig {
-        register,
-        metrics: args.metrics_address,
-        host_cgroup_root: args.host_cgroup_root,
-        endpoint: args.endpoint,
-        name: args.driver_name,
-        node_id: args.node_id,
-        mode: args.mode,
-        kubelet_dir: args.kubelet_dir,
-        state_dir: args.state_dir,
-        pail_bin: std::env::current_exe().context("locating the pail binary")?,
-        default_endpoint: args.default_endpoint_url,
-        default_region: args.default_region,
-    };
+    Ok(Services {
+        identity: IdentityService {
+            name: args.driver_name.clone(),
+            controller: controller.is_some(),
+        },
+        node,
+        controller,
+        registration,
+    })
+}
+
+/// Run `pail csi` until SIGTERM/SIGINT.
+pub fn run(args: CsiArgs) -> anyhow::Result<()> {
+    super::logging::init(args.log_format, args.debug, None)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("pail-csi")
@@ -106,6 +157,7 @@ pub fn run(args: CsiArgs) -> anyhow::Result<()> {
             }
             tracing::info!("signal received; stopping (live mounts keep running)");
         };
-        pail::csi::serve(cfg, shutdown).await
+        let services = services(&args)?;
+        pail::csi::serve(&args.endpoint, services, shutdown).await
     })
 }

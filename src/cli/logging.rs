@@ -2,17 +2,8 @@
 
 use std::path::Path;
 
-use clap::ValueEnum;
+use pail::options::LogFormat;
 use tracing_subscriber::EnvFilter;
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
 
 /// Install the global subscriber.
 pub fn init(format: LogFormat, debug: bool, file: Option<&Path>) -> anyhow::Result<()> {

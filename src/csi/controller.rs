@@ -1,13 +1,14 @@
 //! The Controller service: dynamic provisioning. CreateVolume gives each volume its own
 //! prefix of a bucket (or, with `bucketPerVolume`, its own S3 bucket), idempotent per name;
-//! DeleteVolume removes what it created. A small record next to the volume
-//! (`<prefix>.pail-volume.json`, or `.pail-volume.json` in a per-volume bucket) keeps the
-//! name and requested size, so a retry with another size is ALREADY_EXISTS.
+//! DeleteVolume removes what it created. A request is first turned into a [`Plan`] (pure
+//! parsing), then the plan is ensured against the bucket a [`BucketOpener`] gives. A small
+//! record next to the volume (`<prefix>.pail-volume.json`, or `.pail-volume.json` in a
+//! per-volume bucket) keeps the name and requested size, so a retry with another size is
+//! ALREADY_EXISTS.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use bytes::Bytes;
-use object_store::PutPayload;
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
@@ -16,22 +17,80 @@ use super::pb::controller_service_capability::{self, rpc};
 use super::pb::validate_volume_capabilities_response::Confirmed;
 use super::pb::*;
 use super::volume::{
-    VOLUME_ATTRIBUTES, capability, credentials, endpoint, keys, mount_options, provider,
-    secret_keys,
+    Secrets, VOLUME_ATTRIBUTES, bool_attr, capability, check_attributes, endpoint, keys, provider,
+    secrets, volume_options,
 };
-use crate::store::source::{Credentials, normalize_prefix, validate_bucket};
-use crate::store::{Source, Store, StoreErrorKind, StoreOptions};
+use crate::store::source::{normalize_prefix, validate_bucket};
+use crate::store::{
+    Bucket, BucketExt, Payload, Provider, PutOptions, SharedBucket, Source, StoreError,
+    StoreErrorKind, StoreOptions,
+};
 
 /// CSI limits volume ids to 128 bytes.
 const MAX_VOLUME_ID: usize = 128;
 
-/// Defaults for DeleteVolume, which receives only a volume id and secrets.
+/// StorageClass parameters that only the controller reads (the others are volume
+/// attributes, passed on to the volume).
+const PROVISIONING_PARAMS: &[&str] = &[keys::PREFIX_TEMPLATE, keys::BUCKET_PER_VOLUME];
+
+/// A bucket the controller works on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// S3 or GCS.
+    pub provider: Provider,
+    /// Bucket name.
+    pub bucket: String,
+    /// Endpoint, when not the provider's own.
+    pub endpoint: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Pay for requests.
+    pub requester_pays: bool,
+}
+
+/// Opens the bucket of a [`Target`] with the credentials of a Secret.
+pub trait BucketOpener: Send + Sync {
+    /// The bucket.
+    fn open(&self, target: &Target, secrets: &Secrets) -> Result<SharedBucket, Status>;
+}
+
+/// The real opener: [`crate::store::open`].
+pub struct StoreOpener;
+
+impl BucketOpener for StoreOpener {
+    fn open(&self, t: &Target, secrets: &Secrets) -> Result<SharedBucket, Status> {
+        let source = Source {
+            provider: t.provider,
+            bucket: t.bucket.clone(),
+            prefix: String::new(),
+        };
+        let opts = StoreOptions {
+            region: t.region.clone(),
+            endpoint_url: t.endpoint.clone(),
+            requester_pays: t.requester_pays,
+            credentials: secrets.s3.clone(),
+            service_account_key: secrets.gcs_key.clone(),
+            ..Default::default()
+        };
+        crate::store::open(&source, &opts).map_err(store_status)
+    }
+}
+
+/// Where DeleteVolume goes when its Secret names nothing (it receives no parameters).
 #[derive(Debug, Clone, Default)]
+pub struct Defaults {
+    /// Endpoint.
+    pub endpoint: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+}
+
+/// The service.
 pub struct ControllerService {
-    /// Endpoint when neither parameters nor secrets name one.
-    pub default_endpoint: Option<String>,
-    /// Region when neither parameters nor secrets name one.
-    pub default_region: Option<String>,
+    /// Defaults for DeleteVolume.
+    pub defaults: Defaults,
+    /// Opens buckets.
+    pub opener: Arc<dyn BucketOpener>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -44,10 +103,11 @@ fn invalid(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg.into())
 }
 
-fn store_status(e: crate::store::StoreError) -> Status {
+fn store_status(e: StoreError) -> Status {
     match e.kind {
         StoreErrorKind::PermissionDenied => Status::permission_denied(e.to_string()),
         StoreErrorKind::NotFound => Status::not_found(e.to_string()),
+        StoreErrorKind::AlreadyExists => Status::already_exists(e.to_string()),
         StoreErrorKind::Config | StoreErrorKind::InvalidKey => {
             Status::invalid_argument(e.to_string())
         }
@@ -56,20 +116,55 @@ fn store_status(e: crate::store::StoreError) -> Status {
 }
 
 /// A volume id: `provider/bucket/prefix`.
-fn volume_id(provider: &str, bucket: &str, prefix: &str) -> String {
-    format!("{provider}/{bucket}/{prefix}")
+fn volume_id(provider: Provider, bucket: &str, prefix: &str) -> String {
+    let p = if provider == Provider::Gcs {
+        "gcs"
+    } else {
+        "s3"
+    };
+    format!("{p}/{bucket}/{prefix}")
 }
 
-fn parse_volume_id(id: &str) -> Option<(&str, &str, &str)> {
+/// The provider, bucket and prefix of a volume id pail made.
+fn parse_volume_id(id: &str) -> Option<(Provider, &str, &str)> {
     let (provider, rest) = id.split_once('/')?;
     let (bucket, prefix) = rest.split_once('/')?;
-    if !matches!(provider, "s3" | "gcs")
-        || validate_bucket(bucket).is_err()
-        || normalize_prefix(prefix).ok()? != prefix
-    {
+    let provider = match provider {
+        "s3" => Provider::S3,
+        "gcs" => Provider::Gcs,
+        _ => return None,
+    };
+    if validate_bucket(bucket).is_err() || normalize_prefix(prefix).ok()? != prefix {
         return None;
     }
     Some((provider, bucket, prefix))
+}
+
+/// FNV-1a: stable across runs and versions.
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// The per-volume part of a prefix, shortened when the volume id would exceed 128 bytes:
+/// a readable stem and a hash of the whole, so each name keeps its own stable prefix.
+fn fit(fixed: usize, leaf: &str) -> Result<String, Status> {
+    if fixed + leaf.len() < MAX_VOLUME_ID {
+        return Ok(leaf.to_string());
+    }
+    let hash = format!("{:012x}", fnv(leaf) & 0xffff_ffff_ffff);
+    let room = MAX_VOLUME_ID.saturating_sub(fixed + 1 + hash.len() + 1);
+    if room < 8 {
+        return Err(invalid(
+            "the bucket name and prefix leave no room for a volume id of 128 bytes: shorten them",
+        ));
+    }
+    let mut end = room;
+    while !leaf.is_char_boundary(end) {
+        end -= 1;
+    }
+    Ok(format!("{}-{hash}", &leaf[..end]))
 }
 
 /// Expand `${pv.name}`, `${pvc.name}` and `${pvc.namespace}` in a prefix template.
@@ -117,71 +212,64 @@ fn bucket_for(name: &str) -> Result<String, Status> {
     Ok(b)
 }
 
-struct Target {
-    provider: &'static str,
-    bucket: String,
-    endpoint: Option<String>,
-    region: Option<String>,
-    requester_pays: bool,
+/// What CreateVolume makes, decided from the request alone.
+#[derive(Debug)]
+pub struct Plan {
+    name: String,
+    capacity: i64,
+    target: Target,
+    per_bucket: bool,
+    prefix: String,
+    volume_id: String,
+    context: HashMap<String, String>,
 }
 
-fn open_store(t: &Target, secrets: &HashMap<String, String>) -> Result<Store, Status> {
-    let (env, gcs_key) = credentials(secrets, t.provider)?;
-    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let creds = match (
-        get(secret_keys::ACCESS_KEY_ID),
-        get(secret_keys::SECRET_ACCESS_KEY),
-    ) {
-        (Some(id), Some(secret)) => Some(Credentials {
-            access_key_id: id,
-            secret_access_key: secret,
-            session_token: get(secret_keys::SESSION_TOKEN),
-        }),
-        _ => None,
-    };
-    let scheme = if t.provider == "gcs" { "gs" } else { "s3" };
-    let source =
-        Source::parse(&format!("{scheme}://{}/", t.bucket)).map_err(|e| invalid(e.to_string()))?;
-    let opts = StoreOptions {
-        region: t.region.clone(),
-        endpoint_url: t.endpoint.clone(),
-        requester_pays: t.requester_pays,
-        credentials: creds,
-        service_account_key: gcs_key,
-        ..Default::default()
-    };
-    Store::open(&source, &opts).map_err(store_status)
+impl Plan {
+    fn record_key(&self) -> String {
+        record_key(&self.prefix)
+    }
+}
+
+fn record_key(prefix: &str) -> String {
+    if prefix.is_empty() {
+        ".pail-volume.json".to_string()
+    } else {
+        format!("{}.pail-volume.json", prefix.trim_end_matches('/'))
+    }
+}
+
+fn capacity(range: Option<&CapacityRange>) -> i64 {
+    range
+        .map(|c| {
+            if c.required_bytes > 0 {
+                c.required_bytes
+            } else {
+                c.limit_bytes
+            }
+        })
+        .unwrap_or(0)
+        .max(0)
 }
 
 impl ControllerService {
-    fn resolve_endpoint(
+    fn endpoint(
         &self,
-        params: Option<&String>,
-        secrets: &HashMap<String, String>,
+        param: Option<&String>,
+        secrets: &Secrets,
     ) -> Result<Option<String>, Status> {
-        let e = params
-            .or(secrets.get(secret_keys::ENDPOINT))
+        let e = param
             .filter(|e| !e.is_empty())
             .cloned()
-            .or_else(|| self.default_endpoint.clone());
+            .or_else(|| secrets.endpoint.clone())
+            .or_else(|| self.defaults.endpoint.clone());
         if let Some(e) = &e {
             endpoint(e, keys::ENDPOINT)?;
         }
         Ok(e)
     }
-}
 
-/// StorageClass parameters that only the controller reads (the others are volume
-/// attributes, passed on to the volume).
-const PROVISIONING_PARAMS: &[&str] = &[keys::PREFIX_TEMPLATE, keys::BUCKET_PER_VOLUME];
-
-#[tonic::async_trait]
-impl Controller for ControllerService {
-    async fn create_volume(
-        &self,
-        req: Request<CreateVolumeRequest>,
-    ) -> Result<Response<CreateVolumeResponse>, Status> {
-        let req = req.into_inner();
+    /// Check a CreateVolume request and decide what it makes.
+    pub fn plan(&self, req: &CreateVolumeRequest) -> Result<Plan, Status> {
         if req.name.is_empty() {
             return Err(invalid("name is required"));
         }
@@ -200,39 +288,24 @@ impl Controller for ControllerService {
             ));
         }
         let params = &req.parameters;
-        for k in params.keys() {
-            if !VOLUME_ATTRIBUTES.contains(&k.as_str())
-                && !PROVISIONING_PARAMS.contains(&k.as_str())
-                && !k.starts_with("csi.storage.k8s.io/")
-            {
-                return Err(invalid(format!("unknown StorageClass parameter {k:?}")));
-            }
-        }
+        let allowed: Vec<&str> = VOLUME_ATTRIBUTES
+            .iter()
+            .chain(PROVISIONING_PARAMS)
+            .copied()
+            .collect();
+        check_attributes(params, "StorageClass parameter", &allowed)?;
         let provider = provider(params)?;
-        if provider == "memory" {
+        if provider == Provider::Memory {
             return Err(invalid(format!(
                 "{}: memory volumes cannot be provisioned",
                 keys::PROVIDER
             )));
         }
-        if let Some(o) = params.get(keys::MOUNT_OPTIONS) {
-            mount_options([o.as_str()])?;
-        }
-        let capacity = req
-            .capacity_range
-            .as_ref()
-            .map(|c| {
-                if c.required_bytes > 0 {
-                    c.required_bytes
-                } else {
-                    c.limit_bytes
-                }
-            })
-            .unwrap_or(0)
-            .max(0);
-        let per_bucket = params.get(keys::BUCKET_PER_VOLUME).map(|s| s.as_str()) == Some("true");
+        volume_options(params, &[])?;
+        let secrets = secrets(&req.secrets, provider)?;
+        let per_bucket = bool_attr(params, keys::BUCKET_PER_VOLUME)?;
         let (bucket, prefix) = if per_bucket {
-            if provider != "s3" {
+            if provider != Provider::S3 {
                 return Err(invalid(format!(
                     "{}: supported on S3 only",
                     keys::BUCKET_PER_VOLUME
@@ -240,116 +313,176 @@ impl Controller for ControllerService {
             }
             (bucket_for(&req.name)?, String::new())
         } else {
-            let bucket = params
-                .get(keys::BUCKET)
-                .filter(|b| !b.is_empty())
-                .ok_or_else(|| {
-                    invalid(format!(
-                        "parameter {} (or {}) is required",
-                        keys::BUCKET,
-                        keys::BUCKET_PER_VOLUME
-                    ))
-                })?
-                .clone();
-            validate_bucket(&bucket).map_err(|e| invalid(format!("{}: {e}", keys::BUCKET)))?;
-            let base = params.get(keys::PREFIX).map(|s| s.as_str()).unwrap_or("");
-            let template = params
-                .get(keys::PREFIX_TEMPLATE)
-                .map(|s| s.as_str())
-                .unwrap_or("${pv.name}");
-            let joined = format!(
-                "{}/{}",
-                base.trim_end_matches('/'),
-                expand(template, &req.name, params)?
-            );
-            let prefix = normalize_prefix(&joined)
-                .map_err(|e| invalid(format!("{}: {e}", keys::PREFIX_TEMPLATE)))?;
-            if prefix.is_empty() {
-                return Err(invalid(format!(
-                    "{}: expands to an empty prefix",
-                    keys::PREFIX_TEMPLATE
-                )));
-            }
-            (bucket, prefix)
+            self.prefix_of(req, provider)?
         };
-        let id = volume_id(provider, &bucket, &prefix);
-        if id.len() > MAX_VOLUME_ID {
-            return Err(invalid(format!(
-                "the volume id {id:?} would exceed {MAX_VOLUME_ID} bytes: shorten the prefix"
-            )));
-        }
         let target = Target {
             provider,
             bucket: bucket.clone(),
-            endpoint: self.resolve_endpoint(params.get(keys::ENDPOINT), &req.secrets)?,
+            endpoint: self.endpoint(params.get(keys::ENDPOINT), &secrets)?,
             region: params
                 .get(keys::REGION)
                 .cloned()
-                .or_else(|| req.secrets.get(secret_keys::REGION).cloned())
-                .or_else(|| self.default_region.clone()),
-            requester_pays: params.get(keys::REQUESTER_PAYS).map(|s| s.as_str()) == Some("true"),
+                .or_else(|| secrets.region.clone())
+                .or_else(|| self.defaults.region.clone()),
+            requester_pays: bool_attr(params, keys::REQUESTER_PAYS)?,
         };
-        let store = open_store(&target, &req.secrets)?;
-        let record_key = if per_bucket {
-            ".pail-volume.json".to_string()
-        } else {
-            format!("{}.pail-volume.json", prefix.trim_end_matches('/'))
-        };
-        if per_bucket {
-            store.create_bucket().await.map_err(store_status)?;
-        }
-        match store.get_all(&record_key).await.map_err(store_status)? {
-            Some(bytes) => {
-                let rec: VolumeRecord = serde_json::from_slice(&bytes)
-                    .map_err(|e| Status::internal(format!("volume record {record_key:?}: {e}")))?;
-                if rec.name != req.name || rec.capacity_bytes != capacity {
-                    return Err(Status::already_exists(format!(
-                        "volume {:?} exists with {} bytes requested",
-                        rec.name, rec.capacity_bytes
-                    )));
-                }
-            }
-            None => {
-                if !prefix.is_empty() {
-                    store.put_marker(&prefix).await.map_err(store_status)?;
-                }
-                let rec = serde_json::to_vec(&VolumeRecord {
-                    name: req.name.clone(),
-                    capacity_bytes: capacity,
-                })
-                .expect("serializable");
-                store
-                    .put(&record_key, PutPayload::from(Bytes::from(rec)))
-                    .await
-                    .map_err(store_status)?;
-            }
-        }
-        let mut context = HashMap::new();
-        context.insert(keys::BUCKET.to_string(), bucket);
-        context.insert(keys::PREFIX.to_string(), prefix);
-        context.insert(keys::PROVIDER.to_string(), provider.to_string());
-        for k in [
+        let mut context: HashMap<String, String> = [
             keys::ENDPOINT,
             keys::REGION,
             keys::PATH_STYLE,
             keys::REQUESTER_PAYS,
             keys::MOUNT_OPTIONS,
-        ] {
-            if let Some(v) = params.get(k) {
-                context.insert(k.to_string(), v.clone());
+        ]
+        .iter()
+        .filter_map(|k| Some((k.to_string(), params.get(*k)?.clone())))
+        .collect();
+        context.insert(keys::BUCKET.into(), bucket.clone());
+        context.insert(keys::PREFIX.into(), prefix.clone());
+        let provider_name = if provider == Provider::Gcs {
+            "gcs"
+        } else {
+            "s3"
+        };
+        context.insert(keys::PROVIDER.into(), provider_name.into());
+        if let Some(e) = &target.endpoint {
+            context.entry(keys::ENDPOINT.into()).or_insert(e.clone());
+        }
+        Ok(Plan {
+            name: req.name.clone(),
+            capacity: capacity(req.capacity_range.as_ref()),
+            volume_id: volume_id(provider, &bucket, &prefix),
+            target,
+            per_bucket,
+            prefix,
+            context,
+        })
+    }
+
+    /// The bucket and per-volume prefix of a volume in a shared bucket.
+    fn prefix_of(
+        &self,
+        req: &CreateVolumeRequest,
+        provider: Provider,
+    ) -> Result<(String, String), Status> {
+        let params = &req.parameters;
+        let bucket = params
+            .get(keys::BUCKET)
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "parameter {} (or {}) is required",
+                    keys::BUCKET,
+                    keys::BUCKET_PER_VOLUME
+                ))
+            })?
+            .clone();
+        validate_bucket(&bucket).map_err(|e| invalid(format!("{}: {e}", keys::BUCKET)))?;
+        let base = normalize_prefix(params.get(keys::PREFIX).map(|s| s.as_str()).unwrap_or(""))
+            .map_err(|e| invalid(format!("{}: {e}", keys::PREFIX)))?;
+        let template = params
+            .get(keys::PREFIX_TEMPLATE)
+            .map(|s| s.as_str())
+            .unwrap_or("${pv.name}");
+        let leaf = normalize_prefix(&expand(template, &req.name, params)?)
+            .map_err(|e| invalid(format!("{}: {e}", keys::PREFIX_TEMPLATE)))?;
+        let leaf = leaf.trim_end_matches('/');
+        if leaf.is_empty() {
+            return Err(invalid(format!(
+                "{}: expands to an empty prefix",
+                keys::PREFIX_TEMPLATE
+            )));
+        }
+        let fixed = volume_id(provider, &bucket, &base).len();
+        let prefix = normalize_prefix(&format!("{base}{}", fit(fixed, leaf)?))
+            .map_err(|e| invalid(format!("{}: {e}", keys::PREFIX_TEMPLATE)))?;
+        Ok((bucket, prefix))
+    }
+}
+
+/// Make what `plan` describes exist in `bucket` (idempotently).
+pub async fn ensure(plan: &Plan, bucket: &dyn Bucket) -> Result<(), Status> {
+    if plan.per_bucket {
+        bucket.create_bucket().await.map_err(store_status)?;
+    }
+    let key = plan.record_key();
+    match bucket.get_all(&key).await.map_err(store_status)? {
+        Some(bytes) => {
+            let rec: VolumeRecord = serde_json::from_slice(&bytes)
+                .map_err(|e| Status::internal(format!("volume record {key:?}: {e}")))?;
+            if rec.name != plan.name || rec.capacity_bytes != plan.capacity {
+                return Err(Status::already_exists(format!(
+                    "volume {:?} exists with {} bytes requested",
+                    rec.name, rec.capacity_bytes
+                )));
             }
         }
-        if !context.contains_key(keys::ENDPOINT)
-            && let Some(e) = &target.endpoint
-        {
-            context.insert(keys::ENDPOINT.to_string(), e.clone());
+        None => {
+            if !plan.prefix.is_empty() {
+                bucket
+                    .put_marker(&plan.prefix)
+                    .await
+                    .map_err(store_status)?;
+            }
+            let rec = serde_json::to_vec(&VolumeRecord {
+                name: plan.name.clone(),
+                capacity_bytes: plan.capacity,
+            })
+            .expect("serializable");
+            bucket
+                .put(&key, Payload::from(rec), &PutOptions::default())
+                .await
+                .map_err(store_status)?;
         }
-        tracing::info!(name = %req.name, volume_id = %id, "CreateVolume");
+    }
+    Ok(())
+}
+
+impl ControllerService {
+    /// The bucket and prefix of a volume id pail made, opened with `secrets`; `None` for a
+    /// foreign id.
+    fn open_volume(
+        &self,
+        id: &str,
+        map: &HashMap<String, String>,
+    ) -> Result<Option<(SharedBucket, String)>, Status> {
+        let Some((provider, bucket, prefix)) = parse_volume_id(id) else {
+            return Ok(None);
+        };
+        let secrets = secrets(map, provider)?;
+        let target = Target {
+            provider,
+            bucket: bucket.to_string(),
+            endpoint: self.endpoint(None, &secrets)?,
+            region: secrets
+                .region
+                .clone()
+                .or_else(|| self.defaults.region.clone()),
+            requester_pays: false,
+        };
+        Ok(Some((
+            self.opener.open(&target, &secrets)?,
+            prefix.to_string(),
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    async fn create_volume(
+        &self,
+        req: Request<CreateVolumeRequest>,
+    ) -> Result<Response<CreateVolumeResponse>, Status> {
+        let req = req.into_inner();
+        let plan = self.plan(&req)?;
+        let secrets = secrets(&req.secrets, plan.target.provider)?;
+        let bucket = self.opener.open(&plan.target, &secrets)?;
+        ensure(&plan, bucket.as_ref()).await?;
+        tracing::info!(name = %req.name, volume_id = %plan.volume_id, "CreateVolume");
         Ok(Response::new(CreateVolumeResponse {
             volume: Some(Volume {
-                capacity_bytes: capacity,
-                volume_id: id,
-                volume_context: context,
+                capacity_bytes: plan.capacity,
+                volume_id: plan.volume_id,
+                volume_context: plan.context,
                 content_source: None,
                 accessible_topology: vec![],
             }),
@@ -364,40 +497,22 @@ impl Controller for ControllerService {
         if req.volume_id.is_empty() {
             return Err(invalid("volume_id is required"));
         }
-        let Some((provider, bucket, prefix)) = parse_volume_id(&req.volume_id) else {
-            tracing::info!(volume_id = %req.volume_id, "DeleteVolume of an id pail did not create: nothing to do");
+        let Some((bucket, prefix)) = self.open_volume(&req.volume_id, &req.secrets)? else {
+            tracing::info!("DeleteVolume of an id pail did not create: nothing to do");
             return Ok(Response::new(DeleteVolumeResponse {}));
         };
-        let target = Target {
-            provider: if provider == "gcs" { "gcs" } else { "s3" },
-            bucket: bucket.to_string(),
-            endpoint: self.resolve_endpoint(None, &req.secrets)?,
-            region: req
-                .secrets
-                .get(secret_keys::REGION)
-                .cloned()
-                .or_else(|| self.default_region.clone()),
-            requester_pays: false,
-        };
-        let store = open_store(&target, &req.secrets)?;
         let result = async {
+            bucket.delete_prefix(&prefix).await?;
             if prefix.is_empty() {
-                store.delete_prefix("").await?;
-                store.delete_bucket().await
+                bucket.delete_bucket().await
             } else {
-                store.delete_prefix(prefix).await?;
-                store
-                    .delete(&format!(
-                        "{}.pail-volume.json",
-                        prefix.trim_end_matches('/')
-                    ))
-                    .await
+                bucket.delete(&record_key(&prefix)).await
             }
         }
         .await;
         match result {
             Ok(()) => {}
-            Err(e) if e.kind == StoreErrorKind::NotFound => {}
+            Err(e) if e.is_not_found() => {}
             Err(e) => return Err(store_status(e)),
         }
         tracing::info!(volume_id = %req.volume_id, "DeleteVolume");
@@ -414,6 +529,18 @@ impl Controller for ControllerService {
         }
         if req.volume_capabilities.is_empty() {
             return Err(invalid("volume_capabilities is required"));
+        }
+        let not_found = || Status::not_found(format!("no volume {:?}", req.volume_id));
+        let (bucket, prefix) = self
+            .open_volume(&req.volume_id, &req.secrets)?
+            .ok_or_else(not_found)?;
+        if bucket
+            .head(&record_key(&prefix))
+            .await
+            .map_err(store_status)?
+            .is_none()
+        {
+            return Err(not_found());
         }
         for cap in &req.volume_capabilities {
             if let Err(e) = capability(Some(cap), "volume_capabilities") {
@@ -450,49 +577,4 @@ impl Controller for ControllerService {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn volume_ids_round_trip_and_foreign_ids_are_not_ours() {
-        let id = volume_id("s3", "bucket-a", "vols/pvc-1/");
-        assert_eq!(
-            parse_volume_id(&id),
-            Some(("s3", "bucket-a", "vols/pvc-1/"))
-        );
-        for foreign in [
-            "",
-            "vol-123",
-            "nfs/bucket-a/x/",
-            "s3/UP/x/",
-            "s3/bucket-a/../x/",
-        ] {
-            assert_eq!(parse_volume_id(foreign), None, "{foreign}");
-        }
-    }
-
-    #[test]
-    fn prefix_templates_expand_known_variables_only() {
-        let params: HashMap<String, String> = [
-            (
-                "csi.storage.k8s.io/pvc/name".to_string(),
-                "data".to_string(),
-            ),
-            (
-                "csi.storage.k8s.io/pvc/namespace".to_string(),
-                "ml".to_string(),
-            ),
-        ]
-        .into();
-        assert_eq!(
-            expand("${pvc.namespace}/${pvc.name}", "pvc-1", &params).unwrap(),
-            "ml/data"
-        );
-        assert_eq!(
-            expand("${pv.name}", "pvc-1", &HashMap::new()).unwrap(),
-            "pvc-1"
-        );
-        assert!(expand("${pvc.name}", "pvc-1", &HashMap::new()).is_err());
-        assert!(expand("${nope}", "pvc-1", &HashMap::new()).is_err());
-    }
-}
+mod tests;

@@ -3,25 +3,24 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::mounter::ProcessMounter;
+use crate::mounter::Mounter;
 
-fn render(mounter: &ProcessMounter) -> String {
+fn render(mounter: &dyn Mounter) -> String {
+    let stats = mounter.stats();
     format!(
         "# HELP pail_mounts Volumes published on this node.\n# TYPE pail_mounts gauge\npail_mounts {}\n\
          # HELP pail_dead_mounts_total Mount processes found dead (by NodeGetVolumeStats or NodeUnpublishVolume).\n\
          # TYPE pail_dead_mounts_total counter\npail_dead_mounts_total {}\n",
-        mounter.mount_count(),
-        mounter.dead_mounts.load(Ordering::Relaxed)
+        stats.mounts, stats.dead_mounts
     )
 }
 
 /// Serve `/metrics` on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, mounter: Arc<ProcessMounter>) -> std::io::Result<()> {
+pub async fn serve(addr: SocketAddr, mounter: Arc<dyn Mounter>) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving metrics");
     loop {
@@ -31,7 +30,7 @@ pub async fn serve(addr: SocketAddr, mounter: Arc<ProcessMounter>) -> std::io::R
             let mut buf = [0u8; 1024];
             let _ = conn.read(&mut buf).await;
             let m = mounter.clone();
-            let body = tokio::task::spawn_blocking(move || render(&m))
+            let body = tokio::task::spawn_blocking(move || render(m.as_ref()))
                 .await
                 .unwrap_or_default();
             let resp = format!(

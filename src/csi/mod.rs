@@ -1,6 +1,7 @@
 //! The CSI driver: Identity, Node and Controller services (tonic) over a unix socket. The
-//! node service turns publishes into `pail mount` processes through [`crate::mounter`]; it
-//! never runs FUSE in its own process. Requests are never logged with `{:?}`: they carry
+//! node service turns publishes into mounts through a [`crate::mounter::Mounter`] (it never
+//! runs FUSE in its own process); the controller provisions volumes in buckets through
+//! [`crate::store`]. Requests are never logged with `{:?}`: they carry
 //! secrets.
 
 /// Code generated from `proto/csi.proto`.
@@ -24,4 +25,4 @@ pub mod registration;
 pub mod server;
 pub mod volume;
 
-pub use server::{DEFAULT_DRIVER_NAME, DriverConfig, Mode, serve};
+pub use server::{DEFAULT_DRIVER_NAME, Mode, Services, serve};

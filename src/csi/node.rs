@@ -1,7 +1,8 @@
-//! The Node service: publish a volume at a pod's target path as a `pail mount` process,
-//! unpublish it. Validation comes first; secrets never reach logs or errors.
+//! The Node service: publish a volume at a pod's target path through a [`Mounter`],
+//! unpublish it, report its health. Validation comes first; secrets never reach logs or
+//! errors.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -9,42 +10,59 @@ use tonic::{Request, Response, Status};
 use super::pb::node_server::Node;
 use super::pb::*;
 use super::volume::{PublishInput, capability, publish_request};
-use crate::mounter::{MountError, ProcessMounter};
+use crate::mounter::{MountError, MountState, Mounter};
 
 /// The node plugin.
 pub struct NodeService {
     /// Node id reported to Kubernetes.
     pub node_id: String,
-    /// Target paths must be below this directory (kubelet's root dir).
+    /// Target paths must be below this directory (kubelet's `pods/`).
     pub allowed_root: PathBuf,
     /// Starts and stops mounts.
-    pub mounter: Arc<ProcessMounter>,
+    pub mounter: Arc<dyn Mounter>,
 }
 
-/// Check a target path: absolute, no `..`, below `root`.
+/// Check a target path: absolute and canonical (no `.`, `..` or empty segments, no
+/// trailing `/`), strictly below `root`.
 pub fn check_target(target: &str, root: &Path, field: &str) -> Result<PathBuf, Status> {
     if target.is_empty() {
         return Err(Status::invalid_argument(format!("{field} is required")));
     }
-    let p = Path::new(target);
-    if !p.is_absolute()
-        || p.components()
-            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-    {
+    if target.len() > 4096 || target.contains('\0') {
         return Err(Status::invalid_argument(format!(
-            "{field}: {target:?} must be an absolute path without . or .."
+            "{field}: too long or has NUL"
         )));
     }
+    let canonical = target.starts_with('/')
+        && target[1..]
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != "..");
+    if !canonical {
+        return Err(Status::invalid_argument(format!(
+            "{field}: {target:?} must be an absolute path without \".\", \"..\" or empty segments"
+        )));
+    }
+    let p = Path::new(target);
     if !p.starts_with(root) || p == root {
         return Err(Status::invalid_argument(format!(
             "{field}: {target:?} is outside the kubelet directory {}",
             root.display()
         )));
     }
-    if target.len() > 4096 {
-        return Err(Status::invalid_argument(format!("{field}: too long")));
-    }
     Ok(p.to_path_buf())
+}
+
+/// Check a volume id: present, at most 128 bytes, printable.
+pub fn check_volume_id(id: &str) -> Result<(), Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("volume_id is required"));
+    }
+    if id.len() > 128 || id.chars().any(|c| c.is_control()) {
+        return Err(Status::invalid_argument(
+            "volume_id: at most 128 bytes, without control characters",
+        ));
+    }
+    Ok(())
 }
 
 fn status_of(e: MountError) -> Status {
@@ -55,6 +73,16 @@ fn status_of(e: MountError) -> Status {
     }
 }
 
+/// Run a blocking mounter call off the async workers.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("{what} task: {e}")))
+}
+
 #[tonic::async_trait]
 impl Node for NodeService {
     async fn node_publish_volume(
@@ -62,9 +90,7 @@ impl Node for NodeService {
         req: Request<NodePublishVolumeRequest>,
     ) -> Result<Response<NodePublishVolumeResponse>, Status> {
         let req = req.into_inner();
-        if req.volume_id.is_empty() {
-            return Err(Status::invalid_argument("volume_id is required"));
-        }
+        check_volume_id(&req.volume_id)?;
         let target = check_target(&req.target_path, &self.allowed_root, "target_path")?;
         let (cap_read_only, mount_flags) =
             capability(req.volume_capability.as_ref(), "volume_capability")?;
@@ -77,13 +103,23 @@ impl Node for NodeService {
                 cap_read_only,
                 mount_flags: &mount_flags,
             },
-            target,
+            target.clone(),
         )?;
-        tracing::info!(volume_id = %req.volume_id, target = %req.target_path, source = %mount.source, read_only = mount.read_only, "NodePublishVolume");
         let mounter = self.mounter.clone();
-        tokio::task::spawn_blocking(move || mounter.publish(&mount))
-            .await
-            .map_err(|e| Status::internal(format!("publish task: {e}")))?
+        let state = blocking("publish", move || mounter.state(&target)).await?;
+        if let MountState::Live(live) = state {
+            if live.volume_id != mount.volume_id || live.read_only != mount.read_only {
+                return Err(Status::already_exists(format!(
+                    "{} is already published with another volume or read-only flag",
+                    req.target_path
+                )));
+            }
+            return Ok(Response::new(NodePublishVolumeResponse {}));
+        }
+        tracing::info!(volume_id = %req.volume_id, target = %req.target_path, source = %mount.options.source, read_only = mount.read_only, "NodePublishVolume");
+        let mounter = self.mounter.clone();
+        blocking("publish", move || mounter.publish(&mount))
+            .await?
             .map_err(status_of)?;
         Ok(Response::new(NodePublishVolumeResponse {}))
     }
@@ -93,15 +129,12 @@ impl Node for NodeService {
         req: Request<NodeUnpublishVolumeRequest>,
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
         let req = req.into_inner();
-        if req.volume_id.is_empty() {
-            return Err(Status::invalid_argument("volume_id is required"));
-        }
+        check_volume_id(&req.volume_id)?;
         let target = check_target(&req.target_path, &self.allowed_root, "target_path")?;
         tracing::info!(volume_id = %req.volume_id, target = %req.target_path, "NodeUnpublishVolume");
         let mounter = self.mounter.clone();
-        tokio::task::spawn_blocking(move || mounter.unpublish(&target))
-            .await
-            .map_err(|e| Status::internal(format!("unpublish task: {e}")))?
+        blocking("unpublish", move || mounter.unpublish(&target))
+            .await?
             .map_err(status_of)?;
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
@@ -111,55 +144,51 @@ impl Node for NodeService {
         req: Request<NodeGetVolumeStatsRequest>,
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         let req = req.into_inner();
-        if req.volume_id.is_empty() {
-            return Err(Status::invalid_argument("volume_id is required"));
+        check_volume_id(&req.volume_id)?;
+        if req.volume_path.is_empty() {
+            return Err(Status::invalid_argument("volume_path is required"));
         }
-        let path = check_target(&req.volume_path, &self.allowed_root, "volume_path")?;
+        // The volume is looked up first: an unknown one is NOT_FOUND whatever the path.
+        let not_found = || {
+            Status::not_found(format!(
+                "volume {} is not published at {}",
+                req.volume_id, req.volume_path
+            ))
+        };
+        let Ok(path) = check_target(&req.volume_path, &self.allowed_root, "volume_path") else {
+            return Err(not_found());
+        };
         let mounter = self.mounter.clone();
-        let (mounted, live) = tokio::task::spawn_blocking(move || {
-            let mounted = crate::mounter::kernel::mount_type(&path).as_deref() == Some("fuse.pail");
-            (mounted, mounter.is_live(&path))
-        })
-        .await
-        .map_err(|e| Status::internal(format!("stats task: {e}")))?;
-        if !mounted {
-            return Err(Status::not_found(format!(
-                "{} is not a pail mount",
-                req.volume_path
-            )));
-        }
-        // Object stores have no capacity: report what the mount reports (large and free),
-        // and whether its process is alive, which kubelet turns into events.
-        let (usage, condition) = if live {
-            let usage = statvfs_bytes(&req.volume_path)
-                .map(|(total, free)| {
-                    vec![VolumeUsage {
-                        available: free,
-                        total,
-                        used: total - free,
-                        unit: volume_usage::Unit::Bytes as i32,
-                    }]
-                })
-                .unwrap_or_default();
-            (
-                usage,
-                VolumeCondition {
+        let state = blocking("stats", move || mounter.state(&path)).await?;
+        let (usage, condition) = match state {
+            MountState::Live(info) if info.volume_id == req.volume_id => {
+                let p = req.volume_path.clone();
+                let usage = blocking("stats", move || statvfs_bytes(&p))
+                    .await?
+                    .map(|(total, free)| {
+                        vec![VolumeUsage {
+                            available: free,
+                            total,
+                            used: total - free,
+                            unit: volume_usage::Unit::Bytes as i32,
+                        }]
+                    })
+                    .unwrap_or_default();
+                let ok = VolumeCondition {
                     abnormal: false,
                     message: "mounted".into(),
-                },
-            )
-        } else {
-            self.mounter
-                .dead_mounts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(volume_id = %req.volume_id, path = %req.volume_path, "the mount process of this volume is gone");
-            (
-                vec![],
-                VolumeCondition {
+                };
+                (usage, ok)
+            }
+            MountState::Dead => {
+                tracing::warn!(volume_id = %req.volume_id, path = %req.volume_path, "the mount process of this volume is gone");
+                let dead = VolumeCondition {
                     abnormal: true,
                     message: "the pail mount process of this volume is gone (transport endpoint is not connected); restart the pod".into(),
-                },
-            )
+                };
+                (vec![], dead)
+            }
+            _ => return Err(not_found()),
         };
         Ok(Response::new(NodeGetVolumeStatsResponse {
             usage,
@@ -207,24 +236,4 @@ fn statvfs_bytes(path: &str) -> Option<(i64, i64)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::check_target;
-    use std::path::Path;
-
-    #[test]
-    fn targets_must_stay_below_the_kubelet_dir() {
-        let root = Path::new("/var/lib/kubelet");
-        assert!(check_target("/var/lib/kubelet/pods/x/volumes/v/mount", root, "t").is_ok());
-        for bad in [
-            "",
-            "relative/path",
-            "/etc/passwd",
-            "/var/lib/kubelet",
-            "/var/lib/kubelet/pods/../../../etc",
-            "/var/lib/kubeletX/pods",
-        ] {
-            let e = check_target(bad, root, "target_path").unwrap_err();
-            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
-        }
-    }
-}
+mod tests;

@@ -1,8 +1,7 @@
-//! Serving the CSI services on a unix socket: endpoint parsing, stale-socket removal, the
-//! services a mode needs, graceful shutdown.
+//! Serving the CSI services on a unix socket: endpoint parsing, stale-socket removal,
+//! graceful shutdown. The services themselves are built by the caller (`cli`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use tokio::net::UnixListener;
@@ -14,7 +13,6 @@ use super::pb::controller_server::ControllerServer;
 use super::pb::identity_server::IdentityServer;
 use super::pb::node_server::NodeServer;
 use super::registration::{self, RegistrationService};
-use crate::mounter::ProcessMounter;
 
 /// Which services a process serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -27,35 +25,17 @@ pub enum Mode {
     All,
 }
 
-/// Everything a driver process needs.
-#[derive(Debug, Clone)]
-pub struct DriverConfig {
-    /// Socket: `unix:///path` or a bare path.
-    pub endpoint: String,
-    /// Driver name.
-    pub name: String,
-    /// Node id (node mode).
-    pub node_id: String,
-    /// Services.
-    pub mode: Mode,
-    /// kubelet's root directory: targets must be under its `pods/`.
-    pub kubelet_dir: PathBuf,
-    /// Where mount records live.
-    pub state_dir: PathBuf,
-    /// The `pail` binary mount processes run.
-    pub pail_bin: PathBuf,
-    /// Controller defaults for DeleteVolume.
-    pub default_endpoint: Option<String>,
-    /// Controller default region.
-    pub default_region: Option<String>,
-    /// Register with kubelet without a sidecar: (registration dir, CSI socket path as
-    /// kubelet sees it).
-    pub register: Option<(PathBuf, String)>,
-    /// Serve Prometheus metrics of the node plugin here.
-    pub metrics: Option<std::net::SocketAddr>,
-    /// The host's cgroup file system, where mount processes move so that they outlive the
-    /// plugin's container (needs the host's PID namespace).
-    pub host_cgroup_root: Option<PathBuf>,
+/// The services one driver process serves, built by the caller.
+pub struct Services {
+    /// Identity (always).
+    pub identity: IdentityService,
+    /// Node.
+    pub node: Option<NodeService>,
+    /// Controller.
+    pub controller: Option<ControllerService>,
+    /// Kubelet plugin registration without a sidecar: the registration directory and the
+    /// service to serve there.
+    pub registration: Option<(PathBuf, RegistrationService)>,
 }
 
 /// How long open connections may delay a shutdown.
@@ -95,8 +75,12 @@ pub fn validate_driver_name(name: &str) -> anyhow::Result<()> {
 }
 
 fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    if !dir.is_dir() {
+        bail!(
+            "--endpoint: the directory {} does not exist (it must, so a typo is not served)",
+            dir.display()
+        );
     }
     match std::fs::remove_file(path) {
         Ok(()) => tracing::info!(socket = %path.display(), "removed a stale socket"),
@@ -106,77 +90,34 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))
 }
 
-/// Serve until `shutdown` completes.
+/// Serve `services` on the unix socket `endpoint` until `shutdown` completes.
 pub async fn serve(
-    cfg: DriverConfig,
+    endpoint: &str,
+    services: Services,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    validate_driver_name(&cfg.name)?;
-    let path = socket_path(&cfg.endpoint)?;
-    let identity = IdentityService {
-        name: cfg.name.clone(),
-        controller: cfg.mode != Mode::Node,
-    };
-    let node = if cfg.mode != Mode::Controller {
-        if cfg.node_id.is_empty() {
-            bail!("--node-id is required in node mode");
-        }
-        let mut mounter = ProcessMounter::new(cfg.pail_bin.clone(), &cfg.state_dir)
-            .with_context(|| format!("state directory {}", cfg.state_dir.display()))?;
-        mounter.host_cgroup_root = cfg.host_cgroup_root.clone();
-        let mounter = Arc::new(mounter);
-        if let Some(addr) = cfg.metrics {
-            let m = mounter.clone();
-            tokio::spawn(async move {
-                if let Err(e) = super::metrics::serve(addr, m).await {
-                    tracing::error!(%addr, error = %e, "metrics endpoint failed");
-                }
-            });
-        }
-        let recorded = mounter.mount_count();
-        if recorded > 0 {
-            tracing::info!(
-                mounts = recorded,
-                "found mounts started by an earlier node plugin; they keep running"
-            );
-        }
-        Some(NodeServer::new(NodeService {
-            node_id: cfg.node_id.clone(),
-            allowed_root: cfg.kubelet_dir.join("pods"),
-            mounter,
-        }))
-    } else {
-        None
-    };
-    let controller = (cfg.mode != Mode::Node).then(|| {
-        ControllerServer::new(ControllerService {
-            default_endpoint: cfg.default_endpoint.clone(),
-            default_region: cfg.default_region.clone(),
-        })
-    });
+    validate_driver_name(&services.identity.name)?;
+    let path = socket_path(endpoint)?;
+    let name = services.identity.name.clone();
     let listener = bind(&path)?;
-    tracing::info!(socket = %path.display(), driver = %cfg.name, mode = ?cfg.mode, "serving CSI");
+    tracing::info!(socket = %path.display(), driver = %name, node = services.node.is_some(), controller = services.controller.is_some(), "serving CSI");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
     // Register only once the CSI socket answers: kubelet calls it right after GetInfo.
-    let registration = cfg.register.clone().map(|(dir, endpoint)| {
-        let service = RegistrationService {
-            name: cfg.name.clone(),
-            endpoint,
-        };
+    let registration = services.registration.map(|(dir, service)| {
         tokio::spawn(registration::serve(
-            registration::socket_in(&dir, &cfg.name),
+            registration::socket_in(&dir, &name),
             service,
             stopped(stop_rx.clone()),
         ))
     });
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(IdentityServer::new(identity))
-            .add_optional_service(node)
-            .add_optional_service(controller)
+            .add_service(IdentityServer::new(services.identity))
+            .add_optional_service(services.node.map(NodeServer::new))
+            .add_optional_service(services.controller.map(ControllerServer::new))
             .serve_with_incoming_shutdown(super::authority::incoming(listener), stopped(stop_rx)),
     );
     tokio::pin!(shutdown);

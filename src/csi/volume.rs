@@ -1,8 +1,8 @@
-//! Volume attributes, StorageClass parameters, secrets and mount options: the allow-lists,
-//! their validation (errors name the field, never a secret value) and the `pail mount`
-//! invocation they turn into.
+//! Volume attributes, StorageClass parameters and secrets: the allow-lists, their checks
+//! (errors name the field, never a secret value) and the mount a publish turns into.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use tonic::Status;
 
@@ -10,7 +10,9 @@ use super::pb::VolumeCapability;
 use super::pb::volume_capability::AccessType;
 use super::pb::volume_capability::access_mode::Mode;
 use crate::mounter::MountRequest;
-use crate::store::source::{normalize_prefix, validate_bucket};
+use crate::options::{MountArgs, StoreArgs, VolumeOptions};
+use crate::store::source::{Credentials, normalize_prefix, validate_bucket};
+use crate::store::{Provider, Source};
 
 /// The volume attributes a volume (static, inline, or provisioned from these StorageClass
 /// parameters) may carry.
@@ -67,33 +69,12 @@ pub mod secret_keys {
 }
 
 /// Keys Kubernetes adds to the volume context or parameters on its own.
-fn is_kubernetes_key(key: &str) -> bool {
+pub fn is_kubernetes_key(key: &str) -> bool {
     key.starts_with("csi.storage.k8s.io/") || key == "storage.kubernetes.io/csiProvisionerIdentity"
 }
 
-/// `pail mount` flags a volume may set, and whether each takes a value.
-const MOUNT_FLAGS: &[(&str, bool)] = &[
-    ("read-only", false),
-    ("allow-other", false),
-    ("debug", false),
-    ("persist-metadata", false),
-    ("uid", true),
-    ("gid", true),
-    ("file-mode", true),
-    ("dir-mode", true),
-    ("metadata-ttl", true),
-    ("part-size", true),
-    ("max-prefetch", true),
-    ("upload-concurrency", true),
-    ("max-threads", true),
-    ("request-timeout", true),
-    ("max-retries", true),
-    ("max-cache-size", true),
-    ("memory-limit", true),
-    ("rename-dir-limit", true),
-];
-
 const MAX_VALUE_LEN: usize = 1024;
+const MAX_KEY_LEN: usize = 256;
 /// Most attributes, secret keys or mount options one request may carry.
 const MAX_ENTRIES: usize = 64;
 
@@ -101,7 +82,8 @@ fn invalid(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg.into())
 }
 
-fn bool_attr(attrs: &HashMap<String, String>, key: &str) -> Result<bool, Status> {
+/// A `"true"`/`"false"` attribute.
+pub fn bool_attr(attrs: &HashMap<String, String>, key: &str) -> Result<bool, Status> {
     match attrs.get(key).map(|s| s.as_str()) {
         None | Some("") | Some("false") => Ok(false),
         Some("true") => Ok(true),
@@ -111,16 +93,23 @@ fn bool_attr(attrs: &HashMap<String, String>, key: &str) -> Result<bool, Status>
     }
 }
 
-/// Check the provider attribute.
-pub fn provider(attrs: &HashMap<String, String>) -> Result<&'static str, Status> {
-    match attrs.get(keys::PROVIDER).map(|s| s.as_str()) {
-        None | Some("") | Some("s3") => Ok("s3"),
-        Some("gcs") | Some("gs") => Ok("gcs"),
-        Some("memory") => Ok("memory"),
-        Some(other) => Err(invalid(format!(
-            "{}: {other:?} is not \"s3\", \"gcs\" or \"memory\"",
-            keys::PROVIDER
-        ))),
+/// A non-empty attribute.
+fn attr<'a>(attrs: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
+    attrs.get(key).map(|s| s.as_str()).filter(|s| !s.is_empty())
+}
+
+/// The provider attribute (S3 by default).
+pub fn provider(attrs: &HashMap<String, String>) -> Result<Provider, Status> {
+    match attr(attrs, keys::PROVIDER) {
+        None => Ok(Provider::S3),
+        Some(p) => Provider::from_name(p)
+            .filter(|p| *p != Provider::Local)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "{}: {p:?} is not \"s3\", \"gcs\" or \"memory\"",
+                    keys::PROVIDER
+                ))
+            }),
     }
 }
 
@@ -129,7 +118,7 @@ pub fn endpoint(value: &str, field: &str) -> Result<(), Status> {
     let ok = (value.starts_with("http://") || value.starts_with("https://"))
         && value.len() <= 512
         && !value.chars().any(|c| c.is_whitespace() || c.is_control());
-    if ok && url::Url::parse(value).is_ok() {
+    if ok && url::Url::parse(value).is_ok_and(|u| u.host_str().is_some()) {
         Ok(())
     } else {
         Err(invalid(format!(
@@ -138,70 +127,19 @@ pub fn endpoint(value: &str, field: &str) -> Result<(), Status> {
     }
 }
 
-/// Parse mount options (`"uid=1000 read-only"`, `"--uid 1000,--read-only"`, or PV
-/// `mountOptions` entries) into `--flag[=value]` arguments, refusing anything off the list.
-pub fn mount_options<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Vec<String>, Status> {
-    let mut tokens: Vec<String> = Vec::new();
-    for item in items {
-        tokens.extend(
-            item.split(|c: char| c == ',' || c.is_whitespace())
-                .filter(|t| !t.is_empty())
-                .map(str::to_string),
-        );
+/// Check a region name.
+fn region(value: &str) -> Result<(), Status> {
+    if value.len() > 64 || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(invalid(format!(
+            "{}: {value:?} is not a region name",
+            keys::REGION
+        )));
     }
-    let mut args = Vec::new();
-    let mut i = 0;
-    while i < tokens.len() {
-        let token = tokens[i].trim_start_matches('-');
-        let (name, inline) = match token.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            None => (token, None),
-        };
-        let Some((flag, takes_value)) = MOUNT_FLAGS.iter().find(|(f, _)| *f == name) else {
-            return Err(invalid(format!(
-                "mountOptions: {name:?} is not an allowed option (allowed: {})",
-                MOUNT_FLAGS
-                    .iter()
-                    .map(|(f, _)| *f)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        };
-        if *takes_value {
-            let value = match inline {
-                Some(v) => v,
-                None => {
-                    i += 1;
-                    tokens
-                        .get(i)
-                        .cloned()
-                        .ok_or_else(|| invalid(format!("mountOptions: {flag} needs a value")))?
-                }
-            };
-            if value.is_empty()
-                || value.len() > 64
-                || !value
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-            {
-                return Err(invalid(format!(
-                    "mountOptions: {flag}: bad value {value:?}"
-                )));
-            }
-            args.push(format!("--{flag}={value}"));
-        } else {
-            if inline.is_some() {
-                return Err(invalid(format!("mountOptions: {flag} takes no value")));
-            }
-            args.push(format!("--{flag}"));
-        }
-        i += 1;
-    }
-    Ok(args)
+    Ok(())
 }
 
 /// Check a volume capability: mount access only, a known access mode. Returns whether the
-/// mode is read-only.
+/// mode is read-only, and the PV's mount options.
 pub fn capability(
     cap: Option<&VolumeCapability>,
     field: &str,
@@ -231,6 +169,35 @@ pub fn capability(
     Ok((read_only, flags))
 }
 
+/// Check the size of a map of attributes or parameters and its keys: only `allowed` keys
+/// and Kubernetes' own.
+pub fn check_attributes(
+    attrs: &HashMap<String, String>,
+    what: &str,
+    allowed: &[&str],
+) -> Result<(), Status> {
+    if attrs.len() > MAX_ENTRIES {
+        return Err(invalid(format!(
+            "{what}: {} entries, at most {MAX_ENTRIES}",
+            attrs.len()
+        )));
+    }
+    for (k, v) in attrs {
+        if k.len() > MAX_KEY_LEN {
+            return Err(invalid(format!(
+                "{what}: a key is longer than {MAX_KEY_LEN} bytes"
+            )));
+        }
+        if v.len() > MAX_VALUE_LEN {
+            return Err(invalid(format!("{what} {k}: value too long")));
+        }
+        if !allowed.contains(&k.as_str()) && !is_kubernetes_key(k) {
+            return Err(invalid(format!("unknown {what} {k:?}")));
+        }
+    }
+    Ok(())
+}
+
 /// Everything NodePublishVolume needs, checked.
 pub struct PublishInput<'a> {
     /// Volume id.
@@ -241,407 +208,193 @@ pub struct PublishInput<'a> {
     pub secrets: &'a HashMap<String, String>,
     /// `readonly` of the request.
     pub readonly: bool,
-    /// The capability's read-only-ness and mount flags.
+    /// The capability's read-only-ness.
     pub cap_read_only: bool,
     /// PV mountOptions.
     pub mount_flags: &'a [String],
 }
 
-/// Build the `pail mount` request of a publish.
-pub fn publish_request(
-    input: &PublishInput<'_>,
-    target: std::path::PathBuf,
-) -> Result<MountRequest, Status> {
-    let attrs = input.attrs;
-    if attrs.len() > MAX_ENTRIES {
-        return Err(invalid(format!(
-            "volume attributes: {} entries, at most {MAX_ENTRIES}",
-            attrs.len()
-        )));
+/// The bucket and prefix a volume's attributes name.
+pub fn source(attrs: &HashMap<String, String>) -> Result<Source, Status> {
+    let provider = provider(attrs)?;
+    let prefix = normalize_prefix(attr(attrs, keys::PREFIX).unwrap_or(""))
+        .map_err(|e| invalid(format!("{}: {e}", keys::PREFIX)))?;
+    if provider == Provider::Memory {
+        // An empty bucket that lives as long as the mount (smoke tests, scratch space).
+        return Ok(Source {
+            provider,
+            bucket: String::new(),
+            prefix,
+        });
     }
-    if input.mount_flags.len() > MAX_ENTRIES {
+    let bucket = attr(attrs, keys::BUCKET)
+        .ok_or_else(|| invalid(format!("volume attribute {} is required", keys::BUCKET)))?;
+    validate_bucket(bucket).map_err(|e| invalid(format!("{}: {e}", keys::BUCKET)))?;
+    Ok(Source {
+        provider,
+        bucket: bucket.to_string(),
+        prefix,
+    })
+}
+
+/// The connection options volume attributes set.
+pub fn store_args(attrs: &HashMap<String, String>) -> Result<StoreArgs, Status> {
+    let endpoint_url = attr(attrs, keys::ENDPOINT).map(str::to_string);
+    if let Some(e) = &endpoint_url {
+        endpoint(e, keys::ENDPOINT)?;
+    }
+    let region_name = attr(attrs, keys::REGION).map(str::to_string);
+    if let Some(r) = &region_name {
+        region(r)?;
+    }
+    Ok(StoreArgs {
+        endpoint_url,
+        region: region_name,
+        force_path_style: bool_attr(attrs, keys::PATH_STYLE)?,
+        requester_pays: bool_attr(attrs, keys::REQUESTER_PAYS)?,
+        ..Default::default()
+    })
+}
+
+/// The mount options of a volume: its PV `mountOptions` and `mountOptions` attribute.
+pub fn volume_options(
+    attrs: &HashMap<String, String>,
+    mount_flags: &[String],
+) -> Result<VolumeOptions, Status> {
+    if mount_flags.len() > MAX_ENTRIES {
         return Err(invalid(format!(
             "mountOptions: at most {MAX_ENTRIES} entries"
         )));
     }
-    for (k, v) in attrs {
-        if v.len() > MAX_VALUE_LEN {
-            return Err(invalid(format!("volume attribute {k}: value too long")));
-        }
-        if !VOLUME_ATTRIBUTES.contains(&k.as_str()) && !is_kubernetes_key(k) {
-            return Err(invalid(format!("unknown volume attribute {k:?}")));
-        }
-    }
-    let provider = provider(attrs)?;
-    let prefix = normalize_prefix(attrs.get(keys::PREFIX).map(|s| s.as_str()).unwrap_or(""))
-        .map_err(|e| invalid(format!("{}: {e}", keys::PREFIX)))?;
-    let source = if provider == "memory" {
-        // An empty bucket that lives as long as the mount (smoke tests, scratch space).
-        format!("memory://{prefix}")
-    } else {
-        let bucket = attrs
-            .get(keys::BUCKET)
-            .filter(|b| !b.is_empty())
-            .ok_or_else(|| invalid(format!("volume attribute {} is required", keys::BUCKET)))?;
-        validate_bucket(bucket).map_err(|e| invalid(format!("{}: {e}", keys::BUCKET)))?;
-        let scheme = if provider == "gcs" { "gs" } else { "s3" };
-        format!("{scheme}://{bucket}/{prefix}")
-    };
-
-    let mut args = Vec::new();
-    if let Some(e) = attrs.get(keys::ENDPOINT).filter(|e| !e.is_empty()) {
-        endpoint(e, keys::ENDPOINT)?;
-        args.push(format!("--endpoint-url={e}"));
-    }
-    if let Some(r) = attrs.get(keys::REGION).filter(|r| !r.is_empty()) {
-        if r.len() > 64 || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(invalid(format!(
-                "{}: {r:?} is not a region name",
-                keys::REGION
-            )));
-        }
-        args.push(format!("--region={r}"));
-    }
-    if bool_attr(attrs, keys::PATH_STYLE)? {
-        args.push("--force-path-style".into());
-    }
-    if bool_attr(attrs, keys::REQUESTER_PAYS)? {
-        args.push("--requester-pays".into());
-    }
-    let mut options: Vec<&str> = input.mount_flags.iter().map(|s| s.as_str()).collect();
+    let mut items: Vec<&str> = mount_flags.iter().map(|s| s.as_str()).collect();
     if let Some(o) = attrs.get(keys::MOUNT_OPTIONS) {
-        options.push(o);
+        items.push(o);
     }
-    let extra = mount_options(options)?;
-    let read_only =
-        input.readonly || input.cap_read_only || extra.iter().any(|a| a == "--read-only");
-    args.extend(extra.into_iter().filter(|a| a != "--read-only"));
-    if read_only {
-        args.push("--read-only".into());
-    }
-    // The pods that use a volume run as any user: let them in.
-    if !args.iter().any(|a| a == "--allow-other") {
-        args.push("--allow-other".into());
-    }
+    VolumeOptions::from_mount_options(items).map_err(|e| invalid(format!("mountOptions: {e}")))
+}
 
-    let (env, gcs_key) = credentials(input.secrets, provider)?;
+/// Build the mount of a publish at `target`: every value checked before anything happens.
+pub fn publish_request(input: &PublishInput<'_>, target: PathBuf) -> Result<MountRequest, Status> {
+    check_attributes(input.attrs, "volume attribute", VOLUME_ATTRIBUTES)?;
+    let source = source(input.attrs)?;
+    let mut options = MountArgs::new(source.url(), target.clone());
+    options.store = store_args(input.attrs)?;
+    options.volume = volume_options(input.attrs, input.mount_flags)?;
+    let read_only = input.readonly || input.cap_read_only || options.volume.read_only;
+    options.volume.read_only = read_only;
+    // The pods that use a volume run as any user: let them in.
+    options.volume.allow_other = true;
+    let secrets = secrets(input.secrets, source.provider)?;
     Ok(MountRequest {
         volume_id: input.volume_id.to_string(),
         target,
-        source,
-        args,
-        env,
-        gcs_key,
+        options,
+        env: secrets.env(),
+        gcs_key: secrets.gcs_key,
         read_only,
     })
 }
 
-/// Environment variables for a mount process.
-pub type Env = Vec<(String, String)>;
+/// What a Secret holds, checked.
+#[derive(Default)]
+pub struct Secrets {
+    /// S3 keys.
+    pub s3: Option<Credentials>,
+    /// A GCS service account JSON.
+    pub gcs_key: Option<String>,
+    /// (Provisioner secret) endpoint for DeleteVolume.
+    pub endpoint: Option<String>,
+    /// (Provisioner secret) region for DeleteVolume.
+    pub region: Option<String>,
+}
 
-/// Credentials from a secret: environment for the mount process and an optional GCS key.
-pub fn credentials(
-    secrets: &HashMap<String, String>,
-    provider: &str,
-) -> Result<(Env, Option<String>), Status> {
-    let mut env = Vec::new();
-    let mut gcs_key = None;
-    if secrets.len() > MAX_ENTRIES {
+impl Secrets {
+    /// The environment that gives a mount process the S3 keys.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        if let Some(c) = &self.s3 {
+            env.push((secret_keys::ACCESS_KEY_ID.into(), c.access_key_id.clone()));
+            env.push((
+                secret_keys::SECRET_ACCESS_KEY.into(),
+                c.secret_access_key.clone(),
+            ));
+            if let Some(t) = &c.session_token {
+                env.push((secret_keys::SESSION_TOKEN.into(), t.clone()));
+            }
+        }
+        env
+    }
+}
+
+/// Parse and check a Secret for `provider`.
+pub fn secrets(map: &HashMap<String, String>, provider: Provider) -> Result<Secrets, Status> {
+    if map.len() > MAX_ENTRIES {
         return Err(invalid(format!(
             "secret: {} keys, at most {MAX_ENTRIES}",
-            secrets.len()
+            map.len()
         )));
     }
-    for (k, v) in secrets {
+    let mut s = Secrets::default();
+    let (mut id, mut secret, mut token) = (None, None, None);
+    for (k, v) in map {
         if v.len() > 64 * 1024 {
             return Err(invalid(format!("secret key {k}: value too long")));
         }
-        match k.as_str() {
-            secret_keys::ACCESS_KEY_ID
-            | secret_keys::SECRET_ACCESS_KEY
-            | secret_keys::SESSION_TOKEN => {
-                if v.chars().any(|c| c.is_control()) {
-                    return Err(invalid(format!(
-                        "secret key {k}: control characters in value"
-                    )));
-                }
-                env.push((k.clone(), v.clone()));
+        let plain = || {
+            if v.chars().any(|c| c.is_control()) {
+                Err(invalid(format!(
+                    "secret key {k}: control characters in value"
+                )))
+            } else {
+                Ok(v.clone())
             }
+        };
+        match k.as_str() {
+            secret_keys::ACCESS_KEY_ID => id = Some(plain()?),
+            secret_keys::SECRET_ACCESS_KEY => secret = Some(plain()?),
+            secret_keys::SESSION_TOKEN => token = Some(plain()?),
             secret_keys::GCS_KEY => {
                 if serde_json::from_str::<serde_json::Value>(v).is_err() {
                     return Err(invalid(format!("secret key {k}: not JSON")));
                 }
-                gcs_key = Some(v.clone());
+                s.gcs_key = Some(v.clone());
             }
-            secret_keys::ENDPOINT | secret_keys::REGION => {}
+            secret_keys::ENDPOINT => {
+                endpoint(v, "secret key endpointUrl")?;
+                s.endpoint = Some(v.clone());
+            }
+            secret_keys::REGION => {
+                region(v)?;
+                s.region = Some(v.clone());
+            }
             _ => return Err(invalid(format!("unknown secret key {k:?}"))),
         }
     }
-    let has_id = secrets.contains_key(secret_keys::ACCESS_KEY_ID);
-    let has_secret = secrets.contains_key(secret_keys::SECRET_ACCESS_KEY);
-    if has_id != has_secret {
-        return Err(invalid(format!(
-            "secret: {} and {} go together",
-            secret_keys::ACCESS_KEY_ID,
-            secret_keys::SECRET_ACCESS_KEY
-        )));
+    match (id, secret) {
+        (Some(access_key_id), Some(secret_access_key)) => {
+            s.s3 = Some(Credentials {
+                access_key_id,
+                secret_access_key,
+                session_token: token,
+            })
+        }
+        (None, None) => {}
+        _ => {
+            return Err(invalid(format!(
+                "secret: {} and {} go together",
+                secret_keys::ACCESS_KEY_ID,
+                secret_keys::SECRET_ACCESS_KEY
+            )));
+        }
     }
-    if provider == "s3" && gcs_key.is_some() {
+    if provider == Provider::S3 && s.gcs_key.is_some() {
         return Err(invalid(format!(
             "secret key {} is for provider \"gcs\"",
             secret_keys::GCS_KEY
         )));
     }
-    Ok((env, gcs_key))
+    Ok(s)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn publish(attrs: &[(&str, &str)], secrets: &[(&str, &str)]) -> Result<MountRequest, Status> {
-        let attrs = map(attrs);
-        let secrets = map(secrets);
-        publish_request(
-            &PublishInput {
-                volume_id: "v",
-                attrs: &attrs,
-                secrets: &secrets,
-                readonly: false,
-                cap_read_only: false,
-                mount_flags: &[],
-            },
-            "/t".into(),
-        )
-    }
-
-    #[test]
-    fn attributes_become_mount_flags() {
-        let r = publish(
-            &[
-                ("bucketName", "data"),
-                ("prefix", "a/b"),
-                ("endpointUrl", "http://127.0.0.1:9000"),
-                ("forcePathStyle", "true"),
-                ("mountOptions", "uid=1000 --metadata-ttl 5,read-only"),
-                ("csi.storage.k8s.io/pod.name", "p"),
-            ],
-            &[("AWS_ACCESS_KEY_ID", "id"), ("AWS_SECRET_ACCESS_KEY", "s")],
-        )
-        .unwrap();
-        assert_eq!(r.source, "s3://data/a/b/");
-        assert!(r.read_only);
-        for want in [
-            "--endpoint-url=http://127.0.0.1:9000",
-            "--force-path-style",
-            "--uid=1000",
-            "--metadata-ttl=5",
-            "--read-only",
-        ] {
-            assert!(r.args.iter().any(|a| a == want), "{want} in {:?}", r.args);
-        }
-        assert_eq!(r.env.len(), 2);
-    }
-
-    #[test]
-    fn bad_input_names_the_field_and_hides_secret_values() {
-        type Pairs<'a> = &'a [(&'a str, &'a str)];
-        let cases: &[(Pairs, Pairs, &str)] = &[
-            (&[], &[], "bucketName"),
-            (&[("bucketName", "b-1"), ("prefix", "../x")], &[], "prefix"),
-            (&[("bucketName", "b-1"), ("color", "x")], &[], "color"),
-            (
-                &[("bucketName", "b-1"), ("mountOptions", "allow-root")],
-                &[],
-                "allow-root",
-            ),
-            (
-                &[("bucketName", "b-1"), ("mountOptions", "uid=1;rm")],
-                &[],
-                "uid",
-            ),
-            (
-                &[("bucketName", "b-1"), ("endpointUrl", "file:///etc")],
-                &[],
-                "endpointUrl",
-            ),
-            (
-                &[("bucketName", "b-1"), ("provider", "azure")],
-                &[],
-                "provider",
-            ),
-            (
-                &[("bucketName", "b-1")],
-                &[("AWS_ACCESS_KEY_ID", "only-the-id")],
-                "AWS_SECRET_ACCESS_KEY",
-            ),
-            (
-                &[("bucketName", "b-1")],
-                &[("PASSWORD", "hunter2")],
-                "PASSWORD",
-            ),
-        ];
-        for (attrs, secrets, field) in cases {
-            let Err(e) = publish(attrs, secrets) else {
-                panic!("{field}: must be refused")
-            };
-            assert_eq!(e.code(), tonic::Code::InvalidArgument);
-            assert!(
-                e.message().contains(field),
-                "{field} not in {:?}",
-                e.message()
-            );
-            assert!(!e.message().contains("hunter2") && !e.message().contains("only-the-id"));
-        }
-    }
-}
-
-#[cfg(test)]
-mod random_input {
-    //! Property test: random attributes, secrets and mount options never make the parsing
-    //! panic, are refused with INVALID_ARGUMENT when refused, and never echo a secret.
-    use super::*;
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-            items[(self.next() % items.len() as u64) as usize]
-        }
-        fn junk(&mut self) -> String {
-            let alphabet = [
-                'a', 'Z', '0', '/', '.', '-', '_', '=', ' ', ',', '\0', '\n', '\u{7f}', 'é', '$',
-                '{', '}', ';', ':',
-            ];
-            let n = (self.next() % 40) as usize;
-            (0..n)
-                .map(|_| alphabet[(self.next() % alphabet.len() as u64) as usize])
-                .collect()
-        }
-    }
-
-    const KEYS: &[&str] = &[
-        "bucketName",
-        "prefix",
-        "endpointUrl",
-        "region",
-        "forcePathStyle",
-        "provider",
-        "requesterPays",
-        "mountOptions",
-        "csi.storage.k8s.io/ephemeral",
-        "unknown",
-        "",
-    ];
-    const VALUES: &[&str] = &[
-        "my-bucket",
-        "a/b/",
-        "../etc",
-        "/",
-        "http://127.0.0.1:9000",
-        "file:///etc",
-        "true",
-        "false",
-        "s3",
-        "gcs",
-        "memory",
-        "uid=1000",
-        "read-only allow-other",
-        "uid",
-        "uid=;rm -rf",
-        "metadata-ttl minimal",
-        "",
-    ];
-    const SECRET_KEYS: &[&str] = &[
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "GOOGLE_SERVICE_ACCOUNT_JSON",
-        "x",
-    ];
-
-    #[test]
-    fn random_publish_requests_never_panic_nor_leak_secrets() {
-        let mut rng = Rng(0x9e3779b97f4a7c15);
-        for _ in 0..20_000 {
-            let mut attrs = HashMap::new();
-            for _ in 0..(rng.next() % 6) {
-                let k = rng.pick(KEYS).to_string();
-                let v = if rng.next().is_multiple_of(3) {
-                    rng.junk()
-                } else {
-                    rng.pick(VALUES).to_string()
-                };
-                attrs.insert(k, v);
-            }
-            let secret_value = format!("SECRET{}", rng.next());
-            let mut secrets = HashMap::new();
-            for _ in 0..(rng.next() % 3) {
-                secrets.insert(rng.pick(SECRET_KEYS).to_string(), secret_value.clone());
-            }
-            let flags: Vec<String> = (0..(rng.next() % 3)).map(|_| rng.junk()).collect();
-            let input = PublishInput {
-                volume_id: "v",
-                attrs: &attrs,
-                secrets: &secrets,
-                readonly: rng.next().is_multiple_of(2),
-                cap_read_only: rng.next().is_multiple_of(2),
-                mount_flags: &flags,
-            };
-            match publish_request(&input, "/t".into()) {
-                Ok(req) => {
-                    assert!(
-                        req.source.starts_with("s3://")
-                            || req.source.starts_with("gs://")
-                            || req.source.starts_with("memory://")
-                    );
-                    for a in &req.args {
-                        assert!(a.starts_with("--"), "{a}");
-                        assert!(!a.contains(&secret_value));
-                        assert!(
-                            !a.chars().any(|c| c.is_whitespace() || c.is_control()),
-                            "{a:?}"
-                        );
-                    }
-                    assert!(
-                        !req.source.split('/').any(|s| s == ".." || s == "."),
-                        "{}",
-                        req.source
-                    );
-                }
-                Err(e) => {
-                    assert_eq!(e.code(), tonic::Code::InvalidArgument);
-                    assert!(!e.message().contains(&secret_value), "{}", e.message());
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn random_target_paths_never_escape_the_kubelet_dir() {
-        let mut rng = Rng(42);
-        let root = std::path::Path::new("/var/lib/kubelet/pods");
-        let parts = [
-            "/var", "/lib", "/kubelet", "/pods", "/..", "/.", "/x", "//", "/mount", "kubelet",
-        ];
-        for _ in 0..20_000 {
-            let p: String = (0..(rng.next() % 8)).map(|_| rng.pick(&parts)).collect();
-            if let Ok(t) = crate::csi::node::check_target(&p, root, "target_path") {
-                assert!(t.starts_with(root) && t != root, "{p} accepted");
-                assert!(!p.contains("/.."), "{p} accepted");
-            }
-        }
-    }
-}
+mod tests;

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use super::dir::DirSnapshot;
 use super::*;
+use crate::store::{CopyOptions, Payload, PutOptions};
 
 impl Fs {
     /// Open directory `ino`.
@@ -63,7 +64,7 @@ impl Fs {
     async fn list_dir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
         let dir = self.inode(ino)?;
         self.counters.listings.fetch_add(1, Ordering::Relaxed);
-        let mut listing = self.store.list(&dir.key).await?;
+        let mut listing = self.store.list_dir(&dir.key).await?;
         if self.cfg.persist_metadata {
             // Modes, owners and symlinks live in object metadata: one HEAD per object (as
             // s3fs does), many at a time.
@@ -193,7 +194,7 @@ impl Fs {
             ));
         }
         let inode = self.inode(attr.ino)?;
-        let listing = self.store.list(&inode.key).await?;
+        let listing = self.store.list_dir(&inode.key).await?;
         let busy = !self.inodes().local_children(attr.ino).is_empty();
         if !listing.dirs.is_empty() || !listing.files.is_empty() || busy {
             return Err(FsError::new(
@@ -201,7 +202,7 @@ impl Fs {
                 format!("{:?} is not empty", inode.key),
             ));
         }
-        self.store.delete_marker(&inode.key).await?;
+        self.store.delete(&inode.key).await?;
         self.inodes().remove_name(parent, name, self.expiry());
         Ok(())
     }
@@ -260,7 +261,9 @@ impl Fs {
                     ));
                 }
                 let new_key = format!("{}{newname}", np.key);
-                self.store.copy_any(&inode.key, &new_key).await?;
+                self.store
+                    .copy(&inode.key, &new_key, &CopyOptions::default())
+                    .await?;
                 self.store.delete(&inode.key).await?;
                 new_key
             }
@@ -279,7 +282,7 @@ impl Fs {
                             format!("{newname:?} is not a directory"),
                         ));
                     }
-                    let l = self.store.list(&new_key).await?;
+                    let l = self.store.list_dir(&new_key).await?;
                     if !l.files.is_empty() || !l.dirs.is_empty() {
                         return Err(FsError::new(
                             libc::ENOTEMPTY,
@@ -306,40 +309,33 @@ impl Fs {
                 ),
             ));
         };
-        // Copy everything first, so a failure leaves the source whole.
-        let mut markers = Vec::new();
-        // The directory's own marker (`from` itself) is handled last, as a marker.
-        let keys: Vec<String> = keys.into_iter().filter(|k| k.len() > from.len()).collect();
+        // Copy everything first, so a failure leaves the source whole. Markers (keys
+        // ending in `/`, the directory's own included) are made anew.
         for (i, key) in keys.iter().enumerate() {
-            let rel = &key[from.len()..];
-            match self.store.copy_any(key, &format!("{to}{rel}")).await {
-                Ok(()) => {}
-                Err(e) if e.kind == crate::store::StoreErrorKind::NotFound => {
-                    // Listed but not addressable: a marker object `key/`.
-                    self.store.put_marker(&format!("{to}{rel}/")).await?;
-                    markers.push(format!("{key}/"));
-                }
-                Err(e) => {
-                    tracing::error!(from, to, copied = i, total = keys.len(), error = %e,
-                        "directory rename failed while copying; the source is intact, the destination holds a partial copy");
-                    return Err(e.into());
-                }
+            let target = format!("{to}{}", &key[from.len()..]);
+            let copied = if key.ends_with('/') {
+                self.store.put_marker(&target).await
+            } else {
+                self.store.copy(key, &target, &CopyOptions::default()).await
+            };
+            if let Err(e) = copied {
+                tracing::error!(from, to, copied = i, total = keys.len(), error = %e,
+                    "directory rename failed while copying; the source is intact, the destination holds a partial copy");
+                return Err(e.into());
             }
         }
         self.store.put_marker(to).await?;
-        for (i, key) in keys.iter().enumerate() {
-            let deleted = if markers.contains(&format!("{key}/")) {
-                self.store.delete_marker(&format!("{key}/")).await
-            } else {
-                self.store.delete(key).await
-            };
-            if let Err(e) = deleted {
+        // Deepest first, so that local directories are empty when their marker goes.
+        let mut doomed = keys.clone();
+        doomed.sort_by_key(|k| std::cmp::Reverse(k.len()));
+        for (i, key) in doomed.iter().enumerate() {
+            if let Err(e) = self.store.delete(key).await {
                 tracing::error!(from, to, deleted = i, total = keys.len(), error = %e,
                     "directory rename copied everything but could not delete all of the source");
                 return Err(e.into());
             }
         }
-        self.store.delete_marker(from).await?;
+        self.store.delete(from).await?;
         Ok(())
     }
 
@@ -355,7 +351,7 @@ impl Fs {
     ) -> FsResult<Attr> {
         self.writable()?;
         let p = self.parent_dir(parent)?;
-        if !self.store.supports_metadata() {
+        if !self.store.features().metadata {
             return Err(FsError::new(
                 libc::ENOTSUP,
                 "symbolic links need object metadata, which this store does not keep",
@@ -372,12 +368,12 @@ impl Fs {
         let key = format!("{}{name}", p.key);
         let now = std::time::SystemTime::now();
         let m = meta::new_meta(meta::S_IFLNK | 0o777, uid, gid, now);
+        let opts = PutOptions {
+            meta: m.clone(),
+            ..Default::default()
+        };
         self.store
-            .put_meta(
-                &key,
-                object_store::PutPayload::from(target.as_bytes().to_vec()),
-                &m,
-            )
+            .put(&key, Payload::from(target.as_bytes().to_vec()), &opts)
             .await?;
         let stat = Stat {
             size: target.len() as u64,

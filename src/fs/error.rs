@@ -56,7 +56,10 @@ impl From<StoreError> for FsError {
             StoreErrorKind::PermissionDenied => libc::EACCES,
             StoreErrorKind::AlreadyExists => libc::EEXIST,
             StoreErrorKind::InvalidKey => libc::EINVAL,
-            StoreErrorKind::Precondition | StoreErrorKind::Config | StoreErrorKind::Other => {
+            StoreErrorKind::Unsupported => libc::ENOTSUP,
+            // The object changed under us: as Mountpoint does, say the handle is stale.
+            StoreErrorKind::Precondition => libc::ESTALE,
+            StoreErrorKind::Config | StoreErrorKind::Unavailable | StoreErrorKind::Other => {
                 libc::EIO
             }
         };

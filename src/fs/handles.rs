@@ -13,6 +13,7 @@ use super::read::Reader;
 use super::stage::Staged;
 use super::write::Writer;
 use super::*;
+use crate::store::PutOptions;
 
 impl Fs {
     pub(super) fn new_fh(&self, handle: Handle) -> u64 {
@@ -90,7 +91,11 @@ impl Fs {
                     let mut staged = self.stage(&inode, size == 0, false).await?;
                     staged.truncate(size).await?;
                     staged
-                        .upload(self.cfg.write, self.budget.clone(), self.upload_meta(ino))
+                        .upload(
+                            self.cfg.write,
+                            self.budget.clone(),
+                            self.upload_options(ino),
+                        )
                         .await?;
                     if let Some(i) = self.inodes().get_mut(ino) {
                         i.stat.size = size;
@@ -237,7 +242,14 @@ impl Fs {
         let mut staged = self.stage(&fresh, false, false).await?;
         staged.touch();
         staged
-            .upload(self.cfg.write, self.budget.clone(), m)
+            .upload(
+                self.cfg.write,
+                self.budget.clone(),
+                PutOptions {
+                    meta: m,
+                    ..Default::default()
+                },
+            )
             .await?;
         if let Some(i) = self.inodes().get_mut(ino) {
             i.stat.etag = None;
@@ -464,6 +476,14 @@ impl Fs {
         }
     }
 
+    /// The options (metadata) an upload of `ino` carries now.
+    pub(super) fn upload_options(&self, ino: u64) -> PutOptions {
+        PutOptions {
+            meta: self.upload_meta(ino),
+            ..Default::default()
+        }
+    }
+
     /// The metadata an upload of `ino` carries now.
     pub(super) fn upload_meta(&self, ino: u64) -> crate::store::Meta {
         if !self.cfg.persist_metadata {
@@ -483,9 +503,9 @@ impl Fs {
     }
 
     async fn upload_staged(&self, ino: u64, staged: &mut Staged) -> FsResult<()> {
-        let meta = self.upload_meta(ino);
+        let opts = self.upload_options(ino);
         let result = staged
-            .upload(self.cfg.write, self.budget.clone(), meta)
+            .upload(self.cfg.write, self.budget.clone(), opts)
             .await;
         match &result {
             Ok(()) => {

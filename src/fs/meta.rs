@@ -89,6 +89,7 @@ mod tests {
             size: 6,
             mtime: UNIX_EPOCH,
             etag: None,
+            content_type: None,
             meta: [
                 ("mode", "41471"),
                 ("uid", "1000"),

@@ -23,13 +23,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Mutex as AsyncMutex;
 
+use crate::store::BucketExt;
+
 pub use dir::DirEntry;
 pub use error::{FsError, FsResult};
 pub use inode::{Kind, ROOT_INO};
 pub use read::ReadConfig;
 pub use write::WriteConfig;
 
-use crate::store::{Store, valid_name};
+use crate::store::{SharedBucket, valid_name};
 use dir::DirSnapshot;
 use inode::{Inode, Inodes, Stat};
 use read::Reader;
@@ -161,7 +163,7 @@ pub struct Counters {
 
 /// A mounted bucket prefix.
 pub struct Fs {
-    store: Store,
+    store: SharedBucket,
     cfg: FsConfig,
     inodes: Mutex<Inodes>,
     handles: Mutex<HashMap<u64, Arc<AsyncMutex<Handle>>>>,
@@ -175,7 +177,7 @@ pub struct Fs {
 
 impl Fs {
     /// A file system over `store` with `cfg`.
-    pub fn new(store: Store, cfg: FsConfig) -> Fs {
+    pub fn new(store: SharedBucket, cfg: FsConfig) -> Fs {
         let started = SystemTime::now();
         Fs {
             inodes: Mutex::new(Inodes::new(&cfg.prefix, started)),

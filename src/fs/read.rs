@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::budget::{Budget, Held};
 use super::error::{FsError, FsResult};
-use crate::store::Store;
+use crate::store::SharedBucket;
 
 /// Tunables of the prefetcher.
 #[derive(Debug, Clone, Copy)]
@@ -61,7 +61,7 @@ impl Ready {
 
 /// The read state of one open file handle.
 pub struct Reader {
-    store: Store,
+    store: SharedBucket,
     key: String,
     size: u64,
     etag: Option<String>,
@@ -89,7 +89,7 @@ impl Drop for Reader {
 impl Reader {
     /// A reader of `key` (`size` bytes, pinned to `etag` when given).
     pub fn new(
-        store: Store,
+        store: SharedBucket,
         key: String,
         size: u64,
         etag: Option<String>,

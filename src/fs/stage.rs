@@ -16,7 +16,7 @@ use bytes::Bytes;
 use super::budget::Budget;
 use super::error::{FsError, FsResult};
 use super::write::{WriteConfig, Writer};
-use crate::store::Store;
+use crate::store::{Payload, PutOptions, SharedBucket, StoreErrorKind};
 
 /// The shared, bounded cache directory.
 #[derive(Debug)]
@@ -89,7 +89,7 @@ fn io_err(e: std::io::Error, path: &Path) -> FsError {
 
 /// One staged file.
 pub struct Staged {
-    store: Store,
+    store: SharedBucket,
     key: String,
     cache: Arc<Cache>,
     file: File,
@@ -112,8 +112,6 @@ pub struct Staged {
 
 /// Granularity of lazy fetching.
 const CHUNK: u64 = 1 << 20;
-/// S3's smallest part (all but the last).
-const MIN_COPY_PART: u64 = 5 << 20;
 
 impl Drop for Staged {
     fn drop(&mut self) {
@@ -125,7 +123,7 @@ impl Staged {
     /// Stage `key`: its current contents (`size` bytes, or none when `empty`) are fetched
     /// into a cache file lazily, as they are read or written.
     pub async fn open(
-        store: Store,
+        store: SharedBucket,
         key: String,
         cache: Arc<Cache>,
         size: u64,
@@ -280,17 +278,17 @@ impl Staged {
         &mut self,
         cfg: WriteConfig,
         budget: Budget,
-        meta: crate::store::Meta,
+        opts: PutOptions,
     ) -> FsResult<()> {
         if !self.dirty {
             return Ok(());
         }
-        if self.upload_keeping_prefix(cfg, &meta).await? {
+        if self.upload_keeping_prefix(cfg, &opts).await? {
             return Ok(());
         }
         self.ensure(0..self.size).await?;
         let mut writer = Writer::new(self.store.clone(), self.key.clone(), cfg, budget);
-        writer.set_meta(meta);
+        writer.set_options(opts);
         let chunk = cfg.part_size as u64;
         let mut off = 0;
         while off < self.size {
@@ -309,33 +307,26 @@ impl Staged {
         Ok(())
     }
 
-    /// Upload only what changed past an unchanged prefix of the stored object (S3: the
-    /// prefix is copied by the server, pinned to its version), when that prefix spans one
-    /// part or more. False when it does not apply or the store refused the copy (the
-    /// caller then uploads the whole file).
+    /// Upload only what changed past an unchanged prefix of the stored object: the prefix
+    /// is copied by the server in parts, pinned to the version this file was staged from,
+    /// when it spans one part or more. False when that does not apply or the store cannot
+    /// (the caller then uploads the whole file); an error when the object changed.
     async fn upload_keeping_prefix(
         &mut self,
         cfg: WriteConfig,
-        meta: &crate::store::Meta,
+        opts: &PutOptions,
     ) -> FsResult<bool> {
-        let part = (cfg.part_size as u64).max(MIN_COPY_PART);
+        let features = self.store.features();
+        let part = (cfg.part_size as u64).max(features.min_part_size).max(1);
         let keep = self.clean.min(self.remote) / part * part;
         let Some(etag) = self.etag.clone() else {
             return Ok(false);
         };
-        if keep == 0 || !self.store.supports_part_copy() || self.size.div_ceil(part) > 10_000 {
+        if keep == 0 || !features.part_copy || self.size.div_ceil(part) > 10_000 {
             return Ok(false);
         }
         self.ensure(keep..self.size).await?;
-        let file = &self.file;
-        let mut read = |offset: u64, len: usize| {
-            let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, offset).map(|()| buf)
-        };
-        let result = self
-            .store
-            .put_keeping_prefix(&self.key, &etag, keep, self.size, part, meta, &mut read)
-            .await;
+        let result = self.send_keeping_prefix(keep, part, &etag, cfg, opts).await;
         match result {
             Ok(()) => {
                 self.dirty = false;
@@ -352,10 +343,69 @@ impl Staged {
                 }
                 Ok(true)
             }
+            Err(e) if e.kind == StoreErrorKind::Precondition => Err(FsError::new(
+                libc::ESTALE,
+                format!(
+                    "{:?}: the object was replaced since it was opened; not uploaded",
+                    self.key
+                ),
+            )),
             Err(e) => {
                 tracing::warn!(key = %self.key, error = %e, "copying the unchanged part server-side failed; uploading the whole file");
                 Ok(false)
             }
         }
+    }
+
+    /// One multipart upload: parts `[0, keep)` copied from version `etag`, the rest sent
+    /// from the staged file, at most `cfg.max_in_flight` at once; aborted on failure.
+    async fn send_keeping_prefix(
+        &mut self,
+        keep: u64,
+        part: u64,
+        etag: &str,
+        cfg: WriteConfig,
+        opts: &PutOptions,
+    ) -> crate::store::Result<()> {
+        use futures::StreamExt;
+        let mut upload = self.store.start_upload(&self.key, opts).await?;
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        let mut at = 0;
+        let mut result = Ok(());
+        while at < self.size && result.is_ok() {
+            let end = (at + part).min(self.size);
+            let fut = if at < keep {
+                upload.copy_part(&self.key, at..end, Some(etag))
+            } else {
+                let mut buf = vec![0u8; (end - at) as usize];
+                if let Err(e) = self.file.read_exact_at(&mut buf, at) {
+                    result = Err(crate::store::StoreError::new(
+                        StoreErrorKind::Other,
+                        format!("{:?}: staged data: {e}", self.key),
+                    ));
+                    break;
+                }
+                upload.put_part(Payload::from(buf))
+            };
+            in_flight.push(fut);
+            at = end;
+            while in_flight.len() >= cfg.max_in_flight.max(1) {
+                if let Some(Err(e)) = in_flight.next().await {
+                    result = Err(e);
+                }
+            }
+        }
+        while let Some(r) = in_flight.next().await {
+            if let Err(e) = r {
+                result = result.and(Err(e));
+            }
+        }
+        if result.is_ok() {
+            result = upload.complete().await.map(|_| ());
+        }
+        if result.is_err() {
+            let _ = upload.abort().await;
+        }
+        result
     }
 }

@@ -4,9 +4,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use object_store::PutPayload;
 
 use super::*;
+use crate::store::{Bucket, MemoryBucket, Op, Payload, PutOptions};
 
 fn config() -> FsConfig {
     FsConfig {
@@ -63,7 +63,12 @@ fn append() -> OpenMode {
     }
 }
 
-fn fs_over(store: Store) -> Fs {
+/// An empty in-memory bucket.
+fn memory() -> Arc<MemoryBucket> {
+    Arc::new(MemoryBucket::new())
+}
+
+fn fs_over(store: SharedBucket) -> Fs {
     Fs::new(store, config())
 }
 
@@ -71,9 +76,9 @@ fn data(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
 }
 
-async fn put(store: &Store, key: &str, bytes: &[u8]) {
+async fn put(store: &dyn Bucket, key: &str, bytes: &[u8]) {
     store
-        .put(key, PutPayload::from(Bytes::copy_from_slice(bytes)))
+        .put(key, Payload::from(bytes.to_vec()), &PutOptions::default())
         .await
         .unwrap();
 }
@@ -120,7 +125,7 @@ async fn names(fs: &Fs, ino: u64) -> Vec<String> {
 
 #[tokio::test]
 async fn missing_names_are_enoent_and_cached_as_absent() {
-    let fs = fs_over(Store::memory());
+    let fs = fs_over(memory());
     let e = fs.lookup(ROOT_INO, "nope").await.unwrap_err();
     assert_eq!(e.errno, libc::ENOENT);
     fs.lookup(ROOT_INO, "nope").await.unwrap_err();
@@ -129,10 +134,10 @@ async fn missing_names_are_enoent_and_cached_as_absent() {
 
 #[tokio::test]
 async fn objects_are_files_and_prefixes_are_directories() {
-    let store = Store::memory();
-    put(&store, "a.txt", b"hello").await;
-    put(&store, "dir/b.txt", b"bee").await;
-    put(&store, "dir/sub/c.txt", b"sea").await;
+    let store = memory();
+    put(store.as_ref(), "a.txt", b"hello").await;
+    put(store.as_ref(), "dir/b.txt", b"bee").await;
+    put(store.as_ref(), "dir/sub/c.txt", b"sea").await;
     let fs = fs_over(store);
     let a = fs.lookup(ROOT_INO, "a.txt").await.unwrap();
     assert_eq!((a.kind, a.size, a.perm), (Kind::File, 5, 0o644));
@@ -144,9 +149,9 @@ async fn objects_are_files_and_prefixes_are_directories() {
 
 #[tokio::test]
 async fn a_file_shadows_a_directory_of_the_same_name() {
-    let store = Store::memory();
-    put(&store, "x", b"file").await;
-    put(&store, "x/inner", b"in").await;
+    let store = memory();
+    put(store.as_ref(), "x", b"file").await;
+    put(store.as_ref(), "x/inner", b"in").await;
     let fs = fs_over(store);
     let x = fs.lookup(ROOT_INO, "x").await.unwrap();
     assert_eq!((x.kind, x.size), (Kind::File, 4));
@@ -156,9 +161,9 @@ async fn a_file_shadows_a_directory_of_the_same_name() {
 
 #[tokio::test]
 async fn the_mount_prefix_is_the_root() {
-    let store = Store::memory();
-    put(&store, "p/q/in.txt", b"in").await;
-    put(&store, "out.txt", b"out").await;
+    let store = memory();
+    put(store.as_ref(), "p/q/in.txt", b"in").await;
+    put(store.as_ref(), "out.txt", b"out").await;
     let fs = Fs::new(
         store.clone(),
         FsConfig {
@@ -173,7 +178,7 @@ async fn the_mount_prefix_is_the_root() {
 
 #[tokio::test]
 async fn written_files_become_objects_at_close() {
-    let store = Store::memory();
+    let store = memory();
     let fs = fs_over(store.clone());
     let bytes = data(5555); // several 1000-byte parts: a multipart upload
     let (attr, fh) = fs.create(ROOT_INO, "f.bin", excl()).await.unwrap();
@@ -199,7 +204,7 @@ async fn written_files_become_objects_at_close() {
 
 #[tokio::test]
 async fn small_and_empty_files_are_single_puts() {
-    let store = Store::memory();
+    let store = memory();
     let fs = fs_over(store.clone());
     write_file(&fs, ROOT_INO, "small", b"abc").await;
     let (_, fh) = fs.create(ROOT_INO, "empty", excl()).await.unwrap();
@@ -210,8 +215,8 @@ async fn small_and_empty_files_are_single_puts() {
 
 #[tokio::test]
 async fn overwrite_with_o_trunc_replaces_the_object() {
-    let store = Store::memory();
-    put(&store, "f", b"old contents").await;
+    let store = memory();
+    put(store.as_ref(), "f", b"old contents").await;
     let fs = fs_over(store.clone());
     let a = fs.lookup(ROOT_INO, "f").await.unwrap();
     let fh = fs.open(a.ino, trunc()).await.unwrap();
@@ -224,8 +229,8 @@ async fn overwrite_with_o_trunc_replaces_the_object() {
 
 #[tokio::test]
 async fn exclusive_create_of_an_existing_file_is_eexist() {
-    let store = Store::memory();
-    put(&store, "f", b"x").await;
+    let store = memory();
+    put(store.as_ref(), "f", b"x").await;
     let fs = fs_over(store);
     let e = fs
         .create(
@@ -244,9 +249,9 @@ async fn exclusive_create_of_an_existing_file_is_eexist() {
 
 #[tokio::test]
 async fn sequential_reads_prefetch_in_parts_and_random_reads_fetch_only_the_range() {
-    let store = Store::memory();
+    let store = memory();
     let bytes = data(20_000);
-    put(&store, "big", &bytes).await;
+    put(store.as_ref(), "big", &bytes).await;
     let fs = fs_over(store);
     let a = fs.lookup(ROOT_INO, "big").await.unwrap();
     assert_eq!(read_all(&fs, a.ino).await, bytes);
@@ -268,9 +273,9 @@ async fn sequential_reads_prefetch_in_parts_and_random_reads_fetch_only_the_rang
 
 #[tokio::test]
 async fn slightly_out_of_order_reads_are_served_from_the_prefetched_parts() {
-    let store = Store::memory();
+    let store = memory();
     let bytes = data(10_000);
-    put(&store, "f", &bytes).await;
+    put(store.as_ref(), "f", &bytes).await;
     let fs = fs_over(store);
     let a = fs.lookup(ROOT_INO, "f").await.unwrap();
     let fh = fs.open(a.ino, OpenMode::default()).await.unwrap();
@@ -301,16 +306,16 @@ async fn slightly_out_of_order_reads_are_served_from_the_prefetched_parts() {
 
 #[tokio::test]
 async fn listings_of_more_than_ten_thousand_entries_page_with_stable_offsets() {
-    let store = Store::memory();
+    let store = memory();
     for i in 0..10_050 {
-        put(&store, &format!("many/f{i:05}"), b"").await;
+        put(store.as_ref(), &format!("many/f{i:05}"), b"").await;
     }
     let fs = fs_over(store.clone());
     let d = fs.lookup(ROOT_INO, "many").await.unwrap();
     let fh = fs.opendir(d.ino).await.unwrap();
     let first = fs.readdir(d.ino, fh, 0, 500).await.unwrap();
     // The directory changes under the open handle: offsets stay valid.
-    put(&store, "many/a-new-one", b"").await;
+    put(store.as_ref(), "many/a-new-one", b"").await;
     let mut all: Vec<String> = first.iter().map(|e| e.name.clone()).collect();
     let mut offset = first.last().unwrap().offset;
     loop {
@@ -329,7 +334,7 @@ async fn listings_of_more_than_ten_thousand_entries_page_with_stable_offsets() {
 
 #[tokio::test]
 async fn mkdir_persists_and_rmdir_removes_only_empty_directories() {
-    let store = Store::memory();
+    let store = memory();
     let fs = fs_over(store.clone());
     let d = fs.mkdir(ROOT_INO, "new").await.unwrap();
     assert_eq!(d.kind, Kind::Dir);
@@ -358,8 +363,8 @@ async fn mkdir_persists_and_rmdir_removes_only_empty_directories() {
 
 #[tokio::test]
 async fn unlink_deletes_the_object() {
-    let store = Store::memory();
-    put(&store, "gone", b"x").await;
+    let store = memory();
+    put(store.as_ref(), "gone", b"x").await;
     let fs = fs_over(store.clone());
     fs.lookup(ROOT_INO, "gone").await.unwrap();
     fs.unlink(ROOT_INO, "gone").await.unwrap();
@@ -376,8 +381,8 @@ async fn unlink_deletes_the_object() {
 
 #[tokio::test]
 async fn type_mismatches_have_their_errnos() {
-    let store = Store::memory();
-    put(&store, "d/f", b"x").await;
+    let store = memory();
+    put(store.as_ref(), "d/f", b"x").await;
     let fs = fs_over(store);
     assert_eq!(
         fs.unlink(ROOT_INO, "d").await.unwrap_err().errno,
@@ -399,8 +404,8 @@ async fn type_mismatches_have_their_errnos() {
 
 #[tokio::test]
 async fn read_only_mounts_refuse_every_change_with_erofs() {
-    let store = Store::memory();
-    put(&store, "f", b"x").await;
+    let store = memory();
+    put(store.as_ref(), "f", b"x").await;
     let fs = Fs::new(
         store,
         FsConfig {
@@ -443,27 +448,52 @@ async fn read_only_mounts_refuse_every_change_with_erofs() {
 }
 
 #[tokio::test]
-async fn changes_in_the_store_show_after_the_metadata_ttl() {
-    let store = Store::memory();
-    put(&store, "f", b"one").await;
+async fn changes_in_the_store_stay_hidden_within_the_metadata_ttl_and_show_after_it() {
+    let store = memory();
+    put(store.as_ref(), "f", b"one").await;
+    let ttl = Duration::from_millis(300);
     let fs = Fs::new(
+        store.clone(),
+        FsConfig {
+            metadata_ttl: ttl,
+            ..config()
+        },
+    );
+    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
+    assert_eq!(
+        fs.lookup(ROOT_INO, "g").await.unwrap_err().errno,
+        libc::ENOENT
+    );
+    put(store.as_ref(), "f", b"three").await;
+    put(store.as_ref(), "g", b"").await;
+    // Within the TTL: the cached size and the cached absence hold, with no request.
+    let heads = store.count(Op::Head);
+    assert_eq!(fs.getattr(a.ino).await.unwrap().size, 3);
+    assert_eq!(
+        fs.lookup(ROOT_INO, "g").await.unwrap_err().errno,
+        libc::ENOENT
+    );
+    assert_eq!(store.count(Op::Head), heads);
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    assert_eq!(fs.getattr(a.ino).await.unwrap().size, 5);
+    assert!(fs.lookup(ROOT_INO, "g").await.is_ok());
+    // With TTL 0 every stat asks the store.
+    let fresh = Fs::new(
         store.clone(),
         FsConfig {
             metadata_ttl: Duration::ZERO,
             ..config()
         },
     );
-    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
-    put(&store, "f", b"three").await;
-    assert_eq!(fs.getattr(a.ino).await.unwrap().size, 5);
-    put(&store, "g", b"").await;
-    assert!(fs.lookup(ROOT_INO, "g").await.is_ok());
+    let f = fresh.lookup(ROOT_INO, "f").await.unwrap();
+    put(store.as_ref(), "f", b"four!!").await;
+    assert_eq!(fresh.getattr(f.ino).await.unwrap().size, 6);
 }
 
 #[tokio::test]
 async fn forgotten_inodes_are_freed() {
-    let store = Store::memory();
-    put(&store, "f", b"x").await;
+    let store = memory();
+    put(store.as_ref(), "f", b"x").await;
     let fs = fs_over(store);
     let before = fs.inode_count();
     let a = fs.lookup(ROOT_INO, "f").await.unwrap();

@@ -10,12 +10,11 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use object_store::PutPayload;
 use tokio::task::JoinHandle;
 
 use super::budget::{Budget, Held};
 use super::error::{FsError, FsResult};
-use crate::store::{Store, Upload};
+use crate::store::{Payload, PutOptions, SharedBucket, Upload};
 
 /// Tunables of the uploader.
 #[derive(Debug, Clone, Copy)]
@@ -43,32 +42,32 @@ enum State {
 
 /// The write state of one file handle.
 pub struct Writer {
-    store: Store,
+    store: SharedBucket,
     key: String,
     cfg: WriteConfig,
     /// Data of the part being filled, as written (no copy until the store sends it).
-    buf: Vec<Bytes>,
+    buf: Payload,
     buffered: usize,
     budget: Budget,
-    /// User metadata the object is written with (mode, owner, mtime, symlink).
-    meta: crate::store::Meta,
+    /// Metadata, Content-Type and condition the object is written with.
+    opts: PutOptions,
     written: u64,
-    upload: Option<Upload>,
-    in_flight: VecDeque<JoinHandle<object_store::Result<()>>>,
+    upload: Option<Box<dyn Upload>>,
+    in_flight: VecDeque<JoinHandle<crate::store::Result<()>>>,
     state: State,
 }
 
 impl Writer {
     /// A writer of a new object at `key`.
-    pub fn new(store: Store, key: String, cfg: WriteConfig, budget: Budget) -> Self {
+    pub fn new(store: SharedBucket, key: String, cfg: WriteConfig, budget: Budget) -> Self {
         Writer {
             store,
             key,
             cfg,
-            buf: Vec::new(),
+            buf: Payload::new(),
             buffered: 0,
             budget,
-            meta: Default::default(),
+            opts: PutOptions::default(),
             written: 0,
             upload: None,
             in_flight: VecDeque::new(),
@@ -78,7 +77,12 @@ impl Writer {
 
     /// Write the object with this user metadata.
     pub fn set_meta(&mut self, meta: crate::store::Meta) {
-        self.meta = meta;
+        self.opts.meta = meta;
+    }
+
+    /// Write the object with these options (metadata, Content-Type, condition).
+    pub fn set_options(&mut self, opts: PutOptions) {
+        self.opts = opts;
     }
 
     /// Bytes written so far.
@@ -120,7 +124,7 @@ impl Writer {
         self.buf.push(data);
         // A part is at least `part_size` bytes (S3 needs 5 MiB but for the last part).
         if self.buffered >= self.cfg.part_size {
-            let part: PutPayload = std::mem::take(&mut self.buf).into_iter().collect();
+            let part = std::mem::take(&mut self.buf);
             self.buffered = 0;
             if let Err(e) = self.send_part(part).await {
                 return Err(self.fail(e).await);
@@ -129,12 +133,12 @@ impl Writer {
         Ok(n as u32)
     }
 
-    async fn send_part(&mut self, payload: PutPayload) -> FsResult<()> {
+    async fn send_part(&mut self, payload: Payload) -> FsResult<()> {
         // Wait for memory before sending (holding none while waiting, so writers cannot
         // deadlock on the budget): a writer faster than the store slows down instead.
-        let held = self.budget.take(payload.content_length() as u64).await;
+        let held = self.budget.take(payload.len()).await;
         if self.upload.is_none() {
-            self.upload = Some(self.store.start_upload(&self.key, &self.meta).await?);
+            self.upload = Some(self.store.start_upload(&self.key, &self.opts).await?);
         }
         let upload = self.upload.as_mut().expect("upload started");
         let fut = upload.put_part(payload);
@@ -152,16 +156,18 @@ impl Writer {
         Ok(())
     }
 
-    async fn wait_part(key: &str, task: JoinHandle<object_store::Result<()>>) -> FsResult<()> {
+    async fn wait_part(key: &str, task: JoinHandle<crate::store::Result<()>>) -> FsResult<()> {
         match task.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(crate::store::StoreError::from_object_store(e, key).into()),
-            Err(e) => Err(FsError::new(libc::EIO, format!("upload task: {e}"))),
+            Ok(r) => Ok(r?),
+            Err(e) => Err(FsError::new(
+                libc::EIO,
+                format!("{key:?}: upload task: {e}"),
+            )),
         }
     }
 
     async fn fail(&mut self, e: FsError) -> FsError {
-        let e = if e.errno == libc::EINVAL || e.errno == libc::EBADF {
+        let e = if matches!(e.errno, libc::EINVAL | libc::EBADF | libc::ESTALE) {
             e
         } else {
             FsError::new(
@@ -177,7 +183,7 @@ impl Writer {
         {
             tracing::warn!(key = %self.key, error = %abort, "could not abort multipart upload");
         }
-        self.buf = Vec::new();
+        self.buf = Payload::new();
         self.buffered = 0;
         self.state = State::Failed(e.clone());
         e
@@ -201,23 +207,20 @@ impl Writer {
     }
 
     async fn complete(&mut self) -> FsResult<()> {
-        let rest: PutPayload = std::mem::take(&mut self.buf).into_iter().collect();
+        let rest = std::mem::take(&mut self.buf);
         self.buffered = 0;
         if self.upload.is_none() {
-            self.store.put_meta(&self.key, rest, &self.meta).await?;
+            self.store.put(&self.key, rest, &self.opts).await?;
             return Ok(());
         }
-        if rest.content_length() > 0 {
+        if !rest.is_empty() {
             self.send_part(rest).await?;
         }
         while let Some(t) = self.in_flight.pop_front() {
             Self::wait_part(&self.key, t).await?;
         }
         let upload = self.upload.as_mut().expect("upload started");
-        upload
-            .complete()
-            .await
-            .map_err(|e| crate::store::StoreError::from_object_store(e, &self.key))?;
+        upload.complete().await?;
         self.upload = None;
         Ok(())
     }
@@ -230,7 +233,7 @@ impl Writer {
         }
         self.state = State::Done;
         self.buffered = 0;
-        Some(std::mem::take(&mut self.buf))
+        Some(std::mem::take(&mut self.buf).chunks().to_vec())
     }
 
     /// Give up: abort the multipart upload, nothing becomes visible.

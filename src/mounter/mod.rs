@@ -1,16 +1,21 @@
 //! How a published volume becomes a running FUSE mount: the node plugin mounts `/dev/fuse`
 //! at the target itself and hands the descriptor to a separate `pail mount --fuse-fd`
 //! process, waits until it serves, and keeps a state record per mount so that a restarted
-//! plugin can still unmount what its predecessor mounted.
+//! plugin can still unmount what its predecessor mounted. [`Mounter`] is the seam the CSI
+//! node service drives; [`FakeMounter`] stands in for it in unit tests.
 
 pub mod cgroup;
+mod fake;
 pub mod kernel;
 pub mod process;
 pub mod ready;
 mod state;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use crate::options::MountArgs;
+
+pub use fake::FakeMounter;
 pub use process::{MountError, ProcessMounter};
 
 /// One mount to start.
@@ -19,10 +24,8 @@ pub struct MountRequest {
     pub volume_id: String,
     /// Where to mount.
     pub target: PathBuf,
-    /// Bucket URL (`s3://bucket/prefix/`).
-    pub source: String,
-    /// Vetted `pail mount` flags.
-    pub args: Vec<String>,
+    /// The checked options of the mount process (source, store and volume options).
+    pub options: MountArgs,
     /// Credentials for the environment of the mount process (secret).
     pub env: Vec<(String, String)>,
     /// GCS service account JSON (secret), written to a root-only file.
@@ -36,11 +39,56 @@ impl std::fmt::Debug for MountRequest {
         f.debug_struct("MountRequest")
             .field("volume_id", &self.volume_id)
             .field("target", &self.target)
-            .field("source", &self.source)
-            .field("args", &self.args)
+            .field("options", &self.options)
             .field("env", &format_args!("<{} redacted>", self.env.len()))
             .field("gcs_key", &self.gcs_key.as_ref().map(|_| "<redacted>"))
             .field("read_only", &self.read_only)
             .finish()
     }
+}
+
+/// What a live mount was published as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    /// CSI volume id.
+    pub volume_id: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// What is at a target path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountState {
+    /// No mount.
+    None,
+    /// A pail mount whose process serves it.
+    Live(MountInfo),
+    /// A pail mount whose process is gone ("transport endpoint is not connected").
+    Dead,
+    /// Some other file system (its type).
+    Foreign(String),
+}
+
+/// Counters of a mounter, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MounterStats {
+    /// Mounts recorded now.
+    pub mounts: usize,
+    /// Mount processes found dead so far.
+    pub dead_mounts: u64,
+}
+
+/// Starts, stops and inspects mounts. Calls block: run them off the async workers.
+pub trait Mounter: Send + Sync {
+    /// Mount `req` at its target. Publishing the same volume again succeeds.
+    fn publish(&self, req: &MountRequest) -> Result<(), MountError>;
+
+    /// Unmount `target` and stop what serves it. Already gone is success.
+    fn unpublish(&self, target: &Path) -> Result<(), MountError>;
+
+    /// What is mounted at `target`.
+    fn state(&self, target: &Path) -> MountState;
+
+    /// Counters.
+    fn stats(&self) -> MounterStats;
 }

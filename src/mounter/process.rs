@@ -11,10 +11,11 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::MountRequest;
 use super::kernel;
 use super::ready::{Readiness, spawn_and_wait_with};
 use super::state::{Record, StateDir};
+use super::{MountInfo, MountRequest, MountState, Mounter, MounterStats};
+use crate::options::LogFormat;
 
 /// Descriptor number of the FUSE connection in the mount process.
 const FUSE_FD: i32 = 4;
@@ -43,10 +44,11 @@ impl std::error::Error for MountError {}
 /// Starts and stops mount processes.
 pub struct ProcessMounter {
     pail_bin: PathBuf,
-    state: StateDir,
+    records: StateDir,
     locks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
-    /// Mount processes found dead at unpublish (for metrics).
-    pub dead_mounts: std::sync::atomic::AtomicU64,
+    /// Mount processes found dead (for metrics), each counted once.
+    dead_mounts: std::sync::atomic::AtomicU64,
+    noticed_dead: Mutex<std::collections::HashSet<PathBuf>>,
     /// How long to wait for a mount process to serve.
     pub ready_timeout: Duration,
     /// The host's cgroup file system: mount processes move to its root cgroups, out of the
@@ -123,9 +125,10 @@ impl ProcessMounter {
     pub fn new(pail_bin: PathBuf, state_dir: &Path) -> std::io::Result<Self> {
         Ok(ProcessMounter {
             pail_bin,
-            state: StateDir::new(state_dir)?,
+            records: StateDir::new(state_dir)?,
             locks: Mutex::new(HashMap::new()),
             dead_mounts: Default::default(),
+            noticed_dead: Default::default(),
             ready_timeout: Duration::from_secs(60),
             host_cgroup_root: None,
         })
@@ -141,51 +144,47 @@ impl ProcessMounter {
 
     /// Whether `target` is served by a live mount process of ours.
     pub fn is_live(&self, target: &Path) -> bool {
-        kernel::mount_type(target).as_deref() == Some("fuse.pail")
-            && self
-                .state
-                .load(target)
-                .is_some_and(|r| is_our_process(r.pid, target))
+        matches!(self.state(target), MountState::Live(_))
     }
 
-    /// Mount `req` at its target. Publishing a live mount again succeeds.
-    pub fn publish(&self, req: &MountRequest) -> Result<(), MountError> {
+    fn publish_locked(&self, req: &MountRequest) -> Result<(), MountError> {
         let target = &req.target;
-        let lock = self.lock(target);
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        match kernel::mount_type(target).as_deref() {
-            Some("fuse.pail") => {
-                if self.is_live(target) {
-                    return Ok(());
-                }
+        match self.state(target) {
+            MountState::Live(_) => return Ok(()),
+            MountState::Dead => {
                 tracing::warn!(target = %target.display(), "replacing a dead pail mount");
                 self.cleanup(target);
             }
-            Some(other) => {
+            MountState::Foreign(other) => {
                 return Err(MountError::Busy(format!(
                     "{} already has a {other} mount",
                     target.display()
                 )));
             }
-            None => {}
+            MountState::None => {}
         }
         std::fs::create_dir_all(target)
             .map_err(|e| MountError::Io(format!("creating {}: {e}", target.display())))?;
-        let fsname = format!("pail:{}", req.source);
+        let fsname = format!("pail:{}", req.options.source);
         let fuse = kernel::mount_fuse(target, &fsname, req.read_only)
             .map_err(|e| MountError::Io(format!("mounting FUSE at {}: {e}", target.display())))?;
 
+        let mut options = req.options.clone();
+        options.mountpoint = target.clone();
+        options.fuse_fd = Some(FUSE_FD);
+        options.log_format = LogFormat::Json;
+        options.cache_dir = Some(self.records.cache_path(target));
+        options.log_file = Some(self.records.log_path(target));
+        if let Some(key) = &req.gcs_key {
+            let path = self
+                .records
+                .save_key(target, key)
+                .map_err(|e| MountError::Io(format!("saving the GCS key: {e}")))?;
+            options.store.service_account_file = Some(path);
+        }
         let mut cmd = Command::new(&self.pail_bin);
         cmd.arg("mount")
-            .arg(&req.source)
-            .arg(target)
-            .arg(format!("--fuse-fd={FUSE_FD}"))
-            .args(&req.args)
-            .arg("--log-format=json")
-            .arg("--cache-dir")
-            .arg(self.state.cache_path(target))
-            .arg("--log-file")
-            .arg(self.state.log_path(target))
+            .args(options.to_args())
             .env_clear()
             .env(
                 "PATH",
@@ -200,13 +199,6 @@ impl ProcessMounter {
             }
         }
         cmd.envs(req.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        if let Some(key) = &req.gcs_key {
-            let path = self
-                .state
-                .save_key(target, key)
-                .map_err(|e| MountError::Io(format!("saving the GCS key: {e}")))?;
-            cmd.arg("--service-account-file").arg(path);
-        }
         let spawned = spawn_and_wait_with(
             &mut cmd,
             &[(fuse.as_fd(), FUSE_FD)],
@@ -244,29 +236,26 @@ impl ProcessMounter {
         let record = Record {
             volume_id: req.volume_id.clone(),
             target: target.clone(),
-            source: req.source.clone(),
+            source: req.options.source.clone(),
             pid: child.id(),
+            read_only: req.read_only,
         };
         // The child runs on in its own session; reap it when it exits so it leaves no zombie.
         std::thread::spawn(move || {
             let _ = child.wait();
         });
-        self.state
+        self.records
             .save(&record)
             .map_err(|e| MountError::Io(format!("saving the mount record: {e}")))?;
         tracing::info!(volume_id = %req.volume_id, target = %target.display(), pid = record.pid, "published");
         Ok(())
     }
 
-    /// Unmount `target`, stop its process, remove the directory. Already gone is success.
-    pub fn unpublish(&self, target: &Path) -> Result<(), MountError> {
-        let lock = self.lock(target);
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = self.state.load(target)
+    fn unpublish_locked(&self, target: &Path) -> Result<(), MountError> {
+        if let Some(r) = self.records.load(target)
             && !is_our_process(r.pid, target)
         {
-            self.dead_mounts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.notice_dead(target);
             tracing::warn!(target = %target.display(), pid = r.pid, "the mount process had died; cleaning up its mount");
         }
         match kernel::mount_type(target).as_deref() {
@@ -295,7 +284,7 @@ impl ProcessMounter {
 
     /// Unmount whatever pail mount is at `target`, stop its process, drop the record.
     fn cleanup(&self, target: &Path) {
-        let record = self.state.load(target);
+        let record = self.records.load(target);
         if kernel::mount_type(target).as_deref() == Some("fuse.pail")
             && let Err(e) = kernel::unmount(target)
         {
@@ -308,11 +297,62 @@ impl ProcessMounter {
             tracing::warn!(target = %target.display(), pid, "stopping a mount process with no record (its publish was interrupted)");
             stop_process(pid, target);
         }
-        self.state.remove(target);
+        self.records.remove(target);
+        self.noticed_dead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(target);
+    }
+
+    /// Count the mount at `target` as found dead, once.
+    fn notice_dead(&self, target: &Path) {
+        let mut noticed = self.noticed_dead.lock().unwrap_or_else(|p| p.into_inner());
+        if noticed.insert(target.to_path_buf()) {
+            self.dead_mounts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Number of mounts recorded.
     pub fn mount_count(&self) -> usize {
-        self.state.all().len()
+        self.records.all().len()
+    }
+}
+
+impl Mounter for ProcessMounter {
+    fn publish(&self, req: &MountRequest) -> Result<(), MountError> {
+        let lock = self.lock(&req.target);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.publish_locked(req)
+    }
+
+    fn unpublish(&self, target: &Path) -> Result<(), MountError> {
+        let lock = self.lock(target);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.unpublish_locked(target)
+    }
+
+    fn state(&self, target: &Path) -> MountState {
+        match kernel::mount_type(target) {
+            None => MountState::None,
+            Some(t) if t != "fuse.pail" => MountState::Foreign(t),
+            Some(_) => match self.records.load(target) {
+                Some(r) if is_our_process(r.pid, target) => MountState::Live(MountInfo {
+                    volume_id: r.volume_id,
+                    read_only: r.read_only,
+                }),
+                _ => {
+                    self.notice_dead(target);
+                    MountState::Dead
+                }
+            },
+        }
+    }
+
+    fn stats(&self) -> MounterStats {
+        MounterStats {
+            mounts: self.mount_count(),
+            dead_mounts: self.dead_mounts.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 }

@@ -18,6 +18,9 @@ pub struct Record {
     pub source: String,
     /// Process serving the mount.
     pub pid: u32,
+    /// Mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// The state directory.

@@ -1,6 +1,8 @@
-//! Store errors: a kind the file system maps to an errno, and a message safe to log.
+//! Store errors: a kind (from the HTTP status or the library's error variant, never from
+//! message text) that callers decide on, a message safe to log, and the source kept.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// What went wrong, as far as callers need to decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -9,15 +11,20 @@ pub enum StoreErrorKind {
     NotFound,
     /// The credentials were refused (403) or missing (401).
     PermissionDenied,
-    /// The object changed since it was first seen (ETag mismatch).
+    /// A condition of the request did not hold: the object changed since it was first
+    /// seen (ETag mismatch), or it exists where it must not.
     Precondition,
-    /// The object already exists.
+    /// The object or bucket already exists.
     AlreadyExists,
     /// The key cannot be addressed in this store.
     InvalidKey,
     /// The configuration is wrong (bad URL, missing credentials...).
     Config,
-    /// Anything else: network, server errors after retries.
+    /// This store cannot do that (part copies on GCS, metadata on a local directory...).
+    Unsupported,
+    /// The store could not be reached or kept failing (network, 5xx after retries).
+    Unavailable,
+    /// Anything else the store refused.
     Other,
 }
 
@@ -26,8 +33,9 @@ pub enum StoreErrorKind {
 pub struct StoreError {
     /// The kind of failure.
     pub kind: StoreErrorKind,
-    /// What happened, without secrets.
+    /// What happened, without secrets and without response bodies.
     pub message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl StoreError {
@@ -36,11 +44,18 @@ impl StoreError {
         StoreError {
             kind,
             message: message.into(),
+            source: None,
         }
     }
 
-    /// Classify an `object_store` error about `key`.
-    pub fn from_object_store(e: object_store::Error, key: &str) -> Self {
+    /// The same error, keeping `source` as its cause.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// Classify an `object_store` error about `key` by its variant.
+    pub(crate) fn from_object_store(e: object_store::Error, key: &str) -> Self {
         use object_store::Error as E;
         let kind = match &e {
             E::NotFound { .. } => StoreErrorKind::NotFound,
@@ -50,34 +65,29 @@ impl StoreError {
             E::Precondition { .. } | E::NotModified { .. } => StoreErrorKind::Precondition,
             E::AlreadyExists { .. } => StoreErrorKind::AlreadyExists,
             E::InvalidPath { .. } => StoreErrorKind::InvalidKey,
+            E::NotSupported { .. } | E::NotImplemented { .. } => StoreErrorKind::Unsupported,
             E::UnknownConfigurationKey { .. } => StoreErrorKind::Config,
-            _ => classify_message(&e.to_string()),
+            _ => StoreErrorKind::Unavailable,
         };
-        StoreError {
-            kind,
-            message: format!("{key:?}: {}", one_line(&e.to_string())),
-        }
+        let message = format!("{key:?}: {}", one_line(&e.to_string()));
+        StoreError::new(kind, message).with_source(e)
+    }
+
+    /// Whether the error means "no such object".
+    pub fn is_not_found(&self) -> bool {
+        self.kind == StoreErrorKind::NotFound
     }
 }
 
-/// Some stores report 403/404 only inside a generic error: recognise the status text.
-fn classify_message(msg: &str) -> StoreErrorKind {
-    if msg.contains("NoSuchBucket") || msg.contains("404 Not Found") {
-        StoreErrorKind::NotFound
-    } else if msg.contains("403 Forbidden")
-        || msg.contains("AccessDenied")
-        || msg.contains("InvalidAccessKeyId")
-        || msg.contains("SignatureDoesNotMatch")
-        || msg.contains("401 Unauthorized")
-    {
-        StoreErrorKind::PermissionDenied
+/// A message on one line, at most `max` characters.
+pub(crate) fn one_line(s: &str) -> String {
+    let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if joined.chars().count() > 300 {
+        let cut: String = joined.chars().take(300).collect();
+        format!("{cut}…")
     } else {
-        StoreErrorKind::Other
+        joined
     }
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 impl fmt::Display for StoreError {
@@ -89,10 +99,18 @@ impl fmt::Display for StoreError {
             StoreErrorKind::AlreadyExists => "already exists",
             StoreErrorKind::InvalidKey => "invalid key",
             StoreErrorKind::Config => "configuration error",
+            StoreErrorKind::Unsupported => "not supported by this store",
+            StoreErrorKind::Unavailable => "store unavailable",
             StoreErrorKind::Other => "store error",
         };
         write!(f, "{what}: {}", self.message)
     }
 }
 
-impl std::error::Error for StoreError {}
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}

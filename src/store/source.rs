@@ -19,6 +19,29 @@ pub enum Provider {
     Memory,
 }
 
+impl Provider {
+    /// The URL scheme of this provider.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Provider::S3 => "s3",
+            Provider::Gcs => "gs",
+            Provider::Local => "file",
+            Provider::Memory => "memory",
+        }
+    }
+
+    /// The provider a scheme or a volume's `provider` attribute names.
+    pub fn from_name(name: &str) -> Option<Provider> {
+        match name {
+            "s3" => Some(Provider::S3),
+            "gs" | "gcs" => Some(Provider::Gcs),
+            "file" => Some(Provider::Local),
+            "memory" => Some(Provider::Memory),
+            _ => None,
+        }
+    }
+}
+
 /// A bucket and the key prefix mounted from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
@@ -31,6 +54,16 @@ pub struct Source {
 }
 
 impl Source {
+    /// The URL of this source (`s3://bucket/prefix/`).
+    pub fn url(&self) -> String {
+        format!(
+            "{}://{}/{}",
+            self.provider.scheme(),
+            self.bucket,
+            self.prefix
+        )
+    }
+
     /// Parse a source URL such as `s3://bucket/some/prefix/`, `gs://bucket`,
     /// `file:///srv/bucket` or `memory://`.
     pub fn parse(url: &str) -> Result<Source, StoreError> {
@@ -43,13 +76,7 @@ impl Source {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| bad("expected s3://, gs://, file:// or memory://"))?;
-        let provider = match scheme {
-            "s3" => Provider::S3,
-            "gs" | "gcs" => Provider::Gcs,
-            "file" => Provider::Local,
-            "memory" => Provider::Memory,
-            _ => return Err(bad("unknown scheme")),
-        };
+        let provider = Provider::from_name(scheme).ok_or_else(|| bad("unknown scheme"))?;
         match provider {
             Provider::Local => {
                 if !rest.starts_with('/') {
@@ -150,6 +177,18 @@ pub struct StoreOptions {
     pub request_timeout: Option<Duration>,
     /// Retries of one request on transient errors.
     pub max_retries: Option<usize>,
+}
+
+impl StoreOptions {
+    /// Timeout of one request (30 s unless set).
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout.unwrap_or(Duration::from_secs(30))
+    }
+
+    /// Retries of one request on transient errors (10 unless set).
+    pub fn max_retries(&self) -> usize {
+        self.max_retries.unwrap_or(10)
+    }
 }
 
 impl std::fmt::Debug for StoreOptions {

@@ -10,8 +10,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub mod csi;
 pub mod proxy;
 
+#[allow(unused_imports)]
+pub use pail::store::{BucketExt, Payload, PutOptions};
+
 use pail::mounter::ready::{Readiness, spawn_and_wait};
-use pail::store::{Credentials, Source, Store, StoreOptions};
+use pail::store::{Credentials, S3Bucket, SharedBucket, Source, StoreOptions};
 
 /// The `pail` binary under test.
 pub fn pail_bin() -> &'static str {
@@ -60,10 +63,16 @@ impl S3 {
         vec!["--endpoint-url".into(), self.endpoint.clone()]
     }
 
-    /// The store layer pointed at `prefix` of the test bucket (to look at objects directly).
-    pub fn store(&self) -> Store {
+    /// The store layer on the test bucket (to look at objects directly).
+    pub fn store(&self) -> SharedBucket {
+        std::sync::Arc::new(self.bucket())
+    }
+
+    /// The S3 store layer on the test bucket.
+    pub fn bucket(&self) -> S3Bucket {
+        pail::store::init_crypto();
         let source = Source::parse(&format!("s3://{}/", self.bucket)).unwrap();
-        Store::open(
+        S3Bucket::open(
             &source,
             &StoreOptions {
                 endpoint_url: Some(self.endpoint.clone()),

@@ -37,6 +37,7 @@ pub struct Proxy {
     rules: Arc<Mutex<Vec<Rule>>>,
     pub hits: Arc<Mutex<usize>>,
     traffic: Arc<Traffic>,
+    signers: Arc<Mutex<Vec<String>>>,
 }
 
 /// Bytes that went through the proxy.
@@ -59,7 +60,13 @@ impl Proxy {
         let rules: Arc<Mutex<Vec<Rule>>> = Arc::default();
         let hits: Arc<Mutex<usize>> = Arc::default();
         let traffic: Arc<Traffic> = Arc::default();
-        let (r, h, t) = (rules.clone(), hits.clone(), traffic.clone());
+        let signers: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (r, h, t, k) = (
+            rules.clone(),
+            hits.clone(),
+            traffic.clone(),
+            signers.clone(),
+        );
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -71,9 +78,10 @@ impl Proxy {
                     let Ok((client, _)) = listener.accept().await else {
                         return;
                     };
-                    let (r, h, t, up) = (r.clone(), h.clone(), t.clone(), upstream.clone());
+                    let (r, h, t, k, up) =
+                        (r.clone(), h.clone(), t.clone(), k.clone(), upstream.clone());
                     tokio::spawn(async move {
-                        let _ = serve(client, &up, r, h, t).await;
+                        let _ = serve(client, &up, r, h, t, k).await;
                     });
                 }
             });
@@ -83,7 +91,14 @@ impl Proxy {
             rules,
             hits,
             traffic,
+            signers,
         }
+    }
+
+    /// The access key ids that signed the requests so far (from `Authorization`), with
+    /// `+token` when a session token came along.
+    pub fn signers(&self) -> Vec<String> {
+        self.signers.lock().unwrap().clone()
     }
 
     /// Request body bytes sent upstream and response bytes returned, since the last call.
@@ -151,6 +166,7 @@ async fn serve(
     rules: Arc<Mutex<Vec<Rule>>>,
     hits: Arc<Mutex<usize>>,
     traffic: Arc<Traffic>,
+    signers: Arc<Mutex<Vec<String>>>,
 ) -> std::io::Result<()> {
     loop {
         let Some((head, mut body)) = read_head(&mut client).await? else {
@@ -177,6 +193,21 @@ async fn serve(
                 return Ok(());
             }
             body.extend_from_slice(&chunk[..n]);
+        }
+        let header = |name: &str| {
+            text.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+        };
+        if let Some(auth) = header("authorization")
+            && let Some(id) = auth
+                .split("Credential=")
+                .nth(1)
+                .and_then(|c| c.split('/').next())
+        {
+            let token = header("x-amz-security-token").map_or("", |_| "+token");
+            signers.lock().unwrap().push(format!("{id}{token}"));
         }
         let fault = take_fault(&rules, &method, &path);
         if fault.is_some() {

@@ -10,7 +10,7 @@ use super::*;
 
 #[tokio::test]
 async fn a_seek_in_a_new_file_under_one_part_continues_it_staged() {
-    let store = Store::memory();
+    let store = memory();
     let fs = fs_over(store.clone());
     let (_, fh) = fs.create(ROOT_INO, "f", excl()).await.unwrap();
     fs.write(fh, 0, Bytes::from_static(b"abc")).await.unwrap();
@@ -25,7 +25,7 @@ async fn a_seek_in_a_new_file_under_one_part_continues_it_staged() {
 
 #[tokio::test]
 async fn a_seek_after_parts_were_uploaded_is_einval() {
-    let store = Store::memory();
+    let store = memory();
     let fs = fs_over(store.clone());
     let (_, fh) = fs.create(ROOT_INO, "f", excl()).await.unwrap();
     fs.write(fh, 0, Bytes::from(data(2500))).await.unwrap();
@@ -35,8 +35,8 @@ async fn a_seek_after_parts_were_uploaded_is_einval() {
 
 #[tokio::test]
 async fn appends_and_in_place_writes_edit_existing_objects() {
-    let store = Store::memory();
-    put(&store, "log", b"one\n").await;
+    let store = memory();
+    put(store.as_ref(), "log", b"one\n").await;
     let fs = fs_over(store.clone());
     let a = fs.lookup(ROOT_INO, "log").await.unwrap();
     for line in ["two\n", "three\n"] {
@@ -73,8 +73,8 @@ async fn appends_and_in_place_writes_edit_existing_objects() {
 
 #[tokio::test]
 async fn a_full_staging_cache_fails_writes_with_enospc() {
-    let store = Store::memory();
-    put(&store, "f", b"").await;
+    let store = memory();
+    put(store.as_ref(), "f", b"").await;
     let fs = Fs::new(
         store,
         FsConfig {
@@ -106,9 +106,9 @@ async fn a_full_staging_cache_fails_writes_with_enospc() {
 
 #[tokio::test]
 async fn rename_of_a_file_replaces_the_target() {
-    let store = Store::memory();
-    put(&store, "a", b"new").await;
-    put(&store, "d/b", b"old").await;
+    let store = memory();
+    put(store.as_ref(), "a", b"new").await;
+    put(store.as_ref(), "d/b", b"old").await;
     let fs = fs_over(store.clone());
     let a = fs.lookup(ROOT_INO, "a").await.unwrap();
     let d = fs.lookup(ROOT_INO, "d").await.unwrap();
@@ -121,7 +121,7 @@ async fn rename_of_a_file_replaces_the_target() {
         fs.lookup(ROOT_INO, "a").await.unwrap_err().errno,
         libc::ENOENT
     );
-    put(&store, "c", b"c").await;
+    put(store.as_ref(), "c", b"c").await;
     let e = fs
         .rename(ROOT_INO, "c", d.ino, "b", true)
         .await
@@ -131,9 +131,9 @@ async fn rename_of_a_file_replaces_the_target() {
 
 #[tokio::test]
 async fn rename_of_a_directory_moves_every_key_up_to_the_limit() {
-    let store = Store::memory();
-    put(&store, "src/x", b"x").await;
-    put(&store, "src/sub/y", b"y").await;
+    let store = memory();
+    put(store.as_ref(), "src/x", b"x").await;
+    put(store.as_ref(), "src/sub/y", b"y").await;
     let fs = fs_over(store.clone());
     fs.lookup(ROOT_INO, "src").await.unwrap();
     fs.rename(ROOT_INO, "src", ROOT_INO, "dst", false)
@@ -150,7 +150,7 @@ async fn rename_of_a_directory_moves_every_key_up_to_the_limit() {
     assert_eq!(names(&fresh, dst.ino).await, [".", "..", "sub", "x"]);
 
     for i in 0..5 {
-        put(&store, &format!("big/f{i}"), b"").await;
+        put(store.as_ref(), &format!("big/f{i}"), b"").await;
     }
     let small = Fs::new(
         store.clone(),
@@ -173,8 +173,8 @@ async fn rename_of_a_directory_moves_every_key_up_to_the_limit() {
 
 #[tokio::test]
 async fn truncate_by_path_rewrites_the_object() {
-    let store = Store::memory();
-    put(&store, "f", b"12345").await;
+    let store = memory();
+    put(store.as_ref(), "f", b"12345").await;
     let fs = fs_over(store.clone());
     let a = fs.lookup(ROOT_INO, "f").await.unwrap();
     assert_eq!(fs.setattr(a.ino, Some(5), None).await.unwrap().size, 5);
@@ -200,7 +200,7 @@ async fn truncate_by_path_rewrites_the_object() {
 
 #[tokio::test]
 async fn symlinks_are_objects_with_an_s3fs_mode() {
-    let store = Store::memory();
+    let store = memory();
     let fs = Fs::new(
         store.clone(),
         FsConfig {
@@ -253,7 +253,7 @@ async fn symlinks_are_objects_with_an_s3fs_mode() {
 
 #[tokio::test]
 async fn modes_owners_and_mtimes_persist_with_persist_metadata() {
-    let store = Store::memory();
+    let store = memory();
     let cfg = FsConfig {
         persist_metadata: true,
         ..config()
@@ -301,9 +301,9 @@ async fn modes_owners_and_mtimes_persist_with_persist_metadata() {
 
 #[tokio::test]
 async fn a_small_memory_budget_slows_reads_and_writes_but_bounds_them() {
-    let store = Store::memory();
+    let store = memory();
     let bytes = data(30_000);
-    put(&store, "big", &bytes).await;
+    put(store.as_ref(), "big", &bytes).await;
     // Room for two 1,000-byte parts: prefetch stops early, writers wait for uploads.
     let fs = Fs::new(
         store.clone(),
@@ -336,9 +336,9 @@ async fn a_small_memory_budget_slows_reads_and_writes_but_bounds_them() {
 
 #[tokio::test]
 async fn staged_files_fetch_only_the_chunks_they_touch() {
-    let store = Store::memory();
+    let store = memory();
     let body = data(3 << 20);
-    put(&store, "big", &body).await;
+    put(store.as_ref(), "big", &body).await;
     let etag = store.head("big").await.unwrap().unwrap().etag;
     let fs = fs_over(store.clone());
     let a = fs.lookup(ROOT_INO, "big").await.unwrap();
@@ -365,4 +365,78 @@ async fn staged_files_fetch_only_the_chunks_they_touch() {
     let mut want = body.clone();
     want[0] = b'X';
     assert!(store.get_all("big").await.unwrap().unwrap()[..] == want[..]);
+}
+
+#[tokio::test]
+async fn an_append_copies_the_unchanged_parts_server_side_and_sends_only_the_new_bytes() {
+    let store = memory();
+    let body = data(10_500);
+    put(store.as_ref(), "big", &body).await;
+    let fs = fs_over(store.clone());
+    let a = fs.lookup(ROOT_INO, "big").await.unwrap();
+    store.reset_counts();
+    let fh = fs.open(a.ino, append()).await.unwrap();
+    fs.write(fh, 0, Bytes::from_static(b"appended"))
+        .await
+        .unwrap();
+    fs.flush(fh, 7).await.unwrap();
+    fs.release(fh).await.unwrap();
+    let mut want = body.clone();
+    want.extend_from_slice(b"appended");
+    assert!(store.object("big").unwrap()[..] == want[..]);
+    // Parts of 1,000 bytes: the first ten are copied, the last one (500 old bytes and the
+    // new ones) is sent; only the chunk holding it was fetched.
+    assert_eq!(store.count(Op::CopyPart), 10);
+    assert_eq!(store.count(Op::PutPart), 1);
+    assert_eq!(store.bytes_sent(), 508);
+    assert_eq!(store.count(Op::Get), 1);
+    // A second append, through a fresh open, builds on the new version.
+    let fh = fs.open(a.ino, append()).await.unwrap();
+    fs.write(fh, 0, Bytes::from_static(b"+")).await.unwrap();
+    fs.release(fh).await.unwrap();
+    want.push(b'+');
+    assert!(store.object("big").unwrap()[..] == want[..]);
+}
+
+#[tokio::test]
+async fn an_append_to_an_object_replaced_meanwhile_is_estale_and_keeps_theirs() {
+    let store = memory();
+    put(store.as_ref(), "big", &data(10_500)).await;
+    let fs = fs_over(store.clone());
+    let a = fs.lookup(ROOT_INO, "big").await.unwrap();
+    let fh = fs.open(a.ino, append()).await.unwrap();
+    fs.write(fh, 0, Bytes::from_static(b"mine")).await.unwrap();
+    let theirs = data(12_000);
+    put(store.as_ref(), "big", &theirs).await;
+    assert_eq!(fs.flush(fh, 7).await.unwrap_err().errno, libc::ESTALE);
+    let _ = fs.release(fh).await;
+    assert!(store.object("big").unwrap()[..] == theirs[..]);
+    assert_eq!(store.count(Op::Complete), 0, "no upload completed");
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_copy_parts_gets_the_whole_file() {
+    use crate::store::{Faulty, Rule, StoreErrorKind};
+    let store = memory();
+    let body = data(5_000);
+    put(store.as_ref(), "f", &body).await;
+    let faulty = Faulty::new(store.clone());
+    faulty.add(Rule::fail(
+        Op::CopyPart,
+        "",
+        StoreErrorKind::Unsupported,
+        None,
+    ));
+    let fs = fs_over(Arc::new(faulty));
+    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
+    let fh = fs.open(a.ino, append()).await.unwrap();
+    fs.write(fh, 0, Bytes::from_static(b"!")).await.unwrap();
+    fs.release(fh).await.unwrap();
+    let mut want = body;
+    want.push(b'!');
+    assert!(store.object("f").unwrap()[..] == want[..]);
+    assert!(
+        store.count(Op::Abort) >= 1,
+        "the half-made upload was aborted"
+    );
 }

@@ -1,148 +1,39 @@
-//! Unit tests of failed uploads: an in-memory store whose writes fail on demand.
+//! Injected store failures: every store operation the file system uses fails (or is cut)
+//! and the file system reports it with the right errno and loses nothing that was stored.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream::BoxStream;
-use object_store::memory::InMemory;
-use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
-};
 
 use super::*;
+use crate::store::{Action, Faulty, Op, Rule, StoreErrorKind};
 
-/// An in-memory store whose writes fail on demand.
-#[derive(Debug)]
-struct Failing {
-    inner: InMemory,
-    fail: Arc<AtomicBool>,
+fn faulty() -> (Arc<MemoryBucket>, Faulty) {
+    let mem = memory();
+    let f = Faulty::new(mem.clone());
+    (mem, f)
 }
 
-impl std::fmt::Display for Failing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "failing")
-    }
+fn fs_on(f: &Faulty) -> Fs {
+    fs_over(Arc::new(f.clone()))
 }
 
-fn injected() -> object_store::Error {
-    object_store::Error::Generic {
-        store: "failing",
-        source: "injected failure".into(),
-    }
-}
-
-#[derive(Debug)]
-struct FailingUpload {
-    inner: Box<dyn MultipartUpload>,
-    fail: Arc<AtomicBool>,
-}
-
-#[async_trait]
-impl MultipartUpload for FailingUpload {
-    fn put_part(&mut self, data: PutPayload) -> UploadPart {
-        if self.fail.load(Ordering::SeqCst) {
-            return Box::pin(async { Err(injected()) });
-        }
-        self.inner.put_part(data)
-    }
-    async fn complete(&mut self) -> object_store::Result<PutResult> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(injected());
-        }
-        self.inner.complete().await
-    }
-    async fn abort(&mut self) -> object_store::Result<()> {
-        self.inner.abort().await
-    }
-}
-
-#[async_trait]
-impl ObjectStore for Failing {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(injected());
-        }
-        self.inner.put_opts(location, payload, opts).await
-    }
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        let inner = self.inner.put_multipart_opts(location, opts).await?;
-        Ok(Box::new(FailingUpload {
-            inner,
-            fail: self.fail.clone(),
-        }))
-    }
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        self.inner.get_opts(location, options).await
-    }
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-    fn list_with_offset(
-        &self,
-        prefix: Option<&Path>,
-        offset: &Path,
-    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list_with_offset(prefix, offset)
-    }
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
-}
-
-fn failing() -> (Store, Arc<AtomicBool>, Arc<Failing>) {
-    let fail = Arc::new(AtomicBool::new(false));
-    let inner = Arc::new(Failing {
-        inner: InMemory::new(),
-        fail: fail.clone(),
-    });
-    (Store::wrap(inner.clone()), fail, inner)
+fn fail(op: Op, kind: StoreErrorKind) -> Rule {
+    Rule::fail(op, "", kind, None)
 }
 
 #[tokio::test]
 async fn a_failed_small_upload_fails_close_and_leaves_no_object() {
-    let (store, fail, _) = failing();
-    let fs = fs_over(store.clone());
+    let (mem, f) = faulty();
+    let fs = fs_on(&f);
     let (_, fh) = fs.create(ROOT_INO, "f", excl()).await.unwrap();
     fs.write(fh, 0, Bytes::from_static(b"data")).await.unwrap();
-    fail.store(true, Ordering::SeqCst);
+    f.add(fail(Op::Put, StoreErrorKind::Unavailable));
     let e = fs.flush(fh, 7).await.unwrap_err();
     assert_eq!(e.errno, libc::EIO);
     assert!(e.message.contains("\"f\""), "{e}");
     // Every later call reports it too.
     assert_eq!(fs.release(fh).await.unwrap_err().errno, libc::EIO);
-    fail.store(false, Ordering::SeqCst);
-    assert!(store.head("f").await.unwrap().is_none());
+    f.clear();
+    assert!(mem.object("f").is_none());
     assert_eq!(
         fs.lookup(ROOT_INO, "f").await.unwrap_err().errno,
         libc::ENOENT
@@ -151,21 +42,147 @@ async fn a_failed_small_upload_fails_close_and_leaves_no_object() {
 
 #[tokio::test]
 async fn a_failed_multipart_upload_fails_fsync_and_keeps_the_old_object() {
-    let (store, fail, inner) = failing();
-    put(&store, "f", b"old").await;
-    let fs = fs_over(store.clone());
-    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
-    let fh = fs.open(a.ino, trunc()).await.unwrap();
+    for op in [Op::StartUpload, Op::PutPart, Op::Complete] {
+        let (mem, f) = faulty();
+        put(mem.as_ref(), "f", b"old").await;
+        let fs = fs_on(&f);
+        let a = fs.lookup(ROOT_INO, "f").await.unwrap();
+        let fh = fs.open(a.ino, trunc()).await.unwrap();
+        f.add(fail(op, StoreErrorKind::Unavailable));
+        // The first part may already fail while writing.
+        let wrote = fs.write(fh, 0, Bytes::from(data(2500))).await;
+        let synced = fs.fsync(fh).await;
+        assert!(wrote.is_err() || synced.is_err(), "{op:?}");
+        assert_eq!(synced.unwrap_err().errno, libc::EIO, "{op:?}");
+        fs.release(fh).await.unwrap_err();
+        assert_eq!(&mem.object("f").unwrap()[..], b"old", "{op:?}");
+        if op != Op::StartUpload {
+            assert!(mem.count(Op::Abort) >= 1, "{op:?}: the upload is aborted");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_completion_whose_answer_is_lost_is_reported_not_assumed() {
+    // The store completed the upload but the answer never arrived: close must not claim
+    // success it cannot know, and the data is in the store.
+    let (mem, f) = faulty();
+    let fs = fs_on(&f);
+    let (_, fh) = fs.create(ROOT_INO, "f", excl()).await.unwrap();
     fs.write(fh, 0, Bytes::from(data(2500))).await.unwrap();
-    fail.store(true, Ordering::SeqCst);
-    assert_eq!(fs.fsync(fh).await.unwrap_err().errno, libc::EIO);
-    fs.release(fh).await.unwrap_err();
-    let old = inner
-        .get(&Path::from("f"))
-        .await
-        .unwrap()
-        .bytes()
+    f.add(Rule {
+        op: Some(Op::Complete),
+        key: String::new(),
+        action: Action::Cut,
+        times: Some(1),
+    });
+    assert_eq!(fs.flush(fh, 7).await.unwrap_err().errno, libc::EIO);
+    let _ = fs.release(fh).await;
+    assert_eq!(&mem.object("f").unwrap()[..], &data(2500)[..]);
+}
+
+#[tokio::test]
+async fn failed_reads_listings_and_lookups_have_their_errnos() {
+    let (mem, f) = faulty();
+    put(mem.as_ref(), "d/f", &data(5000)).await;
+    let fs = fs_on(&f);
+    f.add(Rule::fail(
+        Op::Head,
+        "d",
+        StoreErrorKind::PermissionDenied,
+        Some(1),
+    ));
+    assert_eq!(
+        fs.lookup(ROOT_INO, "d").await.unwrap_err().errno,
+        libc::EACCES
+    );
+    let d = fs.lookup(ROOT_INO, "d").await.unwrap();
+    let a = fs.lookup(d.ino, "f").await.unwrap();
+    f.add(fail(Op::List, StoreErrorKind::Unavailable));
+    let dh = fs.opendir(d.ino).await.unwrap();
+    assert_eq!(
+        fs.readdir(d.ino, dh, 0, 10).await.unwrap_err().errno,
+        libc::EIO
+    );
+    f.clear();
+    // A cut body is an error, never short data.
+    f.add(Rule {
+        op: Some(Op::Get),
+        key: "d/f".into(),
+        action: Action::Cut,
+        times: None,
+    });
+    let fh = fs.open(a.ino, OpenMode::default()).await.unwrap();
+    assert_eq!(fs.read(fh, 0, 1000).await.unwrap_err().errno, libc::EIO);
+    f.clear();
+    // An object replaced under a reader: ESTALE, not a mix of versions.
+    put(mem.as_ref(), "d/f", &data(6000)).await;
+    assert_eq!(
+        fs.read(fh, 2000, 1000).await.unwrap_err().errno,
+        libc::ESTALE
+    );
+    fs.release(fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn failed_directory_operations_change_nothing() {
+    let (mem, f) = faulty();
+    put(mem.as_ref(), "src/a", b"a").await;
+    put(mem.as_ref(), "src/b", b"b").await;
+    let fs = fs_on(&f);
+    f.add(fail(Op::Put, StoreErrorKind::PermissionDenied));
+    assert_eq!(
+        fs.mkdir(ROOT_INO, "new").await.unwrap_err().errno,
+        libc::EACCES
+    );
+    f.clear();
+    // A copy failing midway leaves the source whole.
+    f.add(Rule::fail(
+        Op::Copy,
+        "dst/b",
+        StoreErrorKind::Unavailable,
+        None,
+    ));
+    assert_eq!(
+        fs.rename(ROOT_INO, "src", ROOT_INO, "dst", false)
+            .await
+            .unwrap_err()
+            .errno,
+        libc::EIO
+    );
+    assert_eq!(mem.object("src/a").as_deref(), Some(&b"a"[..]));
+    assert_eq!(mem.object("src/b").as_deref(), Some(&b"b"[..]));
+    f.clear();
+    f.add(fail(Op::Delete, StoreErrorKind::PermissionDenied));
+    assert_eq!(
+        fs.unlink(ROOT_INO, "src").await.unwrap_err().errno,
+        libc::EISDIR
+    );
+    let s = fs.lookup(ROOT_INO, "src").await.unwrap();
+    assert_eq!(fs.unlink(s.ino, "a").await.unwrap_err().errno, libc::EACCES);
+    assert!(mem.object("src/a").is_some());
+}
+
+#[tokio::test]
+async fn a_staged_edit_whose_upload_fails_keeps_the_old_object_and_can_be_retried() {
+    let (mem, f) = faulty();
+    put(mem.as_ref(), "log", b"line1\n").await;
+    let fs = fs_on(&f);
+    let a = fs.lookup(ROOT_INO, "log").await.unwrap();
+    let fh = fs.open(a.ino, append()).await.unwrap();
+    fs.write(fh, 6, Bytes::from_static(b"line2\n"))
         .await
         .unwrap();
-    assert_eq!(&old[..], b"old");
+    f.add(Rule::fail(
+        Op::Put,
+        "log",
+        StoreErrorKind::Unavailable,
+        Some(1),
+    ));
+    assert_eq!(fs.fsync(fh).await.unwrap_err().errno, libc::EIO);
+    assert_eq!(&mem.object("log").unwrap()[..], b"line1\n");
+    // The staged data is still there: the next close uploads it.
+    fs.flush(fh, 7).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(&mem.object("log").unwrap()[..], b"line1\nline2\n");
 }

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use object_store::PutPayload;
 use pail::mounter::ready::{Readiness, spawn_and_wait};
-use pail::store::{Credentials, Source, Store, StoreOptions};
+use pail::store::{
+    BucketExt, Credentials, Payload, PutOptions, SharedBucket, Source, StoreOptions,
+};
 
 struct Env {
     endpoint: String,
@@ -45,8 +46,8 @@ fn env_num(name: &str, default: u64) -> u64 {
 }
 
 impl Env {
-    fn store(&self) -> Store {
-        Store::open(
+    fn store(&self) -> SharedBucket {
+        pail::store::open(
             &Source::parse(&format!("s3://{}/", self.bucket)).unwrap(),
             &StoreOptions {
                 endpoint_url: Some(self.endpoint.clone()),
@@ -146,7 +147,7 @@ fn mb(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / 1e6 / d.as_secs_f64()
 }
 
-async fn setup(e: &Env, store: &Store) {
+async fn setup(e: &Env, store: &SharedBucket) {
     println!(
         "writing the data set (bucket {}, prefix bench/)...",
         e.bucket
@@ -164,7 +165,7 @@ async fn setup(e: &Env, store: &Store) {
             let data: Vec<u8> = (0..n)
                 .map(|i| (((off + i) * 2654435761) >> 13) as u8)
                 .collect();
-            tasks.push(tokio::spawn(up.put_part(PutPayload::from(data))));
+            tasks.push(tokio::spawn(up.put_part(Payload::from(data))));
             if tasks.len() >= 4 {
                 tasks.remove(0).await.unwrap().unwrap();
             }
@@ -175,14 +176,18 @@ async fn setup(e: &Env, store: &Store) {
         }
         up.complete().await.unwrap();
     }
-    let have = store.list("bench/many/").await.unwrap().files.len();
+    let have = store.list_dir("bench/many/").await.unwrap().files.len();
     if have != e.many {
         futures::stream::iter(0..e.many)
             .map(|i| {
                 let store = store.clone();
                 async move {
                     store
-                        .put(&format!("bench/many/f{i:05}"), PutPayload::from_static(b""))
+                        .put(
+                            &format!("bench/many/f{i:05}"),
+                            Payload::new(),
+                            &PutOptions::default(),
+                        )
                         .await
                 }
             })
@@ -191,7 +196,7 @@ async fn setup(e: &Env, store: &Store) {
             .await
             .unwrap();
     }
-    let have = store.list("bench/small/").await.unwrap().files.len();
+    let have = store.list_dir("bench/small/").await.unwrap().files.len();
     if have != e.small {
         let body = Bytes::from(vec![7u8; 64 << 10]);
         futures::stream::iter(0..e.small)
@@ -200,7 +205,11 @@ async fn setup(e: &Env, store: &Store) {
                 let body = body.clone();
                 async move {
                     store
-                        .put(&format!("bench/small/s{i:05}"), PutPayload::from(body))
+                        .put(
+                            &format!("bench/small/s{i:05}"),
+                            Payload::from(body),
+                            &PutOptions::default(),
+                        )
                         .await
                 }
             })
@@ -212,7 +221,7 @@ async fn setup(e: &Env, store: &Store) {
 }
 
 /// Direct sequential read: the same parallel ranged GETs a good client would make.
-async fn direct_seq_read(store: &Store, key: &str, size: u64) -> Duration {
+async fn direct_seq_read(store: &SharedBucket, key: &str, size: u64) -> Duration {
     let part = 8u64 << 20;
     let start = Instant::now();
     let total: usize = futures::stream::iter((0..size).step_by(part as usize))
@@ -277,7 +286,7 @@ fn mount_random(path: &Path, size: u64, secs: u64) -> Vec<Duration> {
     lat
 }
 
-async fn direct_random(store: &Store, key: &str, size: u64, secs: u64) -> Vec<Duration> {
+async fn direct_random(store: &SharedBucket, key: &str, size: u64, secs: u64) -> Vec<Duration> {
     let mut lat = Vec::new();
     let end = Instant::now() + Duration::from_secs(secs);
     for off in rand_offsets(10_000_000, size, 99) {
@@ -304,14 +313,14 @@ fn mount_write(path: &Path, size: u64) -> Duration {
     start.elapsed()
 }
 
-async fn direct_write(store: &Store, key: &str, size: u64) -> Duration {
+async fn direct_write(store: &SharedBucket, key: &str, size: u64) -> Duration {
     let part: Vec<u8> = (0..8u32 << 20).map(|i| (i * 31) as u8).collect();
     let part = Bytes::from(part);
     let start = Instant::now();
     let mut up = store.start_upload(key, &Default::default()).await.unwrap();
     let mut tasks = Vec::new();
     for _ in 0..size / part.len() as u64 {
-        tasks.push(tokio::spawn(up.put_part(PutPayload::from(part.clone()))));
+        tasks.push(tokio::spawn(up.put_part(Payload::from(part.clone()))));
         if tasks.len() > 4 {
             tasks.remove(0).await.unwrap().unwrap();
         }
@@ -353,7 +362,7 @@ fn mount_small_files(dir: &Path, n: usize, readers: usize) -> Duration {
     start.elapsed()
 }
 
-async fn direct_small_files(store: &Store, n: usize, readers: usize) -> Duration {
+async fn direct_small_files(store: &SharedBucket, n: usize, readers: usize) -> Duration {
     let start = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {
@@ -380,7 +389,7 @@ fn mount_stat(dir: &Path, n: usize) -> Duration {
     start.elapsed()
 }
 
-async fn direct_stat(store: &Store, n: usize) -> Duration {
+async fn direct_stat(store: &SharedBucket, n: usize) -> Duration {
     let start = Instant::now();
     for i in 0..n {
         store
@@ -514,7 +523,10 @@ async fn main() {
         cold.push(time_cmd(&format!("ls -l {} > /dev/null", dir.display())).as_secs_f64());
         warm.push(time_cmd(&format!("ls -l {} > /dev/null", dir.display())).as_secs_f64());
         let t = Instant::now();
-        assert_eq!(store.list("bench/many/").await.unwrap().files.len(), e.many);
+        assert_eq!(
+            store.list_dir("bench/many/").await.unwrap().files.len(),
+            e.many
+        );
         d.push(t.elapsed().as_secs_f64());
     }
     let direct_list = median(d);

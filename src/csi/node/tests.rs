@@ -1,0 +1,250 @@
+//! Unit tests of the Node service over a fake mounter: idempotency, status codes, and
+//! that nothing reaches the mounter before a request is checked.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::csi::pb::volume_capability::access_mode::Mode;
+use crate::csi::pb::volume_capability::{AccessMode, AccessType, MountVolume};
+use crate::mounter::FakeMounter;
+
+const ROOT: &str = "/var/lib/kubelet/pods";
+
+fn service() -> (NodeService, Arc<FakeMounter>) {
+    let fake = Arc::new(FakeMounter::default());
+    let svc = NodeService {
+        node_id: "n".into(),
+        allowed_root: PathBuf::from(ROOT),
+        mounter: fake.clone(),
+    };
+    (svc, fake)
+}
+
+fn target(pod: &str) -> String {
+    format!("{ROOT}/{pod}/volumes/kubernetes.io~csi/v/mount")
+}
+
+fn publish(
+    id: &str,
+    target: &str,
+    read_only: bool,
+    attrs: &[(&str, &str)],
+) -> NodePublishVolumeRequest {
+    NodePublishVolumeRequest {
+        volume_id: id.into(),
+        target_path: target.into(),
+        volume_capability: Some(VolumeCapability {
+            access_type: Some(AccessType::Mount(MountVolume::default())),
+            access_mode: Some(AccessMode {
+                mode: Mode::MultiNodeMultiWriter as i32,
+            }),
+        }),
+        readonly: read_only,
+        volume_context: attrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
+        ..Default::default()
+    }
+}
+
+fn stats(id: &str, path: &str) -> NodeGetVolumeStatsRequest {
+    NodeGetVolumeStatsRequest {
+        volume_id: id.into(),
+        volume_path: path.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn publish_is_idempotent_and_a_conflicting_one_is_already_exists() {
+    let (svc, fake) = service();
+    let t = target("a");
+    let attrs = [("bucketName", "bucket-1")];
+    svc.node_publish_volume(Request::new(publish("v1", &t, false, &attrs)))
+        .await
+        .unwrap();
+    svc.node_publish_volume(Request::new(publish("v1", &t, false, &attrs)))
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.published.lock().unwrap().len(),
+        1,
+        "the second publish mounts nothing"
+    );
+    for (id, ro) in [("v2", false), ("v1", true)] {
+        let e = svc
+            .node_publish_volume(Request::new(publish(id, &t, ro, &attrs)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::AlreadyExists, "{id} {ro}");
+    }
+    svc.node_unpublish_volume(Request::new(NodeUnpublishVolumeRequest {
+        volume_id: "v1".into(),
+        target_path: t.clone(),
+    }))
+    .await
+    .unwrap();
+    svc.node_unpublish_volume(Request::new(NodeUnpublishVolumeRequest {
+        volume_id: "v1".into(),
+        target_path: t,
+    }))
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn bad_requests_never_reach_the_mounter() {
+    let (svc, fake) = service();
+    let cases = [
+        publish(
+            "v",
+            &target("a"),
+            false,
+            &[("bucketName", "b-1"), ("mountOptions", "part-size=1K")],
+        ),
+        publish(
+            "v",
+            &target("a"),
+            false,
+            &[("bucketName", "b-1"), ("mountOptions", "cache-dir=/")],
+        ),
+        publish("v", &target("a"), false, &[]),
+        publish("v", "/etc", false, &[("bucketName", "b-1")]),
+        publish(
+            "v",
+            &format!("{ROOT}/a//x"),
+            false,
+            &[("bucketName", "b-1")],
+        ),
+        publish("v", &format!("{ROOT}/./x"), false, &[("bucketName", "b-1")]),
+        publish(
+            &"v".repeat(129),
+            &target("a"),
+            false,
+            &[("bucketName", "b-1")],
+        ),
+        publish(
+            "v\nforged log line",
+            &target("a"),
+            false,
+            &[("bucketName", "b-1")],
+        ),
+        publish("", &target("a"), false, &[("bucketName", "b-1")]),
+    ];
+    for req in cases {
+        let e = svc
+            .node_publish_volume(Request::new(req))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+    }
+    assert!(fake.published.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn stats_find_the_volume_first_and_report_a_dead_mount() {
+    let (svc, fake) = service();
+    for path in ["some/path", "/elsewhere", &target("nope")] {
+        let e = svc
+            .node_get_volume_stats(Request::new(stats("v", path)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "{path}");
+    }
+    let t = target("a");
+    svc.node_publish_volume(Request::new(publish(
+        "v",
+        &t,
+        false,
+        &[("bucketName", "b-1")],
+    )))
+    .await
+    .unwrap();
+    let e = svc
+        .node_get_volume_stats(Request::new(stats("other", &t)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let ok = svc
+        .node_get_volume_stats(Request::new(stats("v", &t)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!ok.volume_condition.unwrap().abnormal);
+    fake.kill(Path::new(&t));
+    let dead = svc
+        .node_get_volume_stats(Request::new(stats("v", &t)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(dead.volume_condition.unwrap().abnormal);
+}
+
+#[tokio::test]
+async fn a_failed_mount_is_an_internal_error_with_its_reason() {
+    let (svc, fake) = service();
+    fake.fail_next("no such bucket");
+    let e = svc
+        .node_publish_volume(Request::new(publish(
+            "v",
+            &target("a"),
+            false,
+            &[("bucketName", "b-1")],
+        )))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Internal);
+    assert!(e.message().contains("no such bucket"));
+}
+
+/// The oracle: canonical (no empty, `.` or `..` segments), absolute, strictly below root.
+fn acceptable(p: &str) -> bool {
+    let Some(rest) = p.strip_prefix(&format!("{ROOT}/")) else {
+        return false;
+    };
+    rest.split('/')
+        .all(|s| !s.is_empty() && s != "." && s != "..")
+}
+
+#[test]
+fn target_paths_are_accepted_exactly_when_canonical_and_below_the_kubelet_dir() {
+    let root = Path::new(ROOT);
+    let mut x: u64 = 42;
+    let parts = [
+        "/var", "/lib", "/kubelet", "/pods", "/..", "/.", "/x", "//", "/mount", "kubelet", "/",
+    ];
+    let (mut ok, mut refused) = (0, 0);
+    for i in 0..20_000 {
+        let mut p: String = if i % 2 == 0 {
+            ROOT.to_string()
+        } else {
+            String::new()
+        };
+        for _ in 0..(x % 6) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            p.push_str(parts[(x % parts.len() as u64) as usize]);
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        match check_target(&p, root, "target_path") {
+            Ok(t) => {
+                ok += 1;
+                assert!(acceptable(&p), "{p:?} accepted");
+                assert_eq!(t, Path::new(&p));
+            }
+            Err(e) => {
+                refused += 1;
+                assert!(!acceptable(&p), "{p:?} refused: {}", e.message());
+                assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            }
+        }
+    }
+    assert!(
+        ok > 100 && refused > 100,
+        "{ok} accepted, {refused} refused"
+    );
+}

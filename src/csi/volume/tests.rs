@@ -1,0 +1,261 @@
+//! Unit tests of volume parsing: attributes become options, bad input names its field and
+//! hides secret values, and random input never panics or leaks.
+
+use super::*;
+
+fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn publish(attrs: &[(&str, &str)], secrets: &[(&str, &str)]) -> Result<MountRequest, Status> {
+    let attrs = map(attrs);
+    let secrets = map(secrets);
+    publish_request(
+        &PublishInput {
+            volume_id: "v",
+            attrs: &attrs,
+            secrets: &secrets,
+            readonly: false,
+            cap_read_only: false,
+            mount_flags: &[],
+        },
+        "/t".into(),
+    )
+}
+
+#[test]
+fn attributes_become_mount_options() {
+    let r = publish(
+        &[
+            ("bucketName", "data"),
+            ("prefix", "a/b"),
+            ("endpointUrl", "http://127.0.0.1:9000"),
+            ("forcePathStyle", "true"),
+            ("mountOptions", "uid=1000 --metadata-ttl 5,read-only"),
+            ("csi.storage.k8s.io/pod.name", "p"),
+        ],
+        &[("AWS_ACCESS_KEY_ID", "id"), ("AWS_SECRET_ACCESS_KEY", "s")],
+    )
+    .unwrap();
+    assert_eq!(r.options.source, "s3://data/a/b/");
+    assert!(r.read_only && r.options.volume.read_only);
+    assert!(r.options.volume.allow_other);
+    assert_eq!(r.options.volume.uid, Some(1000));
+    assert_eq!(
+        r.options.store.endpoint_url.as_deref(),
+        Some("http://127.0.0.1:9000")
+    );
+    assert!(r.options.store.force_path_style);
+    let args = r.options.to_args();
+    for want in [
+        "--uid=1000",
+        "--metadata-ttl=5",
+        "--read-only",
+        "--allow-other",
+    ] {
+        assert!(args.iter().any(|a| a == want), "{want} in {args:?}");
+    }
+    assert_eq!(r.env.len(), 2);
+}
+
+#[test]
+fn bad_input_names_the_field_and_hides_secret_values() {
+    type Pairs<'a> = &'a [(&'a str, &'a str)];
+    let cases: &[(Pairs, Pairs, &str)] = &[
+        (&[], &[], "bucketName"),
+        (&[("bucketName", "b-1"), ("prefix", "../x")], &[], "prefix"),
+        (&[("bucketName", "b-1"), ("color", "x")], &[], "color"),
+        (
+            &[("bucketName", "b-1"), ("mountOptions", "allow-root")],
+            &[],
+            "allow-root",
+        ),
+        (
+            &[("bucketName", "b-1"), ("mountOptions", "uid=1;rm")],
+            &[],
+            "uid",
+        ),
+        (
+            &[("bucketName", "b-1"), ("mountOptions", "part-size=1K")],
+            &[],
+            "part-size",
+        ),
+        (
+            &[("bucketName", "b-1"), ("endpointUrl", "file:///etc")],
+            &[],
+            "endpointUrl",
+        ),
+        (
+            &[("bucketName", "b-1"), ("provider", "azure")],
+            &[],
+            "provider",
+        ),
+        (
+            &[("bucketName", "b-1"), ("provider", "file")],
+            &[],
+            "provider",
+        ),
+        (
+            &[("bucketName", "b-1")],
+            &[("AWS_ACCESS_KEY_ID", "only-the-id")],
+            "AWS_SECRET_ACCESS_KEY",
+        ),
+        (
+            &[("bucketName", "b-1")],
+            &[("PASSWORD", "hunter2")],
+            "PASSWORD",
+        ),
+    ];
+    for (attrs, secrets, field) in cases {
+        let Err(e) = publish(attrs, secrets) else {
+            panic!("{field}: must be refused")
+        };
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().contains(field),
+            "{field} not in {:?}",
+            e.message()
+        );
+        assert!(!e.message().contains("hunter2") && !e.message().contains("only-the-id"));
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+    fn junk(&mut self) -> String {
+        let alphabet = [
+            'a', 'Z', '0', '/', '.', '-', '_', '=', ' ', ',', '\0', '\n', '\u{7f}', 'é', '$', '{',
+            '}', ';', ':',
+        ];
+        let n = (self.next() % 40) as usize;
+        (0..n)
+            .map(|_| alphabet[(self.next() % alphabet.len() as u64) as usize])
+            .collect()
+    }
+}
+
+const KEYS: &[&str] = &[
+    "bucketName",
+    "prefix",
+    "endpointUrl",
+    "region",
+    "forcePathStyle",
+    "provider",
+    "requesterPays",
+    "mountOptions",
+    "csi.storage.k8s.io/ephemeral",
+    "unknown",
+    "",
+];
+const VALUES: &[&str] = &[
+    "my-bucket",
+    "a/b/",
+    "../etc",
+    "/",
+    "http://127.0.0.1:9000",
+    "file:///etc",
+    "true",
+    "false",
+    "s3",
+    "gcs",
+    "memory",
+    "uid=1000",
+    "read-only allow-other",
+    "uid",
+    "uid=;rm -rf",
+    "metadata-ttl minimal",
+    "",
+];
+const FLAGS: &[&str] = &["uid=1000", "read-only", "debug", "--gid 5", "part-size=16M"];
+const SECRET_KEYS: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "GOOGLE_SERVICE_ACCOUNT_JSON",
+    "x",
+];
+
+#[test]
+fn random_publish_requests_never_panic_nor_leak_secrets() {
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..20_000 {
+        let mut attrs = HashMap::new();
+        if rng.next().is_multiple_of(2) {
+            attrs.insert("bucketName".to_string(), "my-bucket".to_string());
+        }
+        for _ in 0..(rng.next() % 4) {
+            let k = rng.pick(KEYS).to_string();
+            let v = if rng.next().is_multiple_of(3) {
+                rng.junk()
+            } else {
+                rng.pick(VALUES).to_string()
+            };
+            attrs.insert(k, v);
+        }
+        let secret_value = format!("SECRET{}", rng.next());
+        let mut secrets = HashMap::new();
+        for _ in 0..(rng.next() % 3) {
+            secrets.insert(rng.pick(SECRET_KEYS).to_string(), secret_value.clone());
+        }
+        let flags: Vec<String> = (0..(rng.next() % 3))
+            .map(|_| match rng.next() % 4 {
+                0 => rng.junk(),
+                _ => rng.pick(FLAGS).to_string(),
+            })
+            .collect();
+        let input = PublishInput {
+            volume_id: "v",
+            attrs: &attrs,
+            secrets: &secrets,
+            readonly: rng.next().is_multiple_of(2),
+            cap_read_only: rng.next().is_multiple_of(2),
+            mount_flags: &flags,
+        };
+        match publish_request(&input, "/t".into()) {
+            Ok(req) => {
+                accepted += 1;
+                let source = &req.options.source;
+                assert!(
+                    source.starts_with("s3://")
+                        || source.starts_with("gs://")
+                        || source.starts_with("memory://")
+                );
+                for a in req.options.to_args().iter().skip(2) {
+                    assert!(a.starts_with("--"), "{a}");
+                    assert!(!a.contains(&secret_value));
+                    assert!(
+                        !a.chars().any(|c| c.is_whitespace() || c.is_control()),
+                        "{a:?}"
+                    );
+                }
+                assert!(
+                    !source.split('/').skip(3).any(|s| s == ".." || s == "."),
+                    "{source}"
+                );
+            }
+            Err(e) => {
+                refused += 1;
+                assert_eq!(e.code(), tonic::Code::InvalidArgument);
+                assert!(!e.message().contains(&secret_value), "{}", e.message());
+            }
+        }
+    }
+    // Both branches ran: the generator reaches valid and invalid requests.
+    assert!(
+        accepted > 100 && refused > 100,
+        "{accepted} accepted, {refused} refused"
+    );
+}
