@@ -11,6 +11,7 @@ command -v fusermount3 >/dev/null || need_apt+=(fuse3)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v git >/dev/null || need_apt+=(git)
 command -v rsync >/dev/null || need_apt+=(rsync)
+command -v setfattr >/dev/null || need_apt+=(attr)
 if ((${#need_apt[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi

@@ -2,6 +2,7 @@
 //! rename.
 
 use std::sync::atomic::Ordering;
+use std::time::SystemTime;
 
 use super::dir::DirSnapshot;
 use super::*;
@@ -65,14 +66,23 @@ impl Fs {
         let dir = self.inode(ino)?;
         self.counters.listings.fetch_add(1, Ordering::Relaxed);
         let mut listing = self.store.list_dir(&dir.key).await?;
+        let mut dir_meta = std::collections::HashMap::new();
         if self.cfg.persist_metadata {
-            // Modes, owners and symlinks live in object metadata: one HEAD per object (as
-            // s3fs does), many at a time.
-            let keys: Vec<String> = listing.files.iter().map(|(_, i)| i.key.clone()).collect();
+            // Modes, owners, times and symlinks live in object metadata: one HEAD per object
+            // and directory marker (as s3fs does), many at a time.
+            let mut keys: Vec<String> = listing.files.iter().map(|(_, i)| i.key.clone()).collect();
+            let files = keys.len();
+            keys.extend(listing.dirs.iter().map(|d| format!("{}{d}/", dir.key)));
             let heads = self.head_all(keys).await;
-            for ((_, info), head) in listing.files.iter_mut().zip(heads) {
+            let (file_heads, marker_heads) = heads.split_at(files);
+            for ((_, info), head) in listing.files.iter_mut().zip(file_heads) {
                 if let Ok(Some(h)) = head {
-                    *info = h;
+                    *info = h.clone();
+                }
+            }
+            for (name, head) in listing.dirs.iter().zip(marker_heads) {
+                if let Ok(Some(h)) = head {
+                    dir_meta.insert(name.clone(), h.meta.clone());
                 }
             }
         }
@@ -104,7 +114,8 @@ impl Fs {
                 continue;
             }
             let key = format!("{}{name}/", dir.key);
-            let ino = inodes.upsert(ino, &name, key, Kind::Dir, self.dir_stat(), expiry);
+            let stat = self.dir_stat(dir_meta.remove(&name).unwrap_or_default());
+            let ino = inodes.upsert(ino, &name, key, Kind::Dir, stat, expiry);
             let attr = self.attr_of(inodes.get(ino).expect("inserted"));
             names.insert(name.clone());
             entries.push(DirEntry {
@@ -142,25 +153,44 @@ impl Fs {
         Ok(all)
     }
 
-    /// Create directory `name` in `parent` (a marker object `name/`).
-    pub async fn mkdir(&self, parent: u64, name: &str) -> FsResult<Attr> {
+    /// Create directory `name` in `parent` (a marker object `name/`; with
+    /// `--persist-metadata` the marker carries its mode and owner).
+    pub async fn mkdir(
+        &self,
+        parent: u64,
+        name: &str,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
         self.writable()?;
         let p = self.parent_dir(parent)?;
-        if !valid_name(name) {
-            return Err(FsError::new(
-                libc::EINVAL,
-                format!("invalid directory name {name:?}"),
-            ));
-        }
+        meta::check_name(name, libc::EINVAL)?;
         match self.resolve(parent, name).await {
             Ok(_) => return Err(FsError::new(libc::EEXIST, format!("{name:?} exists"))),
             Err(e) if e.errno == libc::ENOENT => {}
             Err(e) => return Err(e),
         }
         let key = format!("{}{name}/", p.key);
-        self.store.put_marker(&key).await?;
+        let m = if self.cfg.persist_metadata {
+            meta::new_meta(libc::S_IFDIR | (perm & 0o7777), uid, gid, SystemTime::now())
+        } else {
+            Default::default()
+        };
+        let opts = PutOptions {
+            meta: m.clone(),
+            ..Default::default()
+        };
+        self.store.put(&key, Payload::new(), &opts).await?;
         let mut inodes = self.inodes();
-        let ino = inodes.upsert(parent, name, key, Kind::Dir, self.dir_stat(), self.expiry());
+        let ino = inodes.upsert(
+            parent,
+            name,
+            key,
+            Kind::Dir,
+            self.dir_stat(m),
+            self.expiry(),
+        );
         inodes.add_lookups(ino, 1);
         Ok(self.attr_of(inodes.get(ino).expect("inserted")))
     }
@@ -176,10 +206,17 @@ impl Fs {
             ));
         }
         let inode = self.inode(attr.ino)?;
-        if !inode.local {
-            self.store.delete(&inode.key).await?;
+        // A file open for writing is never uploaded once its name is gone (POSIX: the name
+        // goes at once; writes to the open descriptor go nowhere visible).
+        self.forget_writes(inode.ino).await;
+        self.store.delete(&inode.key).await?;
+        let mut inodes = self.inodes();
+        if let Some(i) = inodes.get_mut(inode.ino) {
+            i.stat.ctime = SystemTime::now();
         }
-        self.inodes().remove_name(parent, name, self.expiry());
+        inodes.remove_name(parent, name, self.expiry());
+        drop(inodes);
+        lock(&self.times).remove(&inode.key);
         Ok(())
     }
 
@@ -220,12 +257,7 @@ impl Fs {
         noreplace: bool,
     ) -> FsResult<()> {
         self.writable()?;
-        if !valid_name(newname) {
-            return Err(FsError::new(
-                libc::EINVAL,
-                format!("invalid name {newname:?}"),
-            ));
-        }
+        meta::check_name(newname, libc::EINVAL)?;
         let src = self.resolve(parent, name).await?;
         let np = self.parent_dir(newparent)?;
         let dst = match self.resolve(newparent, newname).await {
@@ -239,19 +271,7 @@ impl Fs {
         if noreplace && dst.is_some() {
             return Err(FsError::new(libc::EEXIST, format!("{newname:?} exists")));
         }
-        if self.inode(src.ino)?.local {
-            // Open for writing (or its last close not processed yet): store what was
-            // written, then move that.
-            let target = format!("{}{newname}", np.key);
-            self.settle_writers(src.ino, &target).await?;
-        }
         let inode = self.inode(src.ino)?;
-        if inode.local && inode.kind == Kind::File && self.store.head(&inode.key).await?.is_none() {
-            return Err(FsError::new(
-                libc::EBUSY,
-                format!("{:?} is being written and not stored yet", inode.key),
-            ));
-        }
         let new_key = match src.kind {
             Kind::File | Kind::Symlink => {
                 if dst.as_ref().is_some_and(|d| d.kind == Kind::Dir) {
@@ -261,10 +281,7 @@ impl Fs {
                     ));
                 }
                 let new_key = format!("{}{newname}", np.key);
-                self.store
-                    .copy(&inode.key, &new_key, &CopyOptions::default())
-                    .await?;
-                self.store.delete(&inode.key).await?;
+                self.rename_file(&inode, &new_key).await?;
                 new_key
             }
             Kind::Dir => {
@@ -290,13 +307,72 @@ impl Fs {
                         ));
                     }
                 }
+                // Files open for writing below it: stored first, so the tree copy takes
+                // them, or pointed at their new names.
+                let open = self.open_below(&inode.key);
+                for (ino, key) in &open {
+                    let moved = format!("{new_key}{}", &key[inode.key.len()..]);
+                    self.settle_for_rename(*ino, &moved).await?;
+                }
                 self.rename_tree(&inode.key, &new_key).await?;
+                for (ino, key) in &open {
+                    let moved = format!("{new_key}{}", &key[inode.key.len()..]);
+                    let etag = self.store.head(&moved).await?.and_then(|i| i.etag);
+                    self.repoint(*ino, &moved, etag).await;
+                }
                 new_key
             }
         };
+        if let Some(d) = &dst {
+            // What was there loses its name: an open writer of it must not bring it back.
+            self.forget_writes(d.ino).await;
+        }
+        let now = std::time::SystemTime::now();
         self.inodes()
-            .rename(src.ino, newparent, newname, new_key, self.expiry());
+            .rename(src.ino, newparent, newname, new_key.clone(), self.expiry());
+        let mut times = lock(&self.times);
+        times.rename(&inode.key, &new_key);
+        drop(times);
+        self.changed(&new_key, now, inode.stat.atime);
         Ok(())
+    }
+
+    /// Move the object of `inode` to `new_key`: a server-side copy then a delete. A file
+    /// open for writing and not stored yet is just pointed at its new name.
+    async fn rename_file(&self, inode: &Inode, new_key: &str) -> FsResult<()> {
+        if self.settle_for_rename(inode.ino, new_key).await? {
+            // Nothing of ours is stored under the old name; what is there is replaced.
+            self.store.delete(&inode.key).await?;
+            return Ok(());
+        }
+        if inode.local
+            && self.open_file(inode.ino).is_none()
+            && self.store.head(&inode.key).await?.is_none()
+        {
+            return Err(FsError::new(
+                libc::EBUSY,
+                format!("{:?} is being written and not stored yet", inode.key),
+            ));
+        }
+        let copied = self
+            .store
+            .copy(&inode.key, new_key, &CopyOptions::default())
+            .await?;
+        self.store.delete(&inode.key).await?;
+        self.repoint(inode.ino, new_key, copied.etag).await;
+        Ok(())
+    }
+
+    /// The files open for writing below the directory key `dir`: (inode, key).
+    fn open_below(&self, dir: &str) -> Vec<(u64, String)> {
+        let open: Vec<u64> = lock(&self.open_files).keys().copied().collect();
+        let inodes = self.inodes();
+        open.into_iter()
+            .filter_map(|ino| {
+                let i = inodes.get(ino)?;
+                i.key.starts_with(dir).then(|| (ino, i.key.clone()))
+            })
+            .collect()
     }
 
     async fn rename_tree(&self, from: &str, to: &str) -> FsResult<()> {
@@ -310,14 +386,18 @@ impl Fs {
             ));
         };
         // Copy everything first, so a failure leaves the source whole. Markers (keys
-        // ending in `/`, the directory's own included) are made anew.
+        // ending in `/`, the directory's own included) are copied with their metadata, or
+        // made anew where a store cannot copy them.
         for (i, key) in keys.iter().enumerate() {
             let target = format!("{to}{}", &key[from.len()..]);
-            let copied = if key.ends_with('/') {
-                self.store.put_marker(&target).await
-            } else {
-                self.store.copy(key, &target, &CopyOptions::default()).await
-            };
+            let mut copied = self
+                .store
+                .copy(key, &target, &CopyOptions::default())
+                .await
+                .map(|_| ());
+            if key.ends_with('/') && copied.is_err() {
+                copied = self.store.put_marker(&target).await;
+            }
             if let Err(e) = copied {
                 tracing::error!(from, to, copied = i, total = keys.len(), error = %e,
                     "directory rename failed while copying; the source is intact, the destination holds a partial copy");
@@ -357,9 +437,7 @@ impl Fs {
                 "symbolic links need object metadata, which this store does not keep",
             ));
         }
-        if !valid_name(name) {
-            return Err(FsError::new(libc::EINVAL, format!("invalid name {name:?}")));
-        }
+        meta::check_name(name, libc::EINVAL)?;
         match self.resolve(parent, name).await {
             Ok(_) => return Err(FsError::new(libc::EEXIST, format!("{name:?} exists"))),
             Err(e) if e.errno == libc::ENOENT => {}
@@ -375,12 +453,7 @@ impl Fs {
         self.store
             .put(&key, Payload::from(target.as_bytes().to_vec()), &opts)
             .await?;
-        let stat = Stat {
-            size: target.len() as u64,
-            mtime: now,
-            etag: None,
-            meta: m,
-        };
+        let stat = Stat::new(target.len() as u64, now, None, m);
         let mut inodes = self.inodes();
         let ino = inodes.upsert(parent, name, key, Kind::Symlink, stat, self.expiry());
         inodes.add_lookups(ino, 1);

@@ -25,10 +25,33 @@ pub struct Stat {
     pub size: u64,
     /// Modification time.
     pub mtime: SystemTime,
+    /// Access time.
+    pub atime: SystemTime,
+    /// Status change time.
+    pub ctime: SystemTime,
     /// ETag of the object, when known.
     pub etag: Option<String>,
-    /// User metadata of the object (mode, owner, mtime), when known.
+    /// User metadata of the object (mode, owner, times, xattrs), when known.
     pub meta: crate::store::Meta,
+}
+
+impl Stat {
+    /// A stat whose access and change times are its modification time.
+    pub fn new(
+        size: u64,
+        mtime: SystemTime,
+        etag: Option<String>,
+        meta: crate::store::Meta,
+    ) -> Stat {
+        Stat {
+            size,
+            mtime,
+            atime: mtime,
+            ctime: mtime,
+            etag,
+            meta,
+        }
+    }
 }
 
 /// One inode.
@@ -52,6 +75,8 @@ pub struct Inode {
     pub lookups: u64,
     /// A new file being written through this mount, not yet in the store.
     pub local: bool,
+    /// Its name was removed while the kernel still held it (nlink 0).
+    pub unlinked: bool,
 }
 
 /// All inodes of a mount.
@@ -72,15 +97,11 @@ impl Inodes {
             name: String::new(),
             key: prefix.to_string(),
             kind: Kind::Dir,
-            stat: Stat {
-                size: 0,
-                mtime,
-                etag: None,
-                meta: Default::default(),
-            },
+            stat: Stat::new(0, mtime, None, Default::default()),
             expiry: far_future(),
             lookups: 1,
             local: false,
+            unlinked: false,
         };
         Inodes {
             map: HashMap::from([(ROOT_INO, root)]),
@@ -196,6 +217,7 @@ impl Inodes {
                 expiry,
                 lookups: 0,
                 local,
+                unlinked: false,
             },
         );
         self.by_name.insert((parent, name.to_string()), ino);
@@ -209,6 +231,7 @@ impl Inodes {
             && let Some(inode) = self.map.get_mut(&ino)
         {
             inode.local = false;
+            inode.unlinked = true;
             if inode.lookups == 0 {
                 self.map.remove(&ino);
             }

@@ -1,14 +1,18 @@
 //! The file-system core: maps a bucket prefix to files and directories (lookup, stat,
-//! listing, reads through the prefetcher, streaming uploads, mkdir/rmdir/unlink). It knows
-//! nothing of FUSE, gRPC or Kubernetes and is tested directly against the in-memory store.
+//! listing, reads through the prefetcher, streaming and staged writes, mkdir/rmdir/unlink,
+//! rename, metadata). It knows nothing of FUSE, gRPC or Kubernetes and is tested directly
+//! against the in-memory store and the fault injector.
 
+mod attrs;
 mod budget;
+mod cache;
 mod dir;
 mod dirops;
 mod error;
 mod handles;
 mod inode;
 mod meta;
+mod open;
 mod read;
 mod stage;
 mod write;
@@ -23,20 +27,20 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Mutex as AsyncMutex;
 
-use crate::store::BucketExt;
-
+pub use attrs::SetAttr;
 pub use dir::DirEntry;
 pub use error::{FsError, FsResult};
 pub use inode::{Kind, ROOT_INO};
 pub use read::ReadConfig;
 pub use write::WriteConfig;
 
-use crate::store::{SharedBucket, valid_name};
+use crate::store::{BucketExt, SharedBucket};
+use attrs::Times;
+use cache::Cache;
 use dir::DirSnapshot;
 use inode::{Inode, Inodes, Stat};
+use open::OpenFile;
 use read::Reader;
-use stage::{Cache, Staged};
-use write::Writer;
 
 /// Mount-wide settings of the file system.
 #[derive(Debug, Clone)]
@@ -67,7 +71,8 @@ pub struct FsConfig {
     pub rename_dir_limit: usize,
     /// Bytes all prefetched and uploading parts of the mount may hold together.
     pub memory_limit: u64,
-    /// Store mode, owner and mtime in object metadata (s3fs's convention) and show them.
+    /// Store mode, owner, times and xattrs in object metadata (s3fs's convention) and show
+    /// them.
     pub persist_metadata: bool,
 }
 
@@ -103,12 +108,18 @@ pub struct Attr {
     pub size: u64,
     /// Modification time.
     pub mtime: SystemTime,
+    /// Access time (as set by `utimensat`, else the modification time).
+    pub atime: SystemTime,
+    /// Status change time (chmod, chown, rename, write, truncate, link count).
+    pub ctime: SystemTime,
     /// Permission bits.
     pub perm: u16,
     /// Owner.
     pub uid: u32,
     /// Group.
     pub gid: u32,
+    /// Links: 0 once the name of a file still open was removed.
+    pub nlink: u32,
 }
 
 /// How a file is opened.
@@ -145,10 +156,18 @@ pub struct CreateMode {
     pub gid: u32,
 }
 
+/// One handle open for writing: its own flags, and the state it shares with every other
+/// writing handle of the same inode.
+struct WriteHandle {
+    ino: u64,
+    pid: u32,
+    append: bool,
+    file: Arc<OpenFile>,
+}
+
 enum Handle {
     Read(Reader),
-    Write { ino: u64, pid: u32, writer: Writer },
-    Staged { ino: u64, staged: Staged },
+    Write(WriteHandle),
     Dir(DirSnapshot),
 }
 
@@ -167,12 +186,21 @@ pub struct Fs {
     cfg: FsConfig,
     inodes: Mutex<Inodes>,
     handles: Mutex<HashMap<u64, Arc<AsyncMutex<Handle>>>>,
+    /// Files open for writing, by inode: one state shared by all their writing handles.
+    open_files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Access and change times set during the mount, by key (they outlive the inodes).
+    times: Mutex<Times>,
     next_fh: AtomicU64,
     started: SystemTime,
     cache: Arc<Cache>,
     budget: budget::Budget,
     /// Counters.
     pub counters: Counters,
+}
+
+/// Lock a std mutex, ignoring poisoning (no invariant spans a panic here).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Fs {
@@ -186,6 +214,8 @@ impl Fs {
             store,
             cfg,
             handles: Mutex::new(HashMap::new()),
+            open_files: Mutex::new(HashMap::new()),
+            times: Mutex::new(Times::default()),
             next_fh: AtomicU64::new(1),
             started,
             counters: Counters::default(),
@@ -198,7 +228,7 @@ impl Fs {
     }
 
     fn inodes(&self) -> std::sync::MutexGuard<'_, Inodes> {
-        self.inodes.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inodes)
     }
 
     fn inode(&self, ino: u64) -> FsResult<Inode> {
@@ -215,20 +245,30 @@ impl Fs {
             Kind::Symlink => (0o777, inode.stat.size),
         };
         let (mut uid, mut gid) = (self.cfg.uid, self.cfg.gid);
-        if self.cfg.persist_metadata && inode.kind == Kind::File {
+        if self.cfg.persist_metadata && inode.kind != Kind::Symlink {
             let m = &inode.stat.meta;
             perm = meta::mode(m).map(|m| (m & 0o7777) as u16).unwrap_or(perm);
             uid = meta::uid(m).unwrap_or(uid);
             gid = meta::gid(m).unwrap_or(gid);
         }
+        let (atime, ctime) = lock(&self.times)
+            .get(&inode.key)
+            .unwrap_or((inode.stat.atime, inode.stat.ctime));
         Attr {
             ino: inode.ino,
             kind: inode.kind,
             size,
             mtime: inode.stat.mtime,
+            atime,
+            ctime,
             perm,
             uid,
             gid,
+            nlink: match (inode.unlinked, inode.kind) {
+                (true, _) => 0,
+                (false, Kind::Dir) => 2,
+                (false, _) => 1,
+            },
         }
     }
 
@@ -236,13 +276,9 @@ impl Fs {
         Instant::now() + self.cfg.metadata_ttl
     }
 
-    fn dir_stat(&self) -> Stat {
-        Stat {
-            size: 0,
-            mtime: self.started,
-            etag: None,
-            meta: Default::default(),
-        }
+    fn dir_stat(&self, meta: crate::store::Meta) -> Stat {
+        let mtime = meta::mtime(&meta).unwrap_or(self.started);
+        Stat::new(0, mtime, None, meta)
     }
 
     fn writable(&self) -> FsResult<()> {
@@ -271,12 +307,23 @@ impl Fs {
         Ok(attr)
     }
 
+    /// The metadata of the directory marker `dir_key` (with `--persist-metadata`).
+    async fn dir_meta(&self, dir_key: &str) -> FsResult<crate::store::Meta> {
+        if !self.cfg.persist_metadata {
+            return Ok(Default::default());
+        }
+        Ok(self
+            .store
+            .head(dir_key)
+            .await?
+            .map(|i| i.meta)
+            .unwrap_or_default())
+    }
+
     /// Find `name` in `parent` without taking a reference.
     async fn resolve(&self, parent: u64, name: &str) -> FsResult<Attr> {
         let p = self.parent_dir(parent)?;
-        if !valid_name(name) {
-            return Err(FsError::not_found(name));
-        }
+        meta::check_name(name, libc::ENOENT)?;
         let now = Instant::now();
         {
             let inodes = self.inodes();
@@ -295,8 +342,11 @@ impl Fs {
         // file shadows a directory of the same name, and a file lookup costs one request.
         let file = self.store.head(&file_key).await?;
         let dir = match file {
-            Some(_) => false,
-            None => self.store.dir_exists(&dir_key).await?,
+            Some(_) => None,
+            None => match self.store.dir_exists(&dir_key).await? {
+                true => Some(self.dir_meta(&dir_key).await?),
+                false => None,
+            },
         };
         let mut inodes = self.inodes();
         let ino = match (file, dir) {
@@ -304,15 +354,15 @@ impl Fs {
                 let (kind, stat) = meta::stat_of(info);
                 inodes.upsert(parent, name, file_key, kind, stat, self.expiry())
             }
-            (None, true) => inodes.upsert(
+            (None, Some(m)) => inodes.upsert(
                 parent,
                 name,
                 dir_key,
                 Kind::Dir,
-                self.dir_stat(),
+                self.dir_stat(m),
                 self.expiry(),
             ),
-            (None, false) => {
+            (None, None) => {
                 if let Some(child) = inodes.child(parent, name).filter(|c| c.local) {
                     return Ok(self.attr_of(child));
                 }
@@ -332,7 +382,8 @@ impl Fs {
     /// Attributes of `ino`, refreshed from the store when the cached ones expired.
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
         let inode = self.inode(ino)?;
-        if inode.kind == Kind::Dir || inode.local || inode.expiry > Instant::now() {
+        if inode.kind == Kind::Dir || inode.local || inode.unlinked || inode.expiry > Instant::now()
+        {
             return Ok(self.attr_of(&inode));
         }
         match self.store.head(&inode.key).await? {
@@ -369,17 +420,10 @@ impl Fs {
 
     /// Abort every upload still open (at unmount).
     pub async fn shutdown(&self) {
-        let handles: Vec<_> = self
-            .handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .map(|(_, h)| h)
-            .collect();
-        for h in handles {
-            if let Handle::Write { writer, .. } = &mut *h.lock().await {
-                writer.abort().await;
-            }
+        let files: Vec<_> = lock(&self.open_files).drain().map(|(_, f)| f).collect();
+        for f in files {
+            f.abort().await;
         }
+        lock(&self.handles).clear();
     }
 }

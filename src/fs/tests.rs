@@ -63,6 +63,14 @@ fn append() -> OpenMode {
     }
 }
 
+/// Set the size.
+fn size(n: u64) -> SetAttr {
+    SetAttr {
+        size: Some(n),
+        ..Default::default()
+    }
+}
+
 /// An empty in-memory bucket.
 fn memory() -> Arc<MemoryBucket> {
     Arc::new(MemoryBucket::new())
@@ -336,10 +344,13 @@ async fn listings_of_more_than_ten_thousand_entries_page_with_stable_offsets() {
 async fn mkdir_persists_and_rmdir_removes_only_empty_directories() {
     let store = memory();
     let fs = fs_over(store.clone());
-    let d = fs.mkdir(ROOT_INO, "new").await.unwrap();
+    let d = fs.mkdir(ROOT_INO, "new", 0o755, 0, 0).await.unwrap();
     assert_eq!(d.kind, Kind::Dir);
     assert_eq!(
-        fs.mkdir(ROOT_INO, "new").await.unwrap_err().errno,
+        fs.mkdir(ROOT_INO, "new", 0o755, 0, 0)
+            .await
+            .unwrap_err()
+            .errno,
         libc::EEXIST
     );
     // A fresh mount of the same bucket sees the empty directory.
@@ -428,7 +439,7 @@ async fn read_only_mounts_refuse_every_change_with_erofs() {
         .await
         .map(|_| ()),
     );
-    erofs(fs.mkdir(ROOT_INO, "d").await.map(|_| ()));
+    erofs(fs.mkdir(ROOT_INO, "d", 0o755, 0, 0).await.map(|_| ()));
     erofs(fs.unlink(ROOT_INO, "f").await);
     erofs(fs.rmdir(ROOT_INO, "f").await);
     erofs(
@@ -443,7 +454,7 @@ async fn read_only_mounts_refuse_every_change_with_erofs() {
         .await
         .map(|_| ()),
     );
-    erofs(fs.setattr(f.ino, Some(0), None).await.map(|_| ()));
+    erofs(fs.setattr(f.ino, size(0)).await.map(|_| ()));
     assert_eq!(read_all(&fs, f.ino).await, b"x");
 }
 
@@ -506,3 +517,4 @@ async fn forgotten_inodes_are_freed() {
 
 mod edits;
 mod failures;
+mod trust;

@@ -3,16 +3,21 @@
 //! completes at close or fsync. A small file is sent in one PUT.
 //!
 //! Memory per writer is bounded by about `part_size * (max_in_flight + 1)` plus one write;
-//! parts being uploaded also count against the mount's memory budget. Any failure is kept
-//! and returned by every later call, so close()/fsync() report it; an incomplete multipart
+//! parts being uploaded also count against the mount's memory budget. The parts sent are
+//! also kept in the staging cache (while it has room), so that a write that seeks back
+//! (zip, numpy, torch.save) can continue the file as a staged one. Any failure is kept and
+//! returned by every later call, so close()/fsync() report it; an incomplete multipart
 //! upload is aborted, so no partial object is ever visible.
 
 use std::collections::VecDeque;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
 use super::budget::{Budget, Held};
+use super::cache::{Cache, CacheFile};
 use super::error::{FsError, FsResult};
 use crate::store::{Payload, PutOptions, SharedBucket, Upload};
 
@@ -55,12 +60,42 @@ pub struct Writer {
     upload: Option<Box<dyn Upload>>,
     in_flight: VecDeque<JoinHandle<crate::store::Result<()>>>,
     state: State,
+    /// Bytes already handed to the upload (parts sent).
+    sent: u64,
+    /// A local copy of the parts sent; `None` before the first part, or once the cache had
+    /// no room for it (`spill_lost`).
+    spill: Option<CacheFile>,
+    spill_lost: bool,
+    cache: Arc<Cache>,
+    /// The new object's ETag, once complete.
+    etag: Option<String>,
+}
+
+/// What a writer hands over when the file continues staged.
+pub struct Written {
+    /// A local copy of bytes `[0, sent)`, when parts were sent.
+    pub copy: Option<CacheFile>,
+    /// Bytes sent (and held by `copy`).
+    pub sent: u64,
+    /// The bytes after them, in order.
+    pub rest: Vec<Bytes>,
 }
 
 impl Writer {
     /// A writer of a new object at `key`.
-    pub fn new(store: SharedBucket, key: String, cfg: WriteConfig, budget: Budget) -> Self {
+    pub fn new(
+        store: SharedBucket,
+        key: String,
+        cfg: WriteConfig,
+        budget: Budget,
+        cache: Arc<Cache>,
+    ) -> Self {
         Writer {
+            sent: 0,
+            spill: None,
+            spill_lost: false,
+            cache,
+            etag: None,
             store,
             key,
             cfg,
@@ -75,11 +110,6 @@ impl Writer {
         }
     }
 
-    /// Write the object with this user metadata.
-    pub fn set_meta(&mut self, meta: crate::store::Meta) {
-        self.opts.meta = meta;
-    }
-
     /// Write the object with these options (metadata, Content-Type, condition).
     pub fn set_options(&mut self, opts: PutOptions) {
         self.opts = opts;
@@ -88,6 +118,20 @@ impl Writer {
     /// Bytes written so far.
     pub fn size(&self) -> u64 {
         self.written
+    }
+
+    /// The completed object's ETag, when the store gave one.
+    pub fn etag(&self) -> Option<&str> {
+        self.etag.as_deref()
+    }
+
+    /// Write to `key` instead (a rename of the open file): possible until a part was sent.
+    pub fn set_key(&mut self, key: String) -> bool {
+        if self.upload.is_some() || !matches!(self.state, State::Open) {
+            return false;
+        }
+        self.key = key;
+        true
     }
 
     /// Whether the object was uploaded (or the upload failed): no more writes.
@@ -133,7 +177,38 @@ impl Writer {
         Ok(n as u32)
     }
 
+    /// Keep a local copy of `part`, which starts at `at`, for a later seek back.
+    fn keep_copy(&mut self, at: u64, part: &Payload) {
+        if self.spill_lost {
+            return;
+        }
+        let result = (|| {
+            if self.spill.is_none() {
+                self.spill = Some(self.cache.file()?);
+            }
+            let spill = self.spill.as_mut().expect("just made");
+            spill.grow(at + part.len())?;
+            let mut off = at;
+            for chunk in part.chunks() {
+                spill
+                    .file
+                    .write_all_at(chunk, off)
+                    .map_err(|e| FsError::new(libc::EIO, e.to_string()))?;
+                off += chunk.len() as u64;
+            }
+            Ok::<_, FsError>(())
+        })();
+        if let Err(e) = result {
+            tracing::debug!(key = %self.key, error = %e, "no local copy of this new file: a write that seeks back before its end will be refused");
+            self.spill = None;
+            self.spill_lost = true;
+        }
+    }
+
     async fn send_part(&mut self, payload: Payload) -> FsResult<()> {
+        let at = self.sent;
+        self.sent += payload.len();
+        self.keep_copy(at, &payload);
         // Wait for memory before sending (holding none while waiting, so writers cannot
         // deadlock on the budget): a writer faster than the store slows down instead.
         let held = self.budget.take(payload.len()).await;
@@ -185,6 +260,7 @@ impl Writer {
         }
         self.buf = Payload::new();
         self.buffered = 0;
+        self.spill = None;
         self.state = State::Failed(e.clone());
         e
     }
@@ -198,20 +274,21 @@ impl Writer {
         }
         let result = self.complete().await;
         match result {
-            Ok(()) => {
+            Ok(etag) => {
+                self.etag = etag;
                 self.state = State::Done;
+                self.spill = None;
                 Ok(())
             }
             Err(e) => Err(self.fail(e).await),
         }
     }
 
-    async fn complete(&mut self) -> FsResult<()> {
+    async fn complete(&mut self) -> FsResult<Option<String>> {
         let rest = std::mem::take(&mut self.buf);
         self.buffered = 0;
         if self.upload.is_none() {
-            self.store.put(&self.key, rest, &self.opts).await?;
-            return Ok(());
+            return Ok(self.store.put(&self.key, rest, &self.opts).await?.etag);
         }
         if !rest.is_empty() {
             self.send_part(rest).await?;
@@ -220,20 +297,41 @@ impl Writer {
             Self::wait_part(&self.key, t).await?;
         }
         let upload = self.upload.as_mut().expect("upload started");
-        upload.complete().await?;
+        let done = upload.complete().await?;
         self.upload = None;
-        Ok(())
+        Ok(done.etag)
     }
 
-    /// If nothing was sent to the store yet, hand over the buffered data and retire this
-    /// writer (the file continues as a staged file); otherwise `None`.
-    pub fn take_unsent(&mut self) -> Option<Vec<Bytes>> {
-        if self.upload.is_some() || !matches!(self.state, State::Open) {
-            return None;
+    /// Stop streaming and hand over everything written, so the file continues staged; an
+    /// upload in progress is aborted (the staged file is uploaded whole later). Fails when
+    /// parts were sent and the cache had no room to keep their copy.
+    pub async fn hand_over(&mut self) -> FsResult<Written> {
+        self.check_open()?;
+        if self.upload.is_some() && self.spill.is_none() {
+            let e = FsError::new(
+                libc::EIO,
+                format!(
+                    "{:?}: a write went back to offsets already uploaded, and the staging cache had no room to keep them (--max-cache-size); the file will not be stored",
+                    self.key
+                ),
+            );
+            return Err(self.fail(e).await);
+        }
+        for t in self.in_flight.drain(..) {
+            t.abort();
+        }
+        if let Some(mut upload) = self.upload.take()
+            && let Err(e) = upload.abort().await
+        {
+            tracing::warn!(key = %self.key, error = %e, "could not abort multipart upload");
         }
         self.state = State::Done;
         self.buffered = 0;
-        Some(std::mem::take(&mut self.buf).chunks().to_vec())
+        Ok(Written {
+            copy: self.spill.take(),
+            sent: self.sent,
+            rest: std::mem::take(&mut self.buf).chunks().to_vec(),
+        })
     }
 
     /// Give up: abort the multipart upload, nothing becomes visible.

@@ -13,11 +13,11 @@ use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
     ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
-use crate::fs::{Attr, CreateMode, Fs, FsError, Kind, OpenMode};
+use crate::fs::{Attr, CreateMode, Fs, FsError, Kind, OpenMode, SetAttr};
 
 pub use session::{MountConfig, Mounted, lazy_unmount, mount, serve_fd};
 
@@ -59,22 +59,17 @@ fn errno(e: &FsError, op: &str) -> Errno {
 }
 
 fn file_attr(a: &Attr) -> FileAttr {
-    let (kind, nlink) = match a.kind {
-        Kind::Dir => (FileType::Directory, 2),
-        Kind::File => (FileType::RegularFile, 1),
-        Kind::Symlink => (FileType::Symlink, 1),
-    };
     FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
         blocks: a.size.div_ceil(512),
-        atime: a.mtime,
+        atime: a.atime,
         mtime: a.mtime,
-        ctime: a.mtime,
+        ctime: a.ctime,
         crtime: a.mtime,
-        kind,
+        kind: file_type(a.kind),
         perm: a.perm,
-        nlink,
+        nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
         rdev: 0,
@@ -151,7 +146,7 @@ impl Filesystem for FuseFs {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
@@ -161,16 +156,21 @@ impl Filesystem for FuseFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _ = fh;
+        let time = |t: TimeOrNow| match t {
+            TimeOrNow::SpecificTime(t) => t,
+            TimeOrNow::Now => SystemTime::now(),
+        };
+        let set = SetAttr {
+            size,
+            mode,
+            uid,
+            gid,
+            atime: atime.map(time),
+            mtime: mtime.map(time),
+        };
         self.spawn(move |fs, ttl| async move {
-            let mtime = mtime.map(|t| match t {
-                TimeOrNow::SpecificTime(t) => t,
-                TimeOrNow::Now => SystemTime::now(),
-            });
-            let result = match fs.setattr(ino.0, size, fh.map(|f| f.0)).await {
-                Ok(_) => fs.chattr(ino.0, mode, uid, gid, mtime).await,
-                Err(e) => Err(e),
-            };
-            match result {
+            match fs.setattr(ino.0, set).await {
                 Ok(a) => reply.attr(&ttl, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e, "setattr")),
             }
@@ -179,20 +179,114 @@ impl Filesystem for FuseFs {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let Some(name) = utf8(name) else {
             return reply.error(Errno::EINVAL);
         };
+        let (uid, gid) = (req.uid(), req.gid());
         self.spawn(move |fs, ttl| async move {
-            match fs.mkdir(parent.0, &name).await {
+            match fs.mkdir(parent.0, &name, mode & !umask, uid, gid).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(&e, "mkdir")),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(name) = utf8(name) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let create = CreateMode {
+            perm: mode & !umask & 0o7777,
+            uid: req.uid(),
+            gid: req.gid(),
+            exclusive: true,
+            read: false,
+            append: false,
+            pid: req.pid(),
+        };
+        let kind = mode & libc::S_IFMT;
+        self.spawn(move |fs, ttl| async move {
+            match fs.mknod(parent.0, &name, create, kind).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
+                Err(e) => reply.error(errno(&e, "mknod")),
+            }
+        });
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some(name) = utf8(name) else {
+            return reply.error(Errno::ENODATA);
+        };
+        self.spawn(move |fs, _| async move {
+            match fs.getxattr(ino.0, &name).await {
+                Ok(v) => xattr_reply(reply, size, &v),
+                Err(e) => reply.error(errno(&e, "getxattr")),
+            }
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.spawn(move |fs, _| async move {
+            match fs.listxattr(ino.0).await {
+                Ok(names) => {
+                    let mut buf = Vec::new();
+                    for n in names {
+                        buf.extend_from_slice(n.as_bytes());
+                        buf.push(0);
+                    }
+                    xattr_reply(reply, size, &buf)
+                }
+                Err(e) => reply.error(errno(&e, "listxattr")),
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(name) = utf8(name) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let value = value.to_vec();
+        self.spawn(move |fs, _| async move {
+            match fs.setxattr(ino.0, &name, &value, flags).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e, "setxattr")),
+            }
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = utf8(name) else {
+            return reply.error(Errno::ENODATA);
+        };
+        self.spawn(move |fs, _| async move {
+            match fs.removexattr(ino.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e, "removexattr")),
             }
         });
     }
@@ -518,6 +612,17 @@ impl Filesystem for FuseFs {
                 Err(e) => reply.error(errno(&e, "readlink")),
             }
         });
+    }
+}
+
+/// Answer an xattr request: the size when asked for it, the bytes when they fit.
+fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() <= size as usize {
+        reply.data(value);
+    } else {
+        reply.error(Errno::ERANGE);
     }
 }
 

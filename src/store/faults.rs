@@ -182,7 +182,7 @@ impl Bucket for Faulty {
         }))
     }
 
-    async fn copy(&self, from: &str, to: &str, opts: &CopyOptions) -> Result<()> {
+    async fn copy(&self, from: &str, to: &str, opts: &CopyOptions) -> Result<PutResult> {
         self.write(Op::Copy, to, self.inner.copy(from, to, opts))
             .await
     }

@@ -313,6 +313,7 @@ impl Bucket for GcsBucket {
             metadata: true,
             part_copy: false,
             min_part_size: 5 << 20,
+            conditional_writes: false,
         }
     }
 
@@ -348,14 +349,15 @@ impl Bucket for GcsBucket {
         self.objects.start_upload(key, opts).await
     }
 
-    async fn copy(&self, from: &str, to: &str, opts: &CopyOptions) -> Result<()> {
+    async fn copy(&self, from: &str, to: &str, opts: &CopyOptions) -> Result<PutResult> {
         if opts.replace.is_some() || opts.if_match.is_some() {
             return Err(StoreError::new(
                 StoreErrorKind::Unsupported,
                 format!("{from:?}: GCS copies keep their metadata and cannot be conditional"),
             ));
         }
-        self.objects.copy(from, to).await
+        self.objects.copy(from, to).await?;
+        Ok(PutResult::default())
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

@@ -123,6 +123,7 @@ impl Bucket for LocalBucket {
             metadata: false,
             part_copy: false,
             min_part_size: 0,
+            conditional_writes: false,
         }
     }
 
@@ -203,7 +204,7 @@ impl Bucket for LocalBucket {
         self.objects.start_upload(key, opts).await
     }
 
-    async fn copy(&self, from: &str, to: &str, opts: &CopyOptions) -> Result<()> {
+    async fn copy(&self, from: &str, to: &str, opts: &CopyOptions) -> Result<PutResult> {
         if opts.replace.as_ref().is_some_and(|p| !p.meta.is_empty()) {
             return Err(StoreError::new(
                 StoreErrorKind::Unsupported,
@@ -219,7 +220,8 @@ impl Bucket for LocalBucket {
                 ));
             }
         }
-        self.objects.copy(from, to).await
+        self.objects.copy(from, to).await?;
+        Ok(PutResult::default())
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

@@ -210,6 +210,7 @@ impl Bucket for MemoryBucket {
             metadata: true,
             part_copy: true,
             min_part_size: self.min_part_size,
+            conditional_writes: true,
         }
     }
 
@@ -315,7 +316,7 @@ impl Bucket for MemoryBucket {
         }))
     }
 
-    async fn copy(&self, from: &str, to: &str, opts: &CopyOptions) -> Result<()> {
+    async fn copy(&self, from: &str, to: &str, opts: &CopyOptions) -> Result<PutResult> {
         self.tick(Op::Copy);
         let mut state = self.state();
         let src = state
@@ -337,7 +338,7 @@ impl Bucket for MemoryBucket {
                 condition: None,
             },
         };
-        state.insert(to, src.data, &put).map(|_| ())
+        state.insert(to, src.data, &put)
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

@@ -199,6 +199,8 @@ pub struct Features {
     pub part_copy: bool,
     /// Smallest part of a multipart upload (all but the last).
     pub min_part_size: u64,
+    /// Writes can be conditional on the current ETag ([`Condition::IfMatch`]).
+    pub conditional_writes: bool,
 }
 
 /// The future of one part of an [`Upload`]; parts of one upload may run concurrently.
@@ -254,8 +256,9 @@ pub trait Bucket: Send + Sync + fmt::Debug {
     /// Start a multipart upload to `key`, which carries `opts` once complete.
     async fn start_upload(&self, key: &str, opts: &PutOptions) -> Result<Box<dyn Upload>>;
 
-    /// Server-side copy of `from` to `to` (replacing it), whatever the size.
-    async fn copy(&self, from: &str, to: &str, opts: &CopyOptions) -> Result<()>;
+    /// Server-side copy of `from` to `to` (replacing it), whatever the size; the copy's
+    /// ETag when the store says it.
+    async fn copy(&self, from: &str, to: &str, opts: &CopyOptions) -> Result<PutResult>;
 
     /// Delete the object (or, for a key ending in `/`, the directory marker) at `key`.
     /// Deleting what does not exist succeeds.

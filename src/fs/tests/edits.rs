@@ -24,13 +24,54 @@ async fn a_seek_in_a_new_file_under_one_part_continues_it_staged() {
 }
 
 #[tokio::test]
-async fn a_seek_after_parts_were_uploaded_is_einval() {
+async fn a_seek_back_after_parts_were_uploaded_continues_the_file_staged() {
     let store = memory();
     let fs = fs_over(store.clone());
+    let (_, fh) = fs.create(ROOT_INO, "f.zip", excl()).await.unwrap();
+    let mut want = data(2500);
+    fs.write(fh, 0, Bytes::from(want.clone())).await.unwrap();
+    assert!(
+        store.count(Op::PutPart) >= 1,
+        "a part went out while writing"
+    );
+    // zipfile rewrites a header it wrote first.
+    fs.write(fh, 10, Bytes::from_static(b"HEADER"))
+        .await
+        .unwrap();
+    fs.write(fh, 2500, Bytes::from_static(b"tail"))
+        .await
+        .unwrap();
+    fs.flush(fh, 7).await.unwrap();
+    fs.release(fh).await.unwrap();
+    want[10..16].copy_from_slice(b"HEADER");
+    want.extend_from_slice(b"tail");
+    assert!(store.object("f.zip").unwrap()[..] == want[..]);
+    assert!(
+        store.count(Op::Abort) >= 1,
+        "the first upload was abandoned"
+    );
+    assert_eq!(fs.cache_used(), 0);
+}
+
+#[tokio::test]
+async fn a_seek_back_with_no_room_to_keep_the_parts_fails_close_and_publishes_nothing() {
+    let store = memory();
+    let fs = Fs::new(
+        store.clone(),
+        FsConfig {
+            max_cache_size: 500,
+            ..config()
+        },
+    );
     let (_, fh) = fs.create(ROOT_INO, "f", excl()).await.unwrap();
     fs.write(fh, 0, Bytes::from(data(2500))).await.unwrap();
     let e = fs.write(fh, 0, Bytes::from_static(b"x")).await.unwrap_err();
-    assert_eq!(e.errno, libc::EINVAL);
+    assert_eq!(e.errno, libc::EIO);
+    assert!(e.message.contains("--max-cache-size"), "{e}");
+    assert_eq!(fs.flush(fh, 7).await.unwrap_err().errno, libc::EIO);
+    let _ = fs.release(fh).await;
+    assert!(store.object("f").is_none());
+    assert_eq!(store.count(Op::Complete), 0);
 }
 
 #[tokio::test]
@@ -62,7 +103,7 @@ async fn appends_and_in_place_writes_edit_existing_objects() {
         &b"one\ntwo\nthree\n"[..],
         "not before close"
     );
-    fs.setattr(a.ino, Some(8), Some(fh)).await.unwrap();
+    fs.setattr(a.ino, size(8)).await.unwrap();
     fs.release(fh).await.unwrap();
     assert_eq!(
         store.get_all("log").await.unwrap().unwrap(),
@@ -177,13 +218,13 @@ async fn truncate_by_path_rewrites_the_object() {
     put(store.as_ref(), "f", b"12345").await;
     let fs = fs_over(store.clone());
     let a = fs.lookup(ROOT_INO, "f").await.unwrap();
-    assert_eq!(fs.setattr(a.ino, Some(5), None).await.unwrap().size, 5);
-    assert_eq!(fs.setattr(a.ino, Some(2), None).await.unwrap().size, 2);
+    assert_eq!(fs.setattr(a.ino, size(5)).await.unwrap().size, 5);
+    assert_eq!(fs.setattr(a.ino, size(2)).await.unwrap().size, 2);
     assert_eq!(store.get_all("f").await.unwrap().unwrap(), &b"12"[..]);
-    assert_eq!(fs.setattr(a.ino, Some(4), None).await.unwrap().size, 4);
+    assert_eq!(fs.setattr(a.ino, size(4)).await.unwrap().size, 4);
     assert_eq!(store.get_all("f").await.unwrap().unwrap(), &b"12\0\0"[..]);
     assert_eq!(fs.cache_used(), 0, "staged files are dropped after upload");
-    let (c, fh) = fs
+    let (c, _fh) = fs
         .create(
             ROOT_INO,
             "new",
@@ -195,7 +236,7 @@ async fn truncate_by_path_rewrites_the_object() {
         )
         .await
         .unwrap();
-    assert_eq!(fs.setattr(c.ino, Some(0), Some(fh)).await.unwrap().size, 0);
+    assert_eq!(fs.setattr(c.ino, size(0)).await.unwrap().size, 0);
 }
 
 #[tokio::test]
@@ -279,9 +320,13 @@ async fn modes_owners_and_mtimes_persist_with_persist_metadata() {
     let f = fresh.lookup(ROOT_INO, "f").await.unwrap();
     assert_eq!((f.perm, f.uid, f.gid), (0o600, 1000, 100));
     let when = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
-    fs.chattr(a.ino, Some(0o755), Some(7), None, Some(when))
-        .await
-        .unwrap();
+    let set = SetAttr {
+        mode: Some(0o755),
+        uid: Some(7),
+        mtime: Some(when),
+        ..Default::default()
+    };
+    fs.setattr(a.ino, set).await.unwrap();
     let fresh = Fs::new(store.clone(), cfg);
     let f = fresh.lookup(ROOT_INO, "f").await.unwrap();
     assert_eq!((f.perm, f.uid, f.gid, f.mtime), (0o755, 7, 100, when));
@@ -291,7 +336,13 @@ async fn modes_owners_and_mtimes_persist_with_persist_metadata() {
     let p = plain.lookup(ROOT_INO, "f").await.unwrap();
     assert_eq!(
         plain
-            .chattr(p.ino, Some(0o700), None, None, None)
+            .setattr(
+                p.ino,
+                SetAttr {
+                    mode: Some(0o700),
+                    ..Default::default()
+                }
+            )
             .await
             .unwrap()
             .perm,
@@ -347,7 +398,8 @@ async fn staged_files_fetch_only_the_chunks_they_touch() {
     let fh = fs.open(a.ino, rw).await.unwrap();
     let got = fs.read(fh, (3 << 19) + 5, 10).await.unwrap();
     assert_eq!(&got[..], &body[(3 << 19) + 5..(3 << 19) + 15]);
-    if let Handle::Staged { staged, .. } = &*fs.handle(fh).unwrap().lock().await {
+    let file = fs.open_file(a.ino).unwrap();
+    if let super::open::Content::Staged(staged) = &*file.content.lock().await {
         assert_eq!(staged.fetches, 1);
     } else {
         panic!("not staged");

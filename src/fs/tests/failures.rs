@@ -132,7 +132,10 @@ async fn failed_directory_operations_change_nothing() {
     let fs = fs_on(&f);
     f.add(fail(Op::Put, StoreErrorKind::PermissionDenied));
     assert_eq!(
-        fs.mkdir(ROOT_INO, "new").await.unwrap_err().errno,
+        fs.mkdir(ROOT_INO, "new", 0o755, 0, 0)
+            .await
+            .unwrap_err()
+            .errno,
         libc::EACCES
     );
     f.clear();

@@ -192,6 +192,7 @@ impl Bucket for S3Bucket {
             metadata: true,
             part_copy: true,
             min_part_size: 5 << 20,
+            conditional_writes: true,
         }
     }
 
@@ -266,7 +267,7 @@ impl Bucket for S3Bucket {
         ))
     }
 
-    async fn copy(&self, from: &str, to: &str, opts: &CopyOptions) -> Result<()> {
+    async fn copy(&self, from: &str, to: &str, opts: &CopyOptions) -> Result<PutResult> {
         check_key(from)?;
         check_key(to)?;
         let info = self.head(from).await?.ok_or_else(|| {
@@ -303,7 +304,10 @@ impl Bucket for S3Bucket {
             call = call.header("x-amz-copy-source-if-match", e.clone());
         }
         call.error_in_body = true;
-        self.client.send(&call).await.map(|_| ())
+        let answer = self.client.send(&call).await?;
+        Ok(PutResult {
+            etag: xml::etag(&answer.body),
+        })
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

@@ -155,7 +155,7 @@ pub async fn copy_in_parts(
     part: u64,
     opts: &PutOptions,
     if_match: Option<&str>,
-) -> Result<()> {
+) -> Result<PutResult> {
     let mut upload = S3Upload::start(client, to, opts).await?;
     let mut parts = Vec::new();
     let mut at = 0;
@@ -169,8 +169,8 @@ pub async fn copy_in_parts(
         .collect()
         .await;
     let result = match results.into_iter().find(|r| r.is_err()) {
-        Some(e) => e,
-        None => upload.complete().await.map(|_| ()),
+        Some(Err(e)) => Err(e),
+        _ => upload.complete().await,
     };
     if result.is_err() {
         let _ = upload.abort().await;
