@@ -31,6 +31,8 @@ expect_refusal nodee --set nodee.resources.x=1
 expect_refusal registration --set node.registration=maybe
 expect_refusal driverName --set driverName=-bad-
 expect_refusal colour --set storageClass.parameters.colour=blue
+expect_refusal mountUser --set node.mountUser=0:0
+expect_refusal maxMemoryLimit --set node.maxMemoryLimit=lots
 
 for f in "$work"/default.yaml "$work"/nondefault.yaml "$work"/node-only.yaml deploy/kubernetes/pail.yaml deploy/examples/*.yaml; do
   "$kv" --quiet --strict -k "$K8S" "$f"

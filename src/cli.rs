@@ -3,8 +3,10 @@
 
 mod csi;
 mod daemon;
+mod harden;
 mod logging;
 mod mount;
+mod seccomp;
 
 use clap::{Parser, Subcommand};
 

@@ -8,10 +8,12 @@ use clap::Args;
 use pail::csi::controller::{ControllerService, Defaults, StoreOpener};
 use pail::csi::identity::IdentityService;
 use pail::csi::node::NodeService;
+use pail::csi::policy::DriverPolicy;
 use pail::csi::registration::RegistrationService;
 use pail::csi::{DEFAULT_DRIVER_NAME, Mode, Services};
 use pail::mounter::{Mounter, ProcessMounter};
 use pail::options::LogFormat;
+use pail::store::net::NetPolicy;
 
 /// Arguments of `pail csi`.
 #[derive(Debug, Clone, Args)]
@@ -57,6 +59,41 @@ pub struct CsiArgs {
     /// outlive the node plugin's container (restarts, upgrades).
     #[arg(long)]
     pub host_cgroup_root: Option<PathBuf>,
+    /// Node plugin: endpoints mounts may reach besides the public AWS, R2 and GCS ones:
+    /// host[:port], *.domain or a CIDR range, comma-separated (an in-cluster store). Names
+    /// not on the list, and public names resolving to private addresses, are refused.
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_endpoints: Vec<String>,
+    /// Node plugin: a PersistentVolume with `authenticationSource: driver` may use this
+    /// plugin's own identity (its environment: IRSA, Pod Identity, instance metadata).
+    #[arg(long)]
+    pub allow_node_credentials: bool,
+    /// Node plugin: ... and so may inline volumes (anyone who can create a pod writes those).
+    #[arg(long, requires = "allow_node_credentials")]
+    pub allow_node_credentials_inline: bool,
+    /// Node plugin: most `memory-limit` a volume may ask for.
+    #[arg(long, default_value = "2G", value_parser = pail::options::parse_size)]
+    pub max_memory_limit: u64,
+    /// Node plugin: most `max-cache-size` a volume may ask for.
+    #[arg(long, default_value = "10G", value_parser = pail::options::parse_size)]
+    pub max_cache_size: u64,
+    /// Node plugin: most staging space all mounts of the node reserve together (each its
+    /// `max-cache-size`); unlimited when unset.
+    #[arg(long, value_parser = pail::options::parse_size)]
+    pub node_cache_size: Option<u64>,
+    /// Node plugin: allow `provider: memory` volumes of at most this size (off when unset).
+    #[arg(long, value_parser = pail::options::parse_size)]
+    pub memory_volume_size: Option<u64>,
+    /// Node plugin: user and group mount processes run as once started.
+    #[arg(long, default_value = "65534:65534", value_parser = pail::options::parse_ids)]
+    pub mount_user: (u32, u32),
+    /// Node plugin: memory limit of all mount processes together (pail.slice, with
+    /// --host-cgroup-root).
+    #[arg(long, value_parser = pail::options::parse_size)]
+    pub mounts_memory_max: Option<u64>,
+    /// Node plugin: most processes and threads of all mount processes together.
+    #[arg(long)]
+    pub mounts_pids_max: Option<u64>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -71,9 +108,18 @@ fn node_service(args: &CsiArgs) -> anyhow::Result<NodeService> {
         bail!("--node-id is required in node mode");
     }
     let pail_bin = std::env::current_exe().context("locating the pail binary")?;
-    let mut mounter = ProcessMounter::new(pail_bin, &args.state_dir)
+    let mut mounter = ProcessMounter::new(pail_bin, &args.state_dir, args.kubelet_dir.join("pods"))
         .with_context(|| format!("state directory {}", args.state_dir.display()))?;
     mounter.host_cgroup_root = args.host_cgroup_root.clone();
+    mounter.cgroup_limits = pail::mounter::cgroup::Limits {
+        memory: args.mounts_memory_max,
+        pids: args.mounts_pids_max,
+    };
+    if args.mount_user.0 == 0 {
+        bail!("--mount-user: mount processes must not run as root");
+    }
+    mounter.run_as = Some(args.mount_user);
+    mounter.node_cache_size = args.node_cache_size;
     let recorded = mounter.mount_count();
     if recorded > 0 {
         tracing::info!(
@@ -90,10 +136,27 @@ fn node_service(args: &CsiArgs) -> anyhow::Result<NodeService> {
             }
         });
     }
+    let net = NetPolicy::new(&args.allowed_endpoints, args.allow_node_credentials)
+        .map_err(|e| anyhow::anyhow!("--allowed-endpoints: {e}"))?;
+    let policy = DriverPolicy {
+        net: Arc::new(net),
+        node_credentials: args.allow_node_credentials,
+        node_credentials_inline: args.allow_node_credentials_inline,
+        driver_env: if args.allow_node_credentials {
+            DriverPolicy::capture_driver_env()
+        } else {
+            Vec::new()
+        },
+        max_memory_limit: args.max_memory_limit,
+        max_cache_size: args.max_cache_size,
+        memory_volume_size: args.memory_volume_size,
+    };
     Ok(NodeService {
         node_id: args.node_id.clone(),
         allowed_root: args.kubelet_dir.join("pods"),
         mounter,
+        policy,
+        probing: Default::default(),
     })
 }
 

@@ -10,7 +10,8 @@ use anyhow::{Context, bail};
 use pail::fs::{Fs, FsConfig, ReadConfig, WriteConfig};
 use pail::fuse::{MountConfig, lazy_unmount};
 use pail::options::MountArgs;
-use pail::store::{BucketExt, Source, StoreOptions};
+use pail::store::net::NetPolicy;
+use pail::store::{BucketExt, Source, StoreError, StoreOptions};
 
 use super::daemon;
 
@@ -23,9 +24,27 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     match mount_and_serve(&args) {
         Ok(()) => Ok(()),
         Err(e) => {
-            daemon::report_failure(&format!("{e:#}"));
+            tracing::error!(error = %format!("{e:#}"), "mount failed");
+            daemon::report_failure(&report(&e, args.fuse_fd.is_some()));
             Err(e)
         }
+    }
+}
+
+/// What a failed start tells whoever waits for it. Under the CSI driver (`--fuse-fd`) a
+/// store error is told by category and hint only (the pod author sees it in events); the
+/// details are in the mount's log.
+fn report(e: &anyhow::Error, csi: bool) -> String {
+    match e.chain().find_map(|c| c.downcast_ref::<StoreError>()) {
+        Some(s) if csi && s.kind == pail::store::StoreErrorKind::Config => {
+            // pail's own words (what to set, what the driver refused): no response body.
+            format!("configuration error: {}", s.message)
+        }
+        Some(s) if csi => {
+            let (category, hint) = s.category();
+            format!("{category}: {hint}")
+        }
+        _ => format!("{e:#}"),
     }
 }
 
@@ -50,9 +69,12 @@ fn validate(args: &MountArgs) -> anyhow::Result<()> {
 }
 
 /// How to reach the store, from the flags.
-fn store_options(args: &MountArgs) -> StoreOptions {
+fn store_options(args: &MountArgs) -> anyhow::Result<StoreOptions> {
     let s = &args.store;
-    StoreOptions {
+    let net = NetPolicy::from_env()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", NetPolicy::ENV))?
+        .map(Arc::new);
+    Ok(StoreOptions {
         region: s.region.clone(),
         endpoint_url: s.endpoint_url.clone(),
         force_path_style: s.force_path_style,
@@ -64,7 +86,9 @@ fn store_options(args: &MountArgs) -> StoreOptions {
         profile: s.profile.clone(),
         request_timeout: Some(Duration::from_secs(args.volume.request_timeout)),
         max_retries: Some(args.volume.max_retries as usize),
-    }
+        net,
+        memory_capacity: args.memory_capacity,
+    })
 }
 
 /// The file system's settings, from the flags.
@@ -101,11 +125,17 @@ fn fs_config(args: &MountArgs, prefix: &str) -> FsConfig {
 
 fn mount_and_serve(args: &MountArgs) -> anyhow::Result<()> {
     validate(args)?;
+    if let Some((uid, gid)) = args.run_as {
+        if args.fuse_fd.is_none() {
+            bail!("--run-as needs --fuse-fd (an unprivileged process cannot mount)");
+        }
+        super::harden::drop_privileges(uid, gid)?;
+    }
     let mut source = Source::parse(&args.source)?;
     if let Some(p) = &args.store.prefix {
         source = source.with_prefix(p)?;
     }
-    let opts = store_options(args);
+    let opts = store_options(args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("pail-worker")

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::pb::node_server::Node;
 use super::pb::*;
+use super::policy::DriverPolicy;
 use super::volume::{PublishInput, capability, publish_request};
 use crate::mounter::{MountError, MountState, Mounter};
 
@@ -20,7 +21,14 @@ pub struct NodeService {
     pub allowed_root: PathBuf,
     /// Starts and stops mounts.
     pub mounter: Arc<dyn Mounter>,
+    /// What the admin allows volumes.
+    pub policy: DriverPolicy,
+    /// Mounts whose `statvfs` has not returned (a stopped or wedged mount process).
+    pub probing: Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
 }
+
+/// How long a `statvfs` of a mount may take before the mount is reported as not answering.
+const STATS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Check a target path: absolute and canonical (no `.`, `..` or empty segments, no
 /// trailing `/`), strictly below `root`.
@@ -68,6 +76,8 @@ pub fn check_volume_id(id: &str) -> Result<(), Status> {
 fn status_of(e: MountError) -> Status {
     match e {
         MountError::Busy(m) => Status::failed_precondition(m),
+        MountError::Exhausted(m) => Status::resource_exhausted(m),
+        MountError::Refused(m) => Status::invalid_argument(m),
         MountError::Failed(m) => Status::internal(format!("mount failed: {m}")),
         MountError::Io(m) => Status::internal(m),
     }
@@ -104,7 +114,24 @@ impl Node for NodeService {
                 mount_flags: &mount_flags,
             },
             target.clone(),
+            &self.policy,
         )?;
+        // The endpoint, and every address its name resolves to, before any connection.
+        if let Some(e) = &mount.options.store.endpoint_url {
+            let url = url::Url::parse(e).map_err(|_| {
+                Status::invalid_argument(format!("endpointUrl: {e:?} is not a URL"))
+            })?;
+            if let Err(err) = self.policy.net.check_endpoint_resolved(&url).await {
+                tracing::warn!(volume_id = %req.volume_id, endpoint = %e, error = %err, "endpoint refused");
+                return Err(match err.kind {
+                    crate::store::StoreErrorKind::Unavailable => Status::unavailable(format!(
+                        "endpointUrl: {}: the name does not resolve now",
+                        url.host_str().unwrap_or_default()
+                    )),
+                    _ => Status::invalid_argument(format!("endpointUrl: {}", err.message)),
+                });
+            }
+        }
         let mounter = self.mounter.clone();
         let state = blocking("publish", move || mounter.state(&target)).await?;
         if let MountState::Live(live) = state {
@@ -162,23 +189,23 @@ impl Node for NodeService {
         let state = blocking("stats", move || mounter.state(&path)).await?;
         let (usage, condition) = match state {
             MountState::Live(info) if info.volume_id == req.volume_id => {
-                let p = req.volume_path.clone();
-                let usage = blocking("stats", move || statvfs_bytes(&p))
-                    .await?
-                    .map(|(total, free)| {
-                        vec![VolumeUsage {
-                            available: free,
-                            total,
-                            used: total - free,
-                            unit: volume_usage::Unit::Bytes as i32,
-                        }]
-                    })
-                    .unwrap_or_default();
-                let ok = VolumeCondition {
-                    abnormal: false,
-                    message: "mounted".into(),
-                };
-                (usage, ok)
+                match self.statvfs(PathBuf::from(&req.volume_path)).await {
+                    Some(usage) => {
+                        let ok = VolumeCondition {
+                            abnormal: false,
+                            message: "mounted".into(),
+                        };
+                        (usage, ok)
+                    }
+                    None => {
+                        tracing::warn!(volume_id = %req.volume_id, path = %req.volume_path, "the mount does not answer");
+                        let stuck = VolumeCondition {
+                            abnormal: true,
+                            message: "the mount does not answer (its pail mount process may be stopped or stuck)".into(),
+                        };
+                        (vec![], stuck)
+                    }
+                }
             }
             MountState::Dead => {
                 tracing::warn!(volume_id = %req.volume_id, path = %req.volume_path, "the mount process of this volume is gone");
@@ -221,6 +248,39 @@ impl Node for NodeService {
             max_volumes_per_node: 0,
             accessible_topology: None,
         }))
+    }
+}
+
+impl NodeService {
+    /// The mount's size, from a `statvfs` run off the async workers; `None` when it did not
+    /// answer within [`STATS_TIMEOUT`] (or an earlier one still has not): one stuck call per
+    /// mount at most, so a wedged mount cannot pin threads nor stall other volumes.
+    async fn statvfs(&self, path: PathBuf) -> Option<Vec<VolumeUsage>> {
+        {
+            let mut probing = self.probing.lock().unwrap_or_else(|p| p.into_inner());
+            if !probing.insert(path.clone()) {
+                return None;
+            }
+        }
+        let probing = self.probing.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let r = statvfs_bytes(&path.to_string_lossy());
+            probing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&path);
+            r
+        });
+        match tokio::time::timeout(STATS_TIMEOUT, task).await {
+            Ok(Ok(Some((total, free)))) => Some(vec![VolumeUsage {
+                available: free,
+                total,
+                used: total - free,
+                unit: volume_usage::Unit::Bytes as i32,
+            }]),
+            Ok(_) => Some(vec![]),
+            Err(_) => None,
+        }
     }
 }
 

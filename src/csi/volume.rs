@@ -9,6 +9,7 @@ use tonic::Status;
 use super::pb::VolumeCapability;
 use super::pb::volume_capability::AccessType;
 use super::pb::volume_capability::access_mode::Mode;
+use super::policy::DriverPolicy;
 use crate::mounter::MountRequest;
 use crate::options::{MountArgs, StoreArgs, VolumeOptions};
 use crate::store::source::{Credentials, normalize_prefix, validate_bucket};
@@ -25,6 +26,7 @@ pub const VOLUME_ATTRIBUTES: &[&str] = &[
     keys::PROVIDER,
     keys::REQUESTER_PAYS,
     keys::MOUNT_OPTIONS,
+    keys::AUTH_SOURCE,
 ];
 
 /// Volume attribute keys (PV `volumeAttributes`, inline volume attributes, StorageClass
@@ -46,6 +48,9 @@ pub mod keys {
     pub const REQUESTER_PAYS: &str = "requesterPays";
     /// Extra `pail mount` flags from the allow-list, separated by spaces or commas.
     pub const MOUNT_OPTIONS: &str = "mountOptions";
+    /// Where the volume's credentials come from: `secret`, `driver` (the node plugin's own
+    /// identity, when the admin allows it) or `none` (unsigned requests, public buckets).
+    pub const AUTH_SOURCE: &str = "authenticationSource";
     /// StorageClass: template of the prefix of each dynamic volume.
     pub const PREFIX_TEMPLATE: &str = "prefixTemplate";
     /// StorageClass: "true" to create a bucket per volume.
@@ -273,24 +278,91 @@ pub fn volume_options(
     VolumeOptions::from_mount_options(items).map_err(|e| invalid(format!("mountOptions: {e}")))
 }
 
-/// Build the mount of a publish at `target`: every value checked before anything happens.
-pub fn publish_request(input: &PublishInput<'_>, target: PathBuf) -> Result<MountRequest, Status> {
+/// Where a volume's credentials come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthSource {
+    /// Its Secret.
+    Secret,
+    /// The node plugin's own identity (admin opt-in).
+    Driver,
+    /// None: unsigned requests (public buckets), or a memory volume.
+    Anonymous,
+}
+
+/// The credentials source of a volume: what `authenticationSource` says, else its Secret;
+/// never the node's identity unless asked for and allowed.
+pub fn auth_source(
+    attrs: &HashMap<String, String>,
+    secrets: &Secrets,
+    provider: Provider,
+    policy: &DriverPolicy,
+) -> Result<AuthSource, Status> {
+    let has_secret = secrets.s3.is_some() || secrets.gcs_key.is_some();
+    let source = match attr(attrs, keys::AUTH_SOURCE) {
+        _ if provider == Provider::Memory => AuthSource::Anonymous,
+        Some("secret") | None if has_secret => AuthSource::Secret,
+        Some("driver") => AuthSource::Driver,
+        Some("none") => AuthSource::Anonymous,
+        Some("secret") | None => {
+            return Err(Status::failed_precondition(
+                "no credentials for this volume: give it a Secret (nodePublishSecretRef, or the \
+                 secretRef of an inline volume) with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                 (or GOOGLE_SERVICE_ACCOUNT_JSON for provider gcs); for a public bucket set \
+                 authenticationSource: none",
+            ));
+        }
+        Some(other) => {
+            return Err(invalid(format!(
+                "{}: {other:?} is not \"secret\", \"driver\" or \"none\"",
+                keys::AUTH_SOURCE
+            )));
+        }
+    };
+    if source == AuthSource::Driver && !policy.node_credentials_for(attrs) {
+        return Err(Status::failed_precondition(
+            "authenticationSource: driver: this driver does not lend its own identity to this \
+             volume (the admin allows it with --allow-node-credentials, and for inline volumes \
+             also --allow-node-credentials-inline); give the volume a Secret instead",
+        ));
+    }
+    Ok(source)
+}
+
+/// Build the mount of a publish at `target`: every value checked, against the admin's
+/// `policy` too, before anything happens.
+pub fn publish_request(
+    input: &PublishInput<'_>,
+    target: PathBuf,
+    policy: &DriverPolicy,
+) -> Result<MountRequest, Status> {
     check_attributes(input.attrs, "volume attribute", VOLUME_ATTRIBUTES)?;
     let source = source(input.attrs)?;
     let mut options = MountArgs::new(source.url(), target.clone());
     options.store = store_args(input.attrs)?;
     options.volume = volume_options(input.attrs, input.mount_flags)?;
+    policy.apply_limits(&mut options.volume, source.provider)?;
+    if source.provider == Provider::Memory {
+        options.memory_capacity = policy.memory_volume_size;
+    }
     let read_only = input.readonly || input.cap_read_only || options.volume.read_only;
     options.volume.read_only = read_only;
     // The pods that use a volume run as any user: let them in.
     options.volume.allow_other = true;
     let secrets = secrets(input.secrets, source.provider)?;
+    let auth = auth_source(input.attrs, &secrets, source.provider, policy)?;
+    options.store.no_sign_request = auth == AuthSource::Anonymous;
+    let mut env = policy.mount_env(auth == AuthSource::Driver);
+    if auth == AuthSource::Secret {
+        env.extend(secrets.env());
+    }
     Ok(MountRequest {
         volume_id: input.volume_id.to_string(),
         target,
         options,
-        env: secrets.env(),
-        gcs_key: secrets.gcs_key,
+        env,
+        gcs_key: (auth == AuthSource::Secret)
+            .then_some(secrets.gcs_key)
+            .flatten(),
         read_only,
     })
 }

@@ -57,6 +57,7 @@ impl From<StoreError> for FsError {
             StoreErrorKind::AlreadyExists => libc::EEXIST,
             StoreErrorKind::InvalidKey => libc::EINVAL,
             StoreErrorKind::Unsupported => libc::ENOTSUP,
+            StoreErrorKind::Full => libc::ENOSPC,
             // The object changed under us: as Mountpoint does, say the handle is stale.
             StoreErrorKind::Precondition => libc::ESTALE,
             StoreErrorKind::Config | StoreErrorKind::Unavailable | StoreErrorKind::Other => {

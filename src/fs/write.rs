@@ -242,7 +242,10 @@ impl Writer {
     }
 
     async fn fail(&mut self, e: FsError) -> FsError {
-        let e = if matches!(e.errno, libc::EINVAL | libc::EBADF | libc::ESTALE) {
+        let e = if matches!(
+            e.errno,
+            libc::EINVAL | libc::EBADF | libc::ESTALE | libc::ENOSPC
+        ) {
             e
         } else {
             FsError::new(

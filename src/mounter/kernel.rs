@@ -1,15 +1,133 @@
 //! Kernel-side mount operations: mount `/dev/fuse` at a target (as libfuse's fusermount
-//! does), unmount, and read the mount table.
+//! does), unmount, and read the mount table. Targets are reached from the kubelet
+//! directory one component at a time without following a symlink (`O_NOFOLLOW`), and
+//! mounted, unmounted and removed through the descriptor so reached, so no symlink a pod
+//! placed can send a mount elsewhere.
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn cstr(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+fn os(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn open_at(dir: libc::c_int, name: &std::ffi::CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is a valid C string; the descriptor returned is ours.
+    let fd = os(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The components of `target` below `root`: plain names only.
+fn components<'a>(root: &Path, target: &'a Path) -> io::Result<Vec<&'a std::ffi::OsStr>> {
+    let rel = target.strip_prefix(root).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "target outside the kubelet directory",
+        )
+    })?;
+    rel.components()
+        .map(|c| match c {
+            std::path::Component::Normal(n) => Ok(n),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "target with \".\" or \"..\"",
+            )),
+        })
+        .collect()
+}
+
+/// Open the directory `target` below `root` (the admin's kubelet directory, whose own path
+/// may hold symlinks) without following any symlink below it, making the missing
+/// directories on the way when `create`. Symlinks give ELOOP or ENOTDIR.
+pub fn open_beneath(root: &Path, target: &Path, create: bool) -> io::Result<OwnedFd> {
+    let names = components(root, target)?;
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    let mut dir = open_at(
+        libc::AT_FDCWD,
+        &cstr(root)?,
+        libc::O_PATH | libc::O_DIRECTORY,
+    )?;
+    for name in names {
+        let c = CString::new(name.as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if create {
+            // SAFETY: `dir` is an open directory and `c` a valid C string.
+            let r = unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o750) };
+            if r != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(e);
+                }
+            }
+        }
+        dir = open_at(dir.as_raw_fd(), &c, flags)?;
+    }
+    Ok(dir)
+}
+
+/// The path that names what `fd` is open on (`/proc/self/fd/N`), for calls that take paths.
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Remove the empty directory `target` below `root` (reached without symlinks). Already
+/// gone is success.
+pub fn remove_beneath(root: &Path, target: &Path) -> io::Result<()> {
+    let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+        return Ok(());
+    };
+    let dir = match open_beneath(root, parent, false) {
+        Ok(d) => d,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let c = CString::new(name.as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `dir` is an open directory and `c` a valid C string.
+    let r = unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => Ok(()),
+        _ => Err(e),
+    }
+}
+
+/// Open `/dev/fuse` and mount it at `target` (below `root`, reached without symlinks,
+/// created if missing) as a `fuse.pail` file system. The returned descriptor is the FUSE
+/// connection: whoever serves it serves the mount.
+pub fn mount_fuse_beneath(
+    root: &Path,
+    target: &Path,
+    fsname: &str,
+    read_only: bool,
+) -> io::Result<OwnedFd> {
+    let dir = open_beneath(root, target, true)?;
+    mount_fuse(&fd_path(&dir), fsname, read_only)
+}
+
+/// Unmount whatever is mounted at `target` below `root` (reached without symlinks).
+pub fn unmount_beneath(root: &Path, target: &Path) -> io::Result<()> {
+    match open_beneath(root, target, false) {
+        Ok(dir) => unmount(&fd_path(&dir)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Open `/dev/fuse` and mount it at `target` as a `fuse.pail` file system. The returned
@@ -115,6 +233,37 @@ fn unescape(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_reached_without_following_symlinks() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::os::unix::fs::symlink(outside.path(), r.join("evil")).unwrap();
+        std::fs::create_dir(r.join("pod")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), r.join("pod/last")).unwrap();
+        for bad in ["evil/volumes/x/mount", "pod/last"] {
+            let e = open_beneath(r, &r.join(bad), true).unwrap_err();
+            assert!(
+                matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(
+            std::fs::read_dir(outside.path()).unwrap().count(),
+            0,
+            "nothing made outside"
+        );
+        let fd = open_beneath(r, &r.join("pod/volumes/v/mount"), true).unwrap();
+        assert!(r.join("pod/volumes/v/mount").is_dir());
+        drop(fd);
+        remove_beneath(r, &r.join("pod/volumes/v/mount")).unwrap();
+        assert!(!r.join("pod/volumes/v/mount").exists());
+        remove_beneath(r, &r.join("pod/volumes/v/mount")).unwrap();
+        assert!(open_beneath(r, Path::new("/elsewhere"), false).is_err());
+    }
+
     #[test]
     fn mountinfo_escapes_are_undone() {
         assert_eq!(super::unescape(r"/a\040b/c"), "/a b/c");

@@ -25,6 +25,10 @@ const FUSE_FD: i32 = 4;
 pub enum MountError {
     /// Something else is mounted at the target.
     Busy(String),
+    /// The node's staging space (or another node-wide budget) is spent.
+    Exhausted(String),
+    /// The target cannot be used (a symlink on the way).
+    Refused(String),
     /// The mount process could not start or mount (bad bucket, credentials…).
     Failed(String),
     /// A local system call failed.
@@ -34,7 +38,11 @@ pub enum MountError {
 impl std::fmt::Display for MountError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            MountError::Busy(m) | MountError::Failed(m) | MountError::Io(m) => f.write_str(m),
+            MountError::Busy(m)
+            | MountError::Exhausted(m)
+            | MountError::Refused(m)
+            | MountError::Failed(m)
+            | MountError::Io(m) => f.write_str(m),
         }
     }
 }
@@ -43,6 +51,7 @@ impl std::error::Error for MountError {}
 
 /// Starts and stops mount processes.
 pub struct ProcessMounter {
+    root: PathBuf,
     pail_bin: PathBuf,
     records: StateDir,
     locks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
@@ -51,9 +60,15 @@ pub struct ProcessMounter {
     noticed_dead: Mutex<std::collections::HashSet<PathBuf>>,
     /// How long to wait for a mount process to serve.
     pub ready_timeout: Duration,
-    /// The host's cgroup file system: mount processes move to its root cgroups, out of the
-    /// plugin's container, so that they outlive it (see [`super::cgroup`]).
+    /// The host's cgroup file system: mount processes move to pail's own cgroup there, out
+    /// of the plugin's container, so that they outlive it (see [`super::cgroup`]).
     pub host_cgroup_root: Option<PathBuf>,
+    /// Node-wide limits of that cgroup.
+    pub cgroup_limits: super::cgroup::Limits,
+    /// Mount processes run as this user and group once started (unprivileged).
+    pub run_as: Option<(u32, u32)>,
+    /// Most staging space all mounts of the node may reserve together.
+    pub node_cache_size: Option<u64>,
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -121,9 +136,11 @@ fn stop_process(pid: u32, target: &Path) {
 }
 
 impl ProcessMounter {
-    /// A mounter running `pail_bin` and keeping records in `state_dir`.
-    pub fn new(pail_bin: PathBuf, state_dir: &Path) -> std::io::Result<Self> {
+    /// A mounter running `pail_bin`, keeping records in `state_dir`, mounting only below
+    /// `root` (kubelet's `pods/` directory).
+    pub fn new(pail_bin: PathBuf, state_dir: &Path, root: PathBuf) -> std::io::Result<Self> {
         Ok(ProcessMounter {
+            root,
             pail_bin,
             records: StateDir::new(state_dir)?,
             locks: Mutex::new(HashMap::new()),
@@ -131,6 +148,9 @@ impl ProcessMounter {
             noticed_dead: Default::default(),
             ready_timeout: Duration::from_secs(60),
             host_cgroup_root: None,
+            cgroup_limits: Default::default(),
+            run_as: None,
+            node_cache_size: None,
         })
     }
 
@@ -163,22 +183,41 @@ impl ProcessMounter {
             }
             MountState::None => {}
         }
-        std::fs::create_dir_all(target)
-            .map_err(|e| MountError::Io(format!("creating {}: {e}", target.display())))?;
+        if let Some(cap) = self.node_cache_size {
+            let reserved: u64 = self.records.all().iter().map(|r| r.cache_size).sum();
+            let asked = req.options.volume.max_cache_size;
+            if reserved + asked > cap {
+                return Err(MountError::Exhausted(format!(
+                    "the node's staging space is spent: {reserved} of {cap} bytes reserved by other mounts, this one asks {asked} (mountOptions max-cache-size)"
+                )));
+            }
+        }
         let fsname = format!("pail:{}", req.options.source);
-        let fuse = kernel::mount_fuse(target, &fsname, req.read_only)
-            .map_err(|e| MountError::Io(format!("mounting FUSE at {}: {e}", target.display())))?;
+        let fuse = kernel::mount_fuse_beneath(&self.root, target, &fsname, req.read_only).map_err(
+            |e| match e.raw_os_error() {
+                Some(libc::ELOOP | libc::ENOTDIR) => MountError::Refused(format!(
+                    "target_path {}: a symlink or a file on the way (it is never followed)",
+                    target.display()
+                )),
+                _ => MountError::Io(format!("mounting FUSE at {}: {e}", target.display())),
+            },
+        )?;
 
         let mut options = req.options.clone();
         options.mountpoint = target.clone();
         options.fuse_fd = Some(FUSE_FD);
         options.log_format = LogFormat::Json;
-        options.cache_dir = Some(self.records.cache_path(target));
+        options.run_as = self.run_as;
+        let cache = self
+            .records
+            .make_cache(target, self.run_as)
+            .map_err(|e| MountError::Io(format!("making the staging directory: {e}")))?;
+        options.cache_dir = Some(cache);
         options.log_file = Some(self.records.log_path(target));
         if let Some(key) = &req.gcs_key {
             let path = self
                 .records
-                .save_key(target, key)
+                .save_key(target, key, self.run_as)
                 .map_err(|e| MountError::Io(format!("saving the GCS key: {e}")))?;
             options.store.service_account_file = Some(path);
         }
@@ -193,7 +232,9 @@ impl ProcessMounter {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        for var in ["AWS_EC2_METADATA_DISABLED", "PAIL_LOG", "AWS_REGION"] {
+        // Only logging passes from the plugin; credentials and the endpoint policy come with
+        // the request (the driver's identity only when the admin allows it).
+        for var in ["PAIL_LOG"] {
             if let Ok(v) = std::env::var(var) {
                 cmd.env(var, v);
             }
@@ -229,7 +270,8 @@ impl ProcessMounter {
         }
         if let Some(root) = &self.host_cgroup_root {
             // The mount works either way; it would only not survive a plugin restart.
-            if let Err(e) = super::cgroup::move_to_root(root, child.id()) {
+            let name = super::state::slug(target);
+            if let Err(e) = super::cgroup::place(root, child.id(), &name, &self.cgroup_limits) {
                 tracing::warn!(target = %target.display(), error = %e, "could not move the mount process out of the plugin's cgroup: it will stop with the plugin's container");
             }
         }
@@ -239,6 +281,7 @@ impl ProcessMounter {
             source: req.options.source.clone(),
             pid: child.id(),
             read_only: req.read_only,
+            cache_size: req.options.volume.max_cache_size,
         };
         // The child runs on in its own session; reap it when it exits so it leaves no zombie.
         std::thread::spawn(move || {
@@ -268,9 +311,8 @@ impl ProcessMounter {
             }
         }
         self.cleanup(target);
-        match std::fs::remove_dir(target) {
+        match kernel::remove_beneath(&self.root, target) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
                 return Err(MountError::Io(format!(
                     "removing {}: {e}",
@@ -286,7 +328,7 @@ impl ProcessMounter {
     fn cleanup(&self, target: &Path) {
         let record = self.records.load(target);
         if kernel::mount_type(target).as_deref() == Some("fuse.pail")
-            && let Err(e) = kernel::unmount(target)
+            && let Err(e) = kernel::unmount_beneath(&self.root, target)
         {
             tracing::warn!(target = %target.display(), error = %e, "unmount failed");
         }
@@ -298,6 +340,9 @@ impl ProcessMounter {
             stop_process(pid, target);
         }
         self.records.remove(target);
+        if let Some(root) = &self.host_cgroup_root {
+            super::cgroup::remove(root, &super::state::slug(target));
+        }
         self.noticed_dead
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -21,6 +21,9 @@ pub struct Record {
     /// Mounted read-only.
     #[serde(default)]
     pub read_only: bool,
+    /// Staging space reserved for it (its `--max-cache-size`).
+    #[serde(default)]
+    pub cache_size: u64,
 }
 
 /// The state directory.
@@ -30,7 +33,7 @@ pub struct StateDir {
 }
 
 /// A short stable name for a target path.
-fn slug(target: &Path) -> String {
+pub fn slug(target: &Path) -> String {
     // FNV-1a: stable across runs and versions, unlike the std hasher.
     let mut h: u64 = 0xcbf29ce484222325;
     for b in target.as_os_str().as_encoded_bytes() {
@@ -54,14 +57,24 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl StateDir {
-    /// Use (and create, root-only) `root`.
+    /// Use (and create) `root`: records and logs in `mounts/`, root-only; each mount's own
+    /// directory in `private/<id>/`, private to the user its process runs as (`root` and
+    /// `private/` can be crossed, not listed).
     pub fn new(root: &Path) -> std::io::Result<StateDir> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(root.join("mounts"))?;
-        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::create_dir_all(root.join("private"))?;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711))?;
+        std::fs::set_permissions(root.join("mounts"), std::fs::Permissions::from_mode(0o700))?;
+        std::fs::set_permissions(root.join("private"), std::fs::Permissions::from_mode(0o711))?;
         Ok(StateDir {
             root: root.to_path_buf(),
         })
+    }
+
+    /// The directory of `target`'s mount process: its staging cache and secrets.
+    fn private(&self, target: &Path) -> PathBuf {
+        self.root.join("private").join(slug(target))
     }
 
     fn record_path(&self, target: &Path) -> PathBuf {
@@ -79,21 +92,45 @@ impl StateDir {
 
     /// Where the mount process of `target` stages files edited in place.
     pub fn cache_path(&self, target: &Path) -> PathBuf {
-        self.root.join("cache").join(slug(target))
+        self.private(target).join("cache")
     }
 
     /// Where the GCS key of `target` is kept while it is mounted.
     pub fn key_path(&self, target: &Path) -> PathBuf {
-        self.root
-            .join("mounts")
-            .join(format!("{}.key.json", slug(target)))
+        self.private(target).join("key.json")
     }
 
-    /// Save the GCS key (root-only).
-    pub fn save_key(&self, target: &Path, key: &str) -> std::io::Result<PathBuf> {
+    /// Save the GCS key, readable by its owner only: `owner` (the mount process's user),
+    /// else root.
+    pub fn save_key(
+        &self,
+        target: &Path,
+        key: &str,
+        owner: Option<(u32, u32)>,
+    ) -> std::io::Result<PathBuf> {
         let p = self.key_path(target);
         write_private(&p, key.as_bytes())?;
+        if let Some((u, g)) = owner {
+            std::os::unix::fs::chown(&p, Some(u), Some(g))?;
+        }
         Ok(p)
+    }
+
+    /// Make the directory of `target`'s mount process and its staging cache, private to
+    /// `owner` (else root); returns the cache.
+    pub fn make_cache(&self, target: &Path, owner: Option<(u32, u32)>) -> std::io::Result<PathBuf> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        for p in [self.private(target), self.cache_path(target)] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&p)?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))?;
+            if let Some((u, g)) = owner {
+                std::os::unix::fs::chown(&p, Some(u), Some(g))?;
+            }
+        }
+        Ok(self.cache_path(target))
     }
 
     /// Save the record of a mount.
@@ -110,9 +147,8 @@ impl StateDir {
 
     /// Forget `target`: its record, key and log.
     pub fn remove(&self, target: &Path) {
-        let _ = std::fs::remove_dir_all(self.cache_path(target));
+        let _ = std::fs::remove_dir_all(self.private(target));
         let _ = std::fs::remove_file(self.record_path(target));
-        let _ = std::fs::remove_file(self.key_path(target));
         let _ = std::fs::remove_file(self.log_path(target));
     }
 

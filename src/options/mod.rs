@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-pub use parse::{parse_mode, parse_size, parse_ttl};
+pub use parse::{parse_ids, parse_mode, parse_size, parse_ttl};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -138,6 +138,13 @@ pub struct MountArgs {
     /// Serve this already mounted /dev/fuse descriptor instead of mounting.
     #[arg(long)]
     pub fuse_fd: Option<i32>,
+    /// After start-up, run as this user and group (`uid:gid`), with no capabilities,
+    /// no new privileges and a system-call filter (the CSI driver's mount processes).
+    #[arg(long, value_parser = parse_ids)]
+    pub run_as: Option<(u32, u32)>,
+    /// Most bytes a memory:// bucket holds (the CSI driver caps memory volumes).
+    #[arg(long, value_parser = parse_size)]
+    pub memory_capacity: Option<u64>,
     /// Stay in the foreground (the default).
     #[arg(long, conflicts_with = "background")]
     pub foreground: bool,
@@ -261,6 +268,8 @@ impl MountArgs {
             volume: VolumeOptions::default(),
             cache_dir: None,
             fuse_fd: None,
+            run_as: None,
+            memory_capacity: None,
             foreground: false,
             background: false,
             log_file: None,
@@ -278,6 +287,12 @@ impl MountArgs {
         }
         if let Some(fd) = self.fuse_fd {
             value(&mut out, "fuse-fd", fd);
+        }
+        if let Some((u, g)) = self.run_as {
+            value(&mut out, "run-as", format!("{u}:{g}"));
+        }
+        if let Some(n) = self.memory_capacity {
+            value(&mut out, "memory-capacity", n);
         }
         flag(&mut out, "foreground", self.foreground);
         flag(&mut out, "background", self.background);

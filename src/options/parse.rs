@@ -16,6 +16,18 @@ pub fn parse_mode(s: &str) -> Result<u16, String> {
         .ok_or_else(|| format!("{s:?} is not an octal mode such as 0644"))
 }
 
+/// Parse `uid:gid`.
+pub fn parse_ids(s: &str) -> Result<(u32, u32), String> {
+    let (u, g) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not uid:gid"))?;
+    let num = |v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| format!("{s:?} is not uid:gid"))
+    };
+    Ok((num(u)?, num(g)?))
+}
+
 /// Parse a metadata TTL: seconds, `minimal` (0) or `indefinite`.
 pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     match s {
@@ -32,7 +44,7 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// Parse a size such as `8M`, `64MiB`, `1G` or `4096`.
+/// Parse a size such as `8M`, `64Mi`, `64MiB`, `1G` or `4096`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -42,10 +54,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("{s:?} is not a size such as 8M"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
+        "k" | "kb" | "ki" | "kib" => 1 << 10,
+        "m" | "mb" | "mi" | "mib" => 1 << 20,
+        "g" | "gb" | "gi" | "gib" => 1 << 30,
+        "t" | "tb" | "ti" | "tib" => 1 << 40,
         _ => return Err(format!("{s:?}: unknown unit {unit:?}")),
     };
     n.checked_mul(mult)

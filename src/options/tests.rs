@@ -103,6 +103,8 @@ fn options_round_trip_through_their_arguments() {
         a.store.requester_pays = next() % 2 == 0;
         a.cache_dir = (next() % 2 == 0).then(|| "/var/cache/x".into());
         a.fuse_fd = (next() % 2 == 0).then_some(4);
+        a.run_as = (next() % 2 == 0).then_some((65534, 65534));
+        a.memory_capacity = (next() % 2 == 0).then_some(64 << 20);
         a.log_format = if next() % 2 == 0 {
             LogFormat::Json
         } else {

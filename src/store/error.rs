@@ -24,6 +24,8 @@ pub enum StoreErrorKind {
     Unsupported,
     /// The store could not be reached or kept failing (network, 5xx after retries).
     Unavailable,
+    /// The store is full (a capped `memory://` bucket).
+    Full,
     /// Anything else the store refused.
     Other,
 }
@@ -73,6 +75,30 @@ impl StoreError {
         StoreError::new(kind, message).with_source(e)
     }
 
+    /// What went wrong and what to do, in words safe to show the pod author (no response
+    /// body, no address beyond what they gave).
+    pub fn category(&self) -> (&'static str, &'static str) {
+        match self.kind {
+            StoreErrorKind::PermissionDenied => (
+                "the endpoint refused the credentials",
+                "check the keys in the volume's Secret and the bucket's policy",
+            ),
+            StoreErrorKind::NotFound => (
+                "bucket not found",
+                "check bucketName, region and endpointUrl",
+            ),
+            StoreErrorKind::Unavailable => (
+                "endpoint unreachable",
+                "check endpointUrl and the node's network; details are in the mount's log",
+            ),
+            StoreErrorKind::Config | StoreErrorKind::InvalidKey => (
+                "configuration error",
+                "check the volume's attributes and Secret; details are in the mount's log",
+            ),
+            _ => ("store error", "details are in the mount's log"),
+        }
+    }
+
     /// Whether the error means "no such object".
     pub fn is_not_found(&self) -> bool {
         self.kind == StoreErrorKind::NotFound
@@ -101,6 +127,7 @@ impl fmt::Display for StoreError {
             StoreErrorKind::Config => "configuration error",
             StoreErrorKind::Unsupported => "not supported by this store",
             StoreErrorKind::Unavailable => "store unavailable",
+            StoreErrorKind::Full => "store full",
             StoreErrorKind::Other => "store error",
         };
         write!(f, "{what}: {}", self.message)

@@ -24,6 +24,15 @@ use super::{
 
 const DEFAULT_BASE_URL: &str = "https://storage.googleapis.com";
 
+/// Whether credentials may come from the GCE metadata server: under a policy, when the admin
+/// turned driver-level identity on; by hand, with `PAIL_GCS_METADATA=true`.
+fn gcs_metadata_allowed(opts: &StoreOptions) -> bool {
+    match &opts.net {
+        Some(p) => p.metadata,
+        None => std::env::var("PAIL_GCS_METADATA").as_deref() == Ok("true"),
+    }
+}
+
 /// A GCS bucket.
 #[derive(Debug)]
 pub struct GcsBucket {
@@ -76,9 +85,14 @@ impl GcsBucket {
             .trim_end_matches('/')
             .to_string();
         let allow_http = base_url.starts_with("http://");
+        if let Some(p) = &opts.net {
+            let url = url::Url::parse(&base_url).map_err(|e| config(e.to_string()))?;
+            p.check_endpoint(&url)?;
+        }
         let mut builder = GoogleCloudStorageBuilder::new()
             .with_bucket_name(&source.bucket)
             .with_client_options(client_options(opts, allow_http))
+            .with_http_connector(super::net::Connector(opts.http(allow_http)))
             .with_retry(retry_config(opts))
             .with_skip_signature(opts.no_sign_request);
         if opts.endpoint_url.is_some() {
@@ -88,10 +102,17 @@ impl GcsBucket {
             builder = builder.with_service_account_key(text);
         } else if let Ok(path) = std::env::var("GOOGLE_APPLICATION_CREDENTIALS") {
             builder = builder.with_application_credentials(path);
+        } else if !opts.no_sign_request && !gcs_metadata_allowed(opts) {
+            return Err(config(
+                "no GCS credentials: give a service account key (--service-account-file, or \
+                 GOOGLE_SERVICE_ACCOUNT_JSON in the volume's Secret) or GOOGLE_APPLICATION_CREDENTIALS; \
+                 the metadata server is asked only with PAIL_GCS_METADATA=true"
+                    .into(),
+            ));
         }
         let gcs = builder.build().map_err(|e| config(e.to_string()))?;
         let credentials = (!opts.no_sign_request).then(|| gcs.credentials().clone());
-        let http = super::s3::http_client(opts, allow_http)?;
+        let http = super::net::Guarded::new(&opts.http(allow_http))?;
         Ok(GcsBucket {
             description: format!("gs://{}/{} ({base_url})", source.bucket, source.prefix),
             objects: Objects {

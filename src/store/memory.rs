@@ -65,6 +65,8 @@ struct Object {
 struct State {
     objects: BTreeMap<String, Object>,
     next_etag: u64,
+    /// Bytes of object data held.
+    bytes: u64,
 }
 
 impl State {
@@ -90,9 +92,24 @@ impl State {
         }
     }
 
-    fn insert(&mut self, key: &str, data: Bytes, opts: &PutOptions) -> Result<PutResult> {
+    fn insert(
+        &mut self,
+        key: &str,
+        data: Bytes,
+        opts: &PutOptions,
+        capacity: u64,
+    ) -> Result<PutResult> {
         self.check(key, opts.condition.as_ref())?;
+        let replaced = self.objects.get(key).map_or(0, |o| o.data.len() as u64);
+        let held = self.bytes - replaced;
+        if held + data.len() as u64 > capacity {
+            return Err(StoreError::new(
+                StoreErrorKind::Full,
+                format!("{key:?}: the memory bucket holds at most {capacity} bytes"),
+            ));
+        }
         let etag = self.etag();
+        self.bytes = held + data.len() as u64;
         self.objects.insert(
             key.to_string(),
             Object {
@@ -115,6 +132,7 @@ pub struct MemoryBucket {
     sent: Arc<AtomicU64>,
     min_part_size: u64,
     page_size: u32,
+    capacity: u64,
 }
 
 impl Default for MemoryBucket {
@@ -136,7 +154,14 @@ impl MemoryBucket {
             sent: Arc::default(),
             min_part_size: 0,
             page_size: 1000,
+            capacity: u64::MAX,
         }
+    }
+
+    /// Hold at most `bytes` of object data (writes past it fail, "store full").
+    pub fn with_capacity(mut self, bytes: u64) -> Self {
+        self.capacity = bytes;
+        self
     }
 
     /// Refuse multipart uploads whose parts but the last are smaller than `n` (S3: 5 MiB).
@@ -296,7 +321,8 @@ impl Bucket for MemoryBucket {
     async fn put(&self, key: &str, data: Payload, opts: &PutOptions) -> Result<PutResult> {
         self.tick(Op::Put);
         self.sent.fetch_add(data.len(), Ordering::Relaxed);
-        self.state().insert(key, data.to_bytes(), opts)
+        self.state()
+            .insert(key, data.to_bytes(), opts, self.capacity)
     }
 
     async fn start_upload(&self, key: &str, opts: &PutOptions) -> Result<Box<dyn Upload>> {
@@ -308,6 +334,7 @@ impl Bucket for MemoryBucket {
                 sent: self.sent.clone(),
                 min_part_size: self.min_part_size,
                 page_size: self.page_size,
+                capacity: self.capacity,
             },
             key: key.to_string(),
             opts: opts.clone(),
@@ -338,12 +365,15 @@ impl Bucket for MemoryBucket {
                 condition: None,
             },
         };
-        state.insert(to, src.data, &put)
+        state.insert(to, src.data, &put, self.capacity)
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
         self.tick(Op::Delete);
-        self.state().objects.remove(key);
+        let mut state = self.state();
+        if let Some(o) = state.objects.remove(key) {
+            state.bytes -= o.data.len() as u64;
+        }
         Ok(())
     }
 
@@ -448,9 +478,10 @@ impl Upload for MemoryUpload {
             }
             data.extend_from_slice(&p);
         }
+        let capacity = self.bucket.capacity;
         self.bucket
             .state()
-            .insert(&self.key, Bytes::from(data), &self.opts)
+            .insert(&self.key, Bytes::from(data), &self.opts, capacity)
     }
 
     async fn abort(&mut self) -> Result<()> {

@@ -11,6 +11,7 @@ mod faults;
 mod gcs;
 mod local;
 mod memory;
+pub mod net;
 mod objstore;
 mod ops;
 mod s3;
@@ -313,7 +314,10 @@ pub fn open(source: &Source, opts: &StoreOptions) -> Result<SharedBucket> {
         Provider::S3 => Arc::new(s3::S3Bucket::open(source, opts)?),
         Provider::Gcs => Arc::new(gcs::GcsBucket::open(source, opts)?),
         Provider::Local => Arc::new(local::LocalBucket::open(source)?),
-        Provider::Memory => Arc::new(MemoryBucket::new()),
+        Provider::Memory => Arc::new(match opts.memory_capacity {
+            Some(n) => MemoryBucket::new().with_capacity(n),
+            None => MemoryBucket::new(),
+        }),
     })
 }
 

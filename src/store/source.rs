@@ -177,6 +177,10 @@ pub struct StoreOptions {
     pub request_timeout: Option<Duration>,
     /// Retries of one request on transient errors.
     pub max_retries: Option<usize>,
+    /// Where clients may connect (none: anywhere, as `pail mount` by hand).
+    pub net: Option<std::sync::Arc<super::net::NetPolicy>>,
+    /// Most bytes a `memory://` bucket holds (none: unbounded).
+    pub memory_capacity: Option<u64>,
 }
 
 impl StoreOptions {
@@ -188,6 +192,25 @@ impl StoreOptions {
     /// Retries of one request on transient errors (10 unless set).
     pub fn max_retries(&self) -> usize {
         self.max_retries.unwrap_or(10)
+    }
+
+    /// The settings of this store's HTTP clients.
+    pub fn http(&self, allow_http: bool) -> super::net::HttpSettings {
+        super::net::HttpSettings {
+            timeout: self.request_timeout(),
+            allow_http,
+            policy: self.net.clone(),
+        }
+    }
+
+    /// Whether the credential chains may ask the instance metadata (and container
+    /// credentials) addresses: not under a policy that keeps them closed, nor with
+    /// `AWS_EC2_METADATA_DISABLED=true`.
+    pub fn metadata_allowed(&self) -> bool {
+        match &self.net {
+            Some(p) => p.metadata,
+            None => std::env::var("AWS_EC2_METADATA_DISABLED").as_deref() != Ok("true"),
+        }
     }
 }
 
@@ -209,6 +232,7 @@ impl std::fmt::Debug for StoreOptions {
                 &self.credentials.as_ref().map(|_| "<redacted>"),
             )
             .field("profile", &self.profile)
+            .field("net", &self.net)
             .finish()
     }
 }

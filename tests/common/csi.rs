@@ -26,10 +26,18 @@ pub struct Driver {
     pub child: Option<Child>,
     dir: tempfile::TempDir,
     metrics_port: u16,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Driver {
+    /// A driver whose admin allows the loopback test servers.
     pub fn start() -> Driver {
+        Driver::start_with(&["--allowed-endpoints=127.0.0.1"], &[])
+    }
+
+    /// A driver with these extra flags and environment.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Driver {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("kubelet/pods")).unwrap();
         let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -41,6 +49,11 @@ impl Driver {
             child: None,
             dir,
             metrics_port,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         d.spawn();
         d
@@ -66,12 +79,14 @@ impl Driver {
             .arg("csi")
             .arg(format!("--endpoint=unix://{}", self.socket().display()))
             .args(["--node-id=test-node", "--mode=all"])
+            .args(&self.args)
             .arg(format!("--metrics-address=127.0.0.1:{}", self.metrics_port))
             .arg(format!("--kubelet-dir={}", self.kubelet().display()))
             .arg(format!("--state-dir={}", self.state().display()))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap())
             .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

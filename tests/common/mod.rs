@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub mod csi;
+pub mod http;
 pub mod proxy;
 
 #[allow(unused_imports)]

@@ -102,7 +102,7 @@ helm_install() {
   hm install pail "$REPO/charts/pail" --namespace kube-system --wait --timeout 120s \
     --set image.repository=localhost/pail --set image.tag=e2e --set image.pullPolicy=Never \
     --set kubeletDir="$LAB/kubelet" --set node.registration=self --set node.stateDir="$LAB/state" \
-    --set controller.enabled=false >/dev/null
+    --set 'node.allowedEndpoints={127.0.0.1}' --set controller.enabled=false >/dev/null
   wait_until "CSINode 127.0.0.1 to list $DRIVER" 60 driver_registered
 }
 
@@ -185,6 +185,10 @@ done'
   old=$(node_plugin_pod)
   pid=$(mount_processes | tr '\n' ' ')
   [ -n "$pid" ] || die "no mount process serves the streamer"
+  # It runs unprivileged and filtered, in pail's own cgroup (node-wide limits).
+  grep -q '^Uid:[[:space:]]*65534' "/proc/${pid% }/status" || die "the mount process is not unprivileged: $(grep Uid "/proc/${pid% }/status")"
+  grep -q '^Seccomp:[[:space:]]*2' "/proc/${pid% }/status" || die "the mount process has no system-call filter"
+  grep -q 'pail.slice/mount-' "/proc/${pid% }/cgroup" || die "the mount process is not in pail.slice: $(cat "/proc/${pid% }/cgroup")"
   before=$(reads_ok)
   kc delete pod -n kube-system "$old" --wait=true --timeout=180s >/dev/null
   wait_until "a new node plugin pod Ready and registered" 120 plugin_ready "$old"

@@ -16,6 +16,8 @@ fn service() -> (NodeService, Arc<FakeMounter>) {
         node_id: "n".into(),
         allowed_root: PathBuf::from(ROOT),
         mounter: fake.clone(),
+        policy: DriverPolicy::strict(),
+        probing: Default::default(),
     };
     (svc, fake)
 }
@@ -40,6 +42,11 @@ fn publish(
             }),
         }),
         readonly: read_only,
+        secrets: [
+            ("AWS_ACCESS_KEY_ID".to_string(), "id".to_string()),
+            ("AWS_SECRET_ACCESS_KEY".to_string(), "secret".to_string()),
+        ]
+        .into(),
         volume_context: attrs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

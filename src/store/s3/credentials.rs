@@ -125,7 +125,7 @@ pub fn provider(
                     .into(),
             ));
         }
-        if env("AWS_EC2_METADATA_DISABLED").as_deref() == Some("true") {
+        if !opts.metadata_allowed() {
             return Err(config(
                 "no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, \
                  a web identity token, container credentials, or --no-sign-request \
@@ -134,7 +134,14 @@ pub fn provider(
             ));
         }
     }
+    if chain == Chain::Container && !opts.metadata_allowed() && opts.net.is_some() {
+        return Err(config(
+            "container credentials are not allowed for this volume (driver-level identity is off)"
+                .into(),
+        ));
+    }
     let s3 = AmazonS3Builder::from_env()
+        .with_http_connector(crate::store::net::Connector(opts.http(false)))
         .with_bucket_name(bucket)
         .with_region(region)
         .with_client_options(client)

@@ -51,18 +51,6 @@ pub(super) fn retry_config(opts: &StoreOptions) -> RetryConfig {
     }
 }
 
-/// The HTTP client of pail's own requests: the same timeouts, no redirects followed.
-pub(super) fn http_client(opts: &StoreOptions, allow_http: bool) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .timeout(opts.request_timeout())
-        .connect_timeout(Duration::from_secs(5))
-        .pool_max_idle_per_host(64)
-        .redirect(reqwest::redirect::Policy::none())
-        .https_only(!allow_http)
-        .build()
-        .map_err(|e| StoreError::new(StoreErrorKind::Config, format!("HTTP client: {e}")))
-}
-
 /// Headers carrying a write's metadata, Content-Type and (for single requests) condition.
 pub(super) fn headers_of(opts: &PutOptions, with_condition: bool) -> Vec<(HeaderName, String)> {
     let mut h = Vec::new();
@@ -147,6 +135,11 @@ impl S3Bucket {
             ),
         };
         let allow_http = endpoint.starts_with("http://");
+        if let Some(p) = &opts.net {
+            let url = url::Url::parse(&endpoint)
+                .map_err(|e| StoreError::new(StoreErrorKind::Config, e.to_string()))?;
+            p.check_endpoint(&url)?;
+        }
         let credentials = credentials::provider(
             opts,
             &source.bucket,
@@ -155,7 +148,7 @@ impl S3Bucket {
             retry_config(opts),
         )?;
         let client = Client {
-            http: http_client(opts, allow_http)?,
+            http: super::net::http_client(&opts.http(allow_http), false)?,
             endpoint: endpoint.clone(),
             bucket: source.bucket.clone(),
             path_style,
