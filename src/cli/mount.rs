@@ -11,7 +11,7 @@ use pail::fs::{Fs, FsConfig, ReadConfig, WriteConfig};
 use pail::fuse::{MountConfig, lazy_unmount};
 use pail::options::MountArgs;
 use pail::store::net::NetPolicy;
-use pail::store::{BucketExt, Source, StoreError, StoreOptions};
+use pail::store::{BucketExt, Source, StoreError, StoreOptions, WebIdentity};
 
 use super::daemon;
 
@@ -88,7 +88,40 @@ fn store_options(args: &MountArgs) -> anyhow::Result<StoreOptions> {
         max_retries: Some(args.volume.max_retries as usize),
         net,
         memory_capacity: args.memory_capacity,
+        sse: s.sse.clone(),
+        sse_kms_key_id: s.sse_kms_key_id.clone(),
+        storage_class: s.storage_class.clone(),
+        ca_bundle: match &s.ca_bundle {
+            Some(p) => {
+                Some(std::fs::read(p).with_context(|| format!("--ca-bundle {}", p.display()))?)
+            }
+            None => None,
+        },
+        web_identity: web_identity(s)?,
     })
+}
+
+/// The workload identity the flags name, if any.
+fn web_identity(s: &pail::options::StoreArgs) -> anyhow::Result<Option<WebIdentity>> {
+    let Some(token_file) = &s.web_identity_token_file else {
+        return Ok(None);
+    };
+    if s.role_arn.is_none() && s.workload_identity_provider.is_none() {
+        bail!(
+            "--web-identity-token-file {}: also name --role-arn (AWS) or \
+             --workload-identity-provider (Google)",
+            token_file.display()
+        );
+    }
+    Ok(Some(WebIdentity {
+        token_file: token_file.clone(),
+        role_arn: s.role_arn.clone(),
+        session_name: s.role_session_name.clone(),
+        sts_endpoint: s.sts_endpoint.clone(),
+        gcp_audience: s.workload_identity_provider.clone(),
+        gcp_service_account: s.gcp_service_account.clone(),
+        iam_endpoint: s.iam_credentials_endpoint.clone(),
+    }))
 }
 
 /// The file system's settings, from the flags.

@@ -21,6 +21,7 @@ pub mod controller;
 pub mod identity;
 pub mod metrics;
 pub mod node;
+pub mod pod_identity;
 pub mod policy;
 pub mod registration;
 pub mod server;

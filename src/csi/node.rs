@@ -9,9 +9,11 @@ use tonic::{Request, Response, Status};
 
 use super::pb::node_server::Node;
 use super::pb::*;
+use super::pod_identity::{self, Annotations};
 use super::policy::DriverPolicy;
-use super::volume::{PublishInput, capability, publish_request};
-use crate::mounter::{MountError, MountState, Mounter};
+use super::volume::{PublishInput, capability, mount_group, publish_request};
+use crate::mounter::{MountError, MountRequest, MountState, Mounter};
+use crate::store::Provider;
 
 /// The node plugin.
 pub struct NodeService {
@@ -25,6 +27,8 @@ pub struct NodeService {
     pub policy: DriverPolicy,
     /// Mounts whose `statvfs` has not returned (a stopped or wedged mount process).
     pub probing: Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
+    /// ServiceAccount annotations (the role of a pod's identity).
+    pub annotations: Arc<dyn Annotations>,
 }
 
 /// How long a `statvfs` of a mount may take before the mount is reported as not answering.
@@ -112,24 +116,24 @@ impl Node for NodeService {
                 readonly: req.readonly,
                 cap_read_only,
                 mount_flags: &mount_flags,
+                mount_group: mount_group(req.volume_capability.as_ref())?,
             },
             target.clone(),
             &self.policy,
         )?;
-        // The endpoint, and every address its name resolves to, before any connection.
-        if let Some(e) = &mount.options.store.endpoint_url {
-            let url = url::Url::parse(e).map_err(|_| {
-                Status::invalid_argument(format!("endpointUrl: {e:?} is not a URL"))
-            })?;
-            if let Err(err) = self.policy.net.check_endpoint_resolved(&url).await {
-                tracing::warn!(volume_id = %req.volume_id, endpoint = %e, error = %err, "endpoint refused");
-                return Err(match err.kind {
-                    crate::store::StoreErrorKind::Unavailable => Status::unavailable(format!(
-                        "endpointUrl: {}: the name does not resolve now",
-                        url.host_str().unwrap_or_default()
-                    )),
-                    _ => Status::invalid_argument(format!("endpointUrl: {}", err.message)),
-                });
+        let mut mount = mount;
+        if mount.token.is_some() {
+            self.resolve_identity(&mut mount, &req.volume_context)
+                .await?;
+        }
+        // The endpoints, and every address their names resolve to, before any connection.
+        let store = &mount.options.store;
+        for (field, e) in [
+            ("endpointUrl", &store.endpoint_url),
+            ("stsEndpoint", &store.sts_endpoint),
+        ] {
+            if let Some(e) = e {
+                self.check_endpoint(&req.volume_id, field, e).await?;
             }
         }
         let mounter = self.mounter.clone();
@@ -140,6 +144,15 @@ impl Node for NodeService {
                     "{} is already published with another volume or read-only flag",
                     req.target_path
                 )));
+            }
+            // A republish (requiresRepublish): a fresh token reaches the running mount.
+            if let Some(token) = mount.token.take() {
+                let mounter = self.mounter.clone();
+                let target = mount.target.clone();
+                blocking("republish", move || mounter.refresh_token(&target, &token))
+                    .await?
+                    .map_err(status_of)?;
+                tracing::debug!(volume_id = %req.volume_id, target = %req.target_path, "pod token refreshed");
             }
             return Ok(Response::new(NodePublishVolumeResponse {}));
         }
@@ -235,6 +248,7 @@ impl Node for NodeService {
             capabilities: vec![
                 cap(rpc::Type::GetVolumeStats),
                 cap(rpc::Type::VolumeCondition),
+                cap(rpc::Type::VolumeMountGroup),
             ],
         }))
     }
@@ -252,6 +266,93 @@ impl Node for NodeService {
 }
 
 impl NodeService {
+    /// Check an endpoint a volume names, and every address its name resolves to, against
+    /// the admin's allow-list.
+    async fn check_endpoint(&self, volume_id: &str, field: &str, e: &str) -> Result<(), Status> {
+        let url = url::Url::parse(e)
+            .map_err(|_| Status::invalid_argument(format!("{field}: {e:?} is not a URL")))?;
+        if let Err(err) = self.policy.net.check_endpoint_resolved(&url).await {
+            tracing::warn!(volume_id = %volume_id, endpoint = %e, error = %err, "endpoint refused");
+            return Err(match err.kind {
+                crate::store::StoreErrorKind::Unavailable => Status::unavailable(format!(
+                    "{field}: {}: the name does not resolve now",
+                    url.host_str().unwrap_or_default()
+                )),
+                _ => Status::invalid_argument(format!("{field}: {}", err.message)),
+            });
+        }
+        Ok(())
+    }
+
+    /// Complete a pod identity: the role (AWS) or service account (Google) the volume does
+    /// not name comes from the pod's ServiceAccount annotations.
+    async fn resolve_identity(
+        &self,
+        mount: &mut MountRequest,
+        attrs: &std::collections::HashMap<String, String>,
+    ) -> Result<(), Status> {
+        let gcs = mount
+            .options
+            .source
+            .strip_prefix(Provider::Gcs.scheme())
+            .is_some_and(|r| r.starts_with("://"));
+        let store = &mut mount.options.store;
+        if gcs && store.workload_identity_provider.is_none() {
+            return Err(Status::failed_precondition(
+                "authenticationSource: pod: a gcs volume needs workloadIdentityProvider (or the \
+                 driver's --workload-identity-provider)",
+            ));
+        }
+        let needed = if gcs {
+            store.gcp_service_account.is_none()
+        } else {
+            store.role_arn.is_none()
+        };
+        if !needed {
+            return Ok(());
+        }
+        let Some((ns, sa, _)) = pod_identity::pod_of(attrs) else {
+            return Err(Status::failed_precondition(
+                "authenticationSource: pod: the volume names no roleArn and kubelet did not say \
+                 which ServiceAccount the pod runs as (the CSIDriver needs podInfoOnMount)",
+            ));
+        };
+        let annotations = self.annotations.service_account(&ns, &sa).await?;
+        if gcs {
+            // Without impersonation the federated identity itself is used.
+            store.gcp_service_account = annotations
+                .get(pod_identity::GCP_SA_ANNOTATION)
+                .map(|v| crate::options::parse_word(v))
+                .transpose()
+                .map_err(|e| {
+                    Status::failed_precondition(format!(
+                        "ServiceAccount {ns}/{sa}: annotation {}: {e}",
+                        pod_identity::GCP_SA_ANNOTATION
+                    ))
+                })?;
+            return Ok(());
+        }
+        let role = annotations.get(pod_identity::ROLE_ANNOTATION).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "authenticationSource: pod: ServiceAccount {ns}/{sa} has no {} annotation and the \
+                 volume names no roleArn: the pod has no AWS role (the node's identity is never \
+                 lent in its place)",
+                pod_identity::ROLE_ANNOTATION
+            ))
+        })?;
+        let role = crate::options::parse_word(role)
+            .ok()
+            .filter(|r| r.starts_with("arn:"))
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "ServiceAccount {ns}/{sa}: annotation {} is not an ARN",
+                    pod_identity::ROLE_ANNOTATION
+                ))
+            })?;
+        store.role_arn = Some(role);
+        Ok(())
+    }
+
     /// The mount's size, from a `statvfs` run off the async workers; `None` when it did not
     /// answer within [`STATS_TIMEOUT`] (or an earlier one still has not): one stuck call per
     /// mount at most, so a wedged mount cannot pin threads nor stall other volumes.

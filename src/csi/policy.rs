@@ -47,6 +47,8 @@ pub struct DriverPolicy {
     pub max_cache_size: u64,
     /// Memory volumes (`provider: memory`) and their size; refused when `None`.
     pub memory_volume_size: Option<u64>,
+    /// The Google workload identity provider of pod tokens, for GCS volumes that name none.
+    pub gcp_workload_identity_provider: Option<String>,
 }
 
 impl DriverPolicy {
@@ -60,6 +62,7 @@ impl DriverPolicy {
             max_memory_limit: 1 << 30,
             max_cache_size: 10 << 30,
             memory_volume_size: None,
+            gcp_workload_identity_provider: None,
         }
     }
 

@@ -11,7 +11,7 @@ use super::pb::volume_capability::AccessType;
 use super::pb::volume_capability::access_mode::Mode;
 use super::policy::DriverPolicy;
 use crate::mounter::MountRequest;
-use crate::options::{MountArgs, StoreArgs, VolumeOptions};
+use crate::options::{MountArgs, StoreArgs, VolumeOptions, parse_storage_class, parse_word};
 use crate::store::source::{Credentials, normalize_prefix, validate_bucket};
 use crate::store::{Provider, Source};
 
@@ -27,6 +27,14 @@ pub const VOLUME_ATTRIBUTES: &[&str] = &[
     keys::REQUESTER_PAYS,
     keys::MOUNT_OPTIONS,
     keys::AUTH_SOURCE,
+    keys::ROLE_ARN,
+    keys::STS_ENDPOINT,
+    keys::TOKEN_AUDIENCE,
+    keys::WORKLOAD_IDENTITY_PROVIDER,
+    keys::GCP_SERVICE_ACCOUNT,
+    keys::SSE,
+    keys::SSE_KMS_KEY_ID,
+    keys::STORAGE_CLASS,
 ];
 
 /// Volume attribute keys (PV `volumeAttributes`, inline volume attributes, StorageClass
@@ -48,9 +56,28 @@ pub mod keys {
     pub const REQUESTER_PAYS: &str = "requesterPays";
     /// Extra `pail mount` flags from the allow-list, separated by spaces or commas.
     pub const MOUNT_OPTIONS: &str = "mountOptions";
-    /// Where the volume's credentials come from: `secret`, `driver` (the node plugin's own
-    /// identity, when the admin allows it) or `none` (unsigned requests, public buckets).
+    /// Where the volume's credentials come from: `secret`, `pod` (the pod's service account
+    /// token, exchanged at STS), `driver` (the node plugin's own identity, when the admin
+    /// allows it) or `none` (unsigned requests, public buckets).
     pub const AUTH_SOURCE: &str = "authenticationSource";
+    /// AWS role the pod's token assumes (else its ServiceAccount's
+    /// `eks.amazonaws.com/role-arn` annotation).
+    pub const ROLE_ARN: &str = "roleArn";
+    /// STS endpoint of the token exchange (AWS-compatible or Google's).
+    pub const STS_ENDPOINT: &str = "stsEndpoint";
+    /// The audience of the pod token to use (one of the CSIDriver's tokenRequests).
+    pub const TOKEN_AUDIENCE: &str = "tokenAudience";
+    /// Google workload identity provider (the STS audience) of the pod's token.
+    pub const WORKLOAD_IDENTITY_PROVIDER: &str = "workloadIdentityProvider";
+    /// Google service account to impersonate (else the ServiceAccount's
+    /// `iam.gke.io/gcp-service-account` annotation, if any).
+    pub const GCP_SERVICE_ACCOUNT: &str = "gcpServiceAccount";
+    /// Server-side encryption of writes: `AES256`, `aws:kms`, `aws:kms:dsse`.
+    pub const SSE: &str = "sse";
+    /// KMS key of `sse: aws:kms`.
+    pub const SSE_KMS_KEY_ID: &str = "sseKmsKeyId";
+    /// Storage class of writes, e.g. `STANDARD_IA`.
+    pub const STORAGE_CLASS: &str = "storageClass";
     /// StorageClass: template of the prefix of each dynamic volume.
     pub const PREFIX_TEMPLATE: &str = "prefixTemplate";
     /// StorageClass: "true" to create a bucket per volume.
@@ -71,6 +98,10 @@ pub mod secret_keys {
     pub const ENDPOINT: &str = "endpointUrl";
     /// Region for the controller's DeleteVolume.
     pub const REGION: &str = "region";
+    /// The bucket's region, as AWS tools name it.
+    pub const AWS_REGION: &str = "AWS_REGION";
+    /// The same, older name.
+    pub const AWS_DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
 }
 
 /// Keys Kubernetes adds to the volume context or parameters on its own.
@@ -174,6 +205,27 @@ pub fn capability(
     Ok((read_only, flags))
 }
 
+/// The pod's fsGroup kubelet delegates (`volume_mount_group`), as a group id.
+pub fn mount_group(cap: Option<&VolumeCapability>) -> Result<Option<u32>, Status> {
+    let Some(AccessType::Mount(m)) = cap.and_then(|c| c.access_type.as_ref()) else {
+        return Ok(None);
+    };
+    if m.volume_mount_group.is_empty() {
+        return Ok(None);
+    }
+    m.volume_mount_group
+        .parse::<u32>()
+        .ok()
+        .filter(|g| *g != u32::MAX)
+        .map(Some)
+        .ok_or_else(|| {
+            invalid(format!(
+                "volume_capability: volume_mount_group {:?} is not a group id",
+                m.volume_mount_group
+            ))
+        })
+}
+
 /// Check the size of a map of attributes or parameters and its keys: only `allowed` keys
 /// and Kubernetes' own.
 pub fn check_attributes(
@@ -217,6 +269,8 @@ pub struct PublishInput<'a> {
     pub cap_read_only: bool,
     /// PV mountOptions.
     pub mount_flags: &'a [String],
+    /// The pod's fsGroup (`volume_mount_group`), when kubelet delegates it.
+    pub mount_group: Option<u32>,
 }
 
 /// The bucket and prefix a volume's attributes name.
@@ -252,11 +306,45 @@ pub fn store_args(attrs: &HashMap<String, String>) -> Result<StoreArgs, Status> 
     if let Some(r) = &region_name {
         region(r)?;
     }
+    let checked = |key: &str, parse: fn(&str) -> Result<String, String>| {
+        attr(attrs, key)
+            .map(|v| parse(v).map_err(|e| invalid(format!("{key}: {e}"))))
+            .transpose()
+    };
+    let sse = checked(keys::SSE, |v| match v {
+        "AES256" | "aws:kms" | "aws:kms:dsse" => Ok(v.to_string()),
+        _ => Err(format!("{v:?} is not AES256, aws:kms or aws:kms:dsse")),
+    })?;
+    let sse_kms_key_id = checked(keys::SSE_KMS_KEY_ID, parse_word)?;
+    if sse_kms_key_id.is_some() && !sse.as_deref().is_some_and(|s| s.starts_with("aws:kms")) {
+        return Err(invalid(format!(
+            "{}: needs {}: aws:kms",
+            keys::SSE_KMS_KEY_ID,
+            keys::SSE
+        )));
+    }
+    let role_arn = checked(keys::ROLE_ARN, parse_word)?;
+    if let Some(r) = &role_arn
+        && !r.starts_with("arn:")
+    {
+        return Err(invalid(format!("{}: {r:?} is not an ARN", keys::ROLE_ARN)));
+    }
+    let sts_endpoint = attr(attrs, keys::STS_ENDPOINT).map(str::to_string);
+    if let Some(e) = &sts_endpoint {
+        endpoint(e, keys::STS_ENDPOINT)?;
+    }
     Ok(StoreArgs {
         endpoint_url,
         region: region_name,
         force_path_style: bool_attr(attrs, keys::PATH_STYLE)?,
         requester_pays: bool_attr(attrs, keys::REQUESTER_PAYS)?,
+        sse,
+        sse_kms_key_id,
+        storage_class: checked(keys::STORAGE_CLASS, parse_storage_class)?,
+        role_arn,
+        sts_endpoint,
+        workload_identity_provider: checked(keys::WORKLOAD_IDENTITY_PROVIDER, parse_word)?,
+        gcp_service_account: checked(keys::GCP_SERVICE_ACCOUNT, parse_word)?,
         ..Default::default()
     })
 }
@@ -283,14 +371,17 @@ pub fn volume_options(
 pub enum AuthSource {
     /// Its Secret.
     Secret,
+    /// The pod's service account token, exchanged at STS.
+    Pod,
     /// The node plugin's own identity (admin opt-in).
     Driver,
     /// None: unsigned requests (public buckets), or a memory volume.
     Anonymous,
 }
 
-/// The credentials source of a volume: what `authenticationSource` says, else its Secret;
-/// never the node's identity unless asked for and allowed.
+/// The credentials source of a volume: what `authenticationSource` says, else its Secret,
+/// else the pod's token when kubelet passed one (the role is looked up later); never the
+/// node's identity unless asked for and allowed.
 pub fn auth_source(
     attrs: &HashMap<String, String>,
     secrets: &Secrets,
@@ -301,19 +392,22 @@ pub fn auth_source(
     let source = match attr(attrs, keys::AUTH_SOURCE) {
         _ if provider == Provider::Memory => AuthSource::Anonymous,
         Some("secret") | None if has_secret => AuthSource::Secret,
+        Some("pod") => AuthSource::Pod,
+        None if super::pod_identity::has_tokens(attrs) => AuthSource::Pod,
         Some("driver") => AuthSource::Driver,
         Some("none") => AuthSource::Anonymous,
         Some("secret") | None => {
             return Err(Status::failed_precondition(
                 "no credentials for this volume: give it a Secret (nodePublishSecretRef, or the \
                  secretRef of an inline volume) with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
-                 (or GOOGLE_SERVICE_ACCOUNT_JSON for provider gcs); for a public bucket set \
-                 authenticationSource: none",
+                 (or GOOGLE_SERVICE_ACCOUNT_JSON for provider gcs), or use the pod's own identity \
+                 (authenticationSource: pod, with a roleArn or an IRSA-annotated ServiceAccount); \
+                 for a public bucket set authenticationSource: none",
             ));
         }
         Some(other) => {
             return Err(invalid(format!(
-                "{}: {other:?} is not \"secret\", \"driver\" or \"none\"",
+                "{}: {other:?} is not \"secret\", \"pod\", \"driver\" or \"none\"",
                 keys::AUTH_SOURCE
             )));
         }
@@ -348,13 +442,42 @@ pub fn publish_request(
     options.volume.read_only = read_only;
     // The pods that use a volume run as any user: let them in.
     options.volume.allow_other = true;
+    if let Some(g) = input.mount_group {
+        // The pod's fsGroup (VOLUME_MOUNT_GROUP): its files are the group's, group-writable.
+        options.volume.gid = Some(g);
+        options.volume.file_mode |= 0o060;
+        options.volume.dir_mode |= 0o070;
+    }
     let secrets = secrets(input.secrets, source.provider)?;
+    if options.store.region.is_none() {
+        options.store.region = secrets.region.clone();
+    }
     let auth = auth_source(input.attrs, &secrets, source.provider, policy)?;
     options.store.no_sign_request = auth == AuthSource::Anonymous;
     let mut env = policy.mount_env(auth == AuthSource::Driver);
     if auth == AuthSource::Secret {
         env.extend(secrets.env());
     }
+    let token = if auth == AuthSource::Pod {
+        let gcs = source.provider == Provider::Gcs;
+        let token = super::pod_identity::pick_token(
+            input.attrs,
+            attr(input.attrs, keys::TOKEN_AUDIENCE),
+            gcs,
+        )?;
+        if gcs && options.store.workload_identity_provider.is_none() {
+            options.store.workload_identity_provider =
+                policy.gcp_workload_identity_provider.clone();
+        }
+        if let Some((ns, _, pod)) = super::pod_identity::pod_of(input.attrs) {
+            options.store.role_session_name = Some(crate::store::identity::session_name(&format!(
+                "pail-{ns}-{pod}"
+            )));
+        }
+        Some(token)
+    } else {
+        None
+    };
     Ok(MountRequest {
         volume_id: input.volume_id.to_string(),
         target,
@@ -363,6 +486,7 @@ pub fn publish_request(
         gcs_key: (auth == AuthSource::Secret)
             .then_some(secrets.gcs_key)
             .flatten(),
+        token,
         read_only,
     })
 }
@@ -435,7 +559,7 @@ pub fn secrets(map: &HashMap<String, String>, provider: Provider) -> Result<Secr
                 endpoint(v, "secret key endpointUrl")?;
                 s.endpoint = Some(v.clone());
             }
-            secret_keys::REGION => {
+            secret_keys::REGION | secret_keys::AWS_REGION | secret_keys::AWS_DEFAULT_REGION => {
                 region(v)?;
                 s.region = Some(v.clone());
             }

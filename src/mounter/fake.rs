@@ -14,6 +14,10 @@ pub struct FakeMounter {
     fail_next: Mutex<Option<String>>,
     /// Every publish that reached the mounter (volume id, source URL), in order.
     pub published: Mutex<Vec<(String, String)>>,
+    /// Every pod token handed to a mount (target, token), in order.
+    pub tokens: Mutex<Vec<(PathBuf, String)>>,
+    /// The options of the last publish that reached the mounter.
+    pub last: Mutex<Option<crate::options::MountArgs>>,
 }
 
 impl FakeMounter {
@@ -40,6 +44,7 @@ impl Mounter for FakeMounter {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((req.volume_id.clone(), req.options.source.clone()));
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(req.options.clone());
         if let Some(why) = self
             .fail_next
             .lock()
@@ -53,6 +58,23 @@ impl Mounter for FakeMounter {
             read_only: req.read_only,
         };
         self.lock().insert(req.target.clone(), (info, true));
+        if let Some(t) = &req.token {
+            self.tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((req.target.clone(), t.clone()));
+        }
+        Ok(())
+    }
+
+    fn refresh_token(&self, target: &Path, token: &str) -> Result<(), MountError> {
+        if !self.lock().contains_key(target) {
+            return Err(MountError::Io("not mounted".into()));
+        }
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((target.to_path_buf(), token.to_string()));
         Ok(())
     }
 

@@ -30,6 +30,9 @@ pub struct MountRequest {
     pub env: Vec<(String, String)>,
     /// GCS service account JSON (secret), written to a root-only file.
     pub gcs_key: Option<String>,
+    /// The pod's service account token (secret), written to a file only the mount process
+    /// may read; a republish rewrites it.
+    pub token: Option<String>,
     /// Mount read-only.
     pub read_only: bool,
 }
@@ -42,6 +45,7 @@ impl std::fmt::Debug for MountRequest {
             .field("options", &self.options)
             .field("env", &format_args!("<{} redacted>", self.env.len()))
             .field("gcs_key", &self.gcs_key.as_ref().map(|_| "<redacted>"))
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("read_only", &self.read_only)
             .finish()
     }
@@ -82,6 +86,9 @@ pub struct MounterStats {
 pub trait Mounter: Send + Sync {
     /// Mount `req` at its target. Publishing the same volume again succeeds.
     fn publish(&self, req: &MountRequest) -> Result<(), MountError>;
+
+    /// Hand the live mount at `target` a fresh pod token (a republish), without remounting.
+    fn refresh_token(&self, target: &Path, token: &str) -> Result<(), MountError>;
 
     /// Unmount `target` and stop what serves it. Already gone is success.
     fn unpublish(&self, target: &Path) -> Result<(), MountError>;

@@ -65,6 +65,8 @@ pub struct ProcessMounter {
     pub host_cgroup_root: Option<PathBuf>,
     /// Node-wide limits of that cgroup.
     pub cgroup_limits: super::cgroup::Limits,
+    /// Extra certificates mount processes trust (the admin's PEM file).
+    pub ca_bundle: Option<PathBuf>,
     /// Mount processes run as this user and group once started (unprivileged).
     pub run_as: Option<(u32, u32)>,
     /// Most staging space all mounts of the node may reserve together.
@@ -149,6 +151,7 @@ impl ProcessMounter {
             ready_timeout: Duration::from_secs(60),
             host_cgroup_root: None,
             cgroup_limits: Default::default(),
+            ca_bundle: None,
             run_as: None,
             node_cache_size: None,
         })
@@ -208,6 +211,9 @@ impl ProcessMounter {
         options.fuse_fd = Some(FUSE_FD);
         options.log_format = LogFormat::Json;
         options.run_as = self.run_as;
+        if options.store.ca_bundle.is_none() {
+            options.store.ca_bundle = self.ca_bundle.clone();
+        }
         let cache = self
             .records
             .make_cache(target, self.run_as)
@@ -220,6 +226,13 @@ impl ProcessMounter {
                 .save_key(target, key, self.run_as)
                 .map_err(|e| MountError::Io(format!("saving the GCS key: {e}")))?;
             options.store.service_account_file = Some(path);
+        }
+        if let Some(token) = &req.token {
+            let path = self
+                .records
+                .save_token(target, token, self.run_as)
+                .map_err(|e| MountError::Io(format!("saving the pod token: {e}")))?;
+            options.store.web_identity_token_file = Some(path);
         }
         let mut cmd = Command::new(&self.pail_bin);
         cmd.arg("mount")
@@ -234,7 +247,8 @@ impl ProcessMounter {
             .stderr(Stdio::null());
         // Only logging passes from the plugin; credentials and the endpoint policy come with
         // the request (the driver's identity only when the admin allows it).
-        for var in ["PAIL_LOG"] {
+        let passed = ["PAIL_LOG"].iter().chain(crate::options::PROXY_ENV);
+        for var in passed {
             if let Ok(v) = std::env::var(var) {
                 cmd.env(var, v);
             }
@@ -369,6 +383,21 @@ impl Mounter for ProcessMounter {
         let lock = self.lock(&req.target);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         self.publish_locked(req)
+    }
+
+    fn refresh_token(&self, target: &Path, token: &str) -> Result<(), MountError> {
+        let lock = self.lock(target);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.records.load(target).is_none() {
+            return Err(MountError::Io(format!(
+                "{}: no mount of pail's to refresh",
+                target.display()
+            )));
+        }
+        self.records
+            .save_token(target, token, self.run_as)
+            .map(|_| ())
+            .map_err(|e| MountError::Io(format!("saving the pod token: {e}")))
     }
 
     fn unpublish(&self, target: &Path) -> Result<(), MountError> {

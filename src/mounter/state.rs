@@ -43,7 +43,8 @@ pub fn slug(target: &Path) -> String {
     format!("{h:016x}")
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Replace `path` with `bytes` at once, readable by its owner only: `owner`, else root.
+fn write_private(path: &Path, bytes: &[u8], owner: Option<(u32, u32)>) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -53,6 +54,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
+    if let Some((u, g)) = owner {
+        std::os::unix::fs::chown(&tmp, Some(u), Some(g))?;
+    }
     std::fs::rename(tmp, path)
 }
 
@@ -109,10 +113,25 @@ impl StateDir {
         owner: Option<(u32, u32)>,
     ) -> std::io::Result<PathBuf> {
         let p = self.key_path(target);
-        write_private(&p, key.as_bytes())?;
-        if let Some((u, g)) = owner {
-            std::os::unix::fs::chown(&p, Some(u), Some(g))?;
-        }
+        write_private(&p, key.as_bytes(), owner)?;
+        Ok(p)
+    }
+
+    /// Where the pod token of `target`'s mount is kept.
+    pub fn token_path(&self, target: &Path) -> PathBuf {
+        self.private(target).join("token")
+    }
+
+    /// Save (or replace, at once) the pod token of `target`'s mount, readable by `owner`
+    /// only (else root).
+    pub fn save_token(
+        &self,
+        target: &Path,
+        token: &str,
+        owner: Option<(u32, u32)>,
+    ) -> std::io::Result<PathBuf> {
+        let p = self.token_path(target);
+        write_private(&p, token.as_bytes(), owner)?;
         Ok(p)
     }
 
@@ -136,7 +155,7 @@ impl StateDir {
     /// Save the record of a mount.
     pub fn save(&self, record: &Record) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
-        write_private(&self.record_path(&record.target), &bytes)
+        write_private(&self.record_path(&record.target), &bytes, None)
     }
 
     /// The record of `target`, if any.

@@ -11,7 +11,11 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-pub use parse::{parse_ids, parse_mode, parse_size, parse_ttl};
+pub use parse::{parse_ids, parse_mode, parse_size, parse_storage_class, parse_ttl, parse_word};
+
+/// The environment variables of an egress proxy, which a mount process takes from the
+/// process that starts it (the admin's), as the store layer reads them.
+pub use crate::store::net::PROXY_ENV;
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -49,6 +53,41 @@ pub struct StoreArgs {
     /// GCS service account JSON key file.
     #[arg(long)]
     pub service_account_file: Option<PathBuf>,
+    /// Server-side encryption of objects written (S3): AES256, aws:kms or aws:kms:dsse.
+    #[arg(long, value_parser = ["AES256", "aws:kms", "aws:kms:dsse"])]
+    pub sse: Option<String>,
+    /// The KMS key of `--sse aws:kms`.
+    #[arg(long, value_parser = parse_word)]
+    pub sse_kms_key_id: Option<String>,
+    /// Storage class of objects written (S3), e.g. STANDARD_IA or INTELLIGENT_TIERING.
+    #[arg(long, value_parser = parse_storage_class)]
+    pub storage_class: Option<String>,
+    /// Extra PEM certificates to trust (a private CA of the store or of a proxy).
+    #[arg(long)]
+    pub ca_bundle: Option<PathBuf>,
+    /// The workload's own token (a JWT), exchanged at STS for credentials; read again
+    /// whenever they are renewed and as soon as it changes.
+    #[arg(long)]
+    pub web_identity_token_file: Option<PathBuf>,
+    /// AWS: the role to assume with that token (STS AssumeRoleWithWebIdentity).
+    #[arg(long, value_parser = parse_word, requires = "web_identity_token_file")]
+    pub role_arn: Option<String>,
+    /// AWS: the session name of the assumed role.
+    #[arg(long, value_parser = parse_word)]
+    pub role_session_name: Option<String>,
+    /// The STS endpoint of the exchange (default: the region's AWS STS, or Google's).
+    #[arg(long)]
+    pub sts_endpoint: Option<String>,
+    /// Google: the workload identity provider the token is exchanged at (the STS audience),
+    /// e.g. //iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/P/providers/X.
+    #[arg(long, value_parser = parse_word, requires = "web_identity_token_file")]
+    pub workload_identity_provider: Option<String>,
+    /// Google: the service account to impersonate with the federated token.
+    #[arg(long, value_parser = parse_word, requires = "workload_identity_provider")]
+    pub gcp_service_account: Option<String>,
+    /// Google: the IAM credentials endpoint of the impersonation.
+    #[arg(long)]
+    pub iam_credentials_endpoint: Option<String>,
 }
 
 /// What a volume's `mountOptions` may set: every field of this struct, and nothing else.
@@ -253,6 +292,37 @@ impl StoreArgs {
         }
         if let Some(f) = &self.service_account_file {
             value(&mut out, "service-account-file", f.display());
+        }
+        if let Some(s) = &self.sse {
+            value(&mut out, "sse", s);
+        }
+        if let Some(k) = &self.sse_kms_key_id {
+            value(&mut out, "sse-kms-key-id", k);
+        }
+        if let Some(c) = &self.storage_class {
+            value(&mut out, "storage-class", c);
+        }
+        if let Some(c) = &self.ca_bundle {
+            value(&mut out, "ca-bundle", c.display());
+        }
+        if let Some(f) = &self.web_identity_token_file {
+            value(&mut out, "web-identity-token-file", f.display());
+        }
+        let words = [
+            ("role-arn", &self.role_arn),
+            ("role-session-name", &self.role_session_name),
+            ("sts-endpoint", &self.sts_endpoint),
+            (
+                "workload-identity-provider",
+                &self.workload_identity_provider,
+            ),
+            ("gcp-service-account", &self.gcp_service_account),
+            ("iam-credentials-endpoint", &self.iam_credentials_endpoint),
+        ];
+        for (name, v) in words {
+            if let Some(v) = v {
+                value(&mut out, name, v);
+            }
         }
         out
     }

@@ -28,6 +28,29 @@ pub fn parse_ids(s: &str) -> Result<(u32, u32), String> {
     Ok((num(u)?, num(g)?))
 }
 
+/// A KMS key id or ARN: `[A-Za-z0-9:/_.-]`, at most 256 characters.
+pub fn parse_word(s: &str) -> Result<String, String> {
+    if s.is_empty()
+        || s.len() > 256
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":/_.-+=,@".contains(c))
+    {
+        return Err(format!(
+            "{s:?} is not a key id, ARN, audience or account name (letters, digits, :/_.-+=,@)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// A storage class name: `[A-Z_]`, at most 64 characters.
+pub fn parse_storage_class(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 64 || !s.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+        return Err(format!("{s:?} is not a storage class such as STANDARD_IA"));
+    }
+    Ok(s.to_string())
+}
+
 /// Parse a metadata TTL: seconds, `minimal` (0) or `indefinite`.
 pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     match s {

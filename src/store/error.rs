@@ -106,7 +106,7 @@ impl StoreError {
 }
 
 /// A message on one line, at most `max` characters.
-pub(crate) fn one_line(s: &str) -> String {
+pub fn one_line(s: &str) -> String {
     let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
     if joined.chars().count() > 300 {
         let cut: String = joined.chars().take(300).collect();

@@ -98,7 +98,11 @@ impl GcsBucket {
         if opts.endpoint_url.is_some() {
             builder = builder.with_base_url(&base_url);
         }
-        if let Some(text) = key_text {
+        if let Some(id) = &opts.web_identity {
+            builder = builder.with_credentials(Arc::new(
+                super::identity::GcpWorkloadIdentity::new(id, opts)?,
+            ));
+        } else if let Some(text) = key_text {
             builder = builder.with_service_account_key(text);
         } else if let Ok(path) = std::env::var("GOOGLE_APPLICATION_CREDENTIALS") {
             builder = builder.with_application_credentials(path);

@@ -9,6 +9,7 @@
 mod error;
 mod faults;
 mod gcs;
+pub mod identity;
 mod local;
 mod memory;
 pub mod net;
@@ -25,8 +26,9 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-pub use error::{StoreError, StoreErrorKind};
+pub use error::{StoreError, StoreErrorKind, one_line};
 pub use faults::{Action, Faulty, Rule};
+pub use identity::WebIdentity;
 pub use memory::{MemoryBucket, Op};
 pub use ops::{BucketExt, Listing, valid_name};
 pub use s3::S3Bucket;

@@ -10,6 +10,16 @@ use std::time::Duration;
 
 use super::{StoreError, StoreErrorKind};
 
+/// The proxy settings a mount process takes from the node plugin (the admin's).
+pub const PROXY_ENV: &[&str] = &[
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
 /// The public endpoints every policy allows (their names must resolve to public addresses).
 pub const DEFAULT_ENDPOINTS: &[&str] = &[
     "*.amazonaws.com",
@@ -222,13 +232,27 @@ impl NetPolicy {
             .join(",")
     }
 
-    /// The policy a mount process was started with, if any.
+    /// The policy a mount process was started with, if any. The admin's proxies (the
+    /// `HTTPS_PROXY` and `HTTP_PROXY` it was given) may be reached too.
     pub fn from_env() -> Result<Option<NetPolicy>, String> {
         let Ok(list) = std::env::var(Self::ENV) else {
             return Ok(None);
         };
         let metadata = std::env::var(Self::METADATA_ENV).is_ok_and(|v| v == "true");
-        NetPolicy::new(&[list], metadata).map(Some)
+        let mut items = vec![list];
+        for var in PROXY_ENV
+            .iter()
+            .filter(|v| !v.starts_with("NO") && !v.starts_with("no"))
+        {
+            if let Some(host) = std::env::var(var)
+                .ok()
+                .and_then(|u| url::Url::parse(&u).ok())
+                .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+            {
+                items.push(host);
+            }
+        }
+        NetPolicy::new(&items, metadata).map(Some)
     }
 
     /// Whether the policy names `host`:`port`: `Some(admin)` when it does.
@@ -364,6 +388,8 @@ pub struct HttpSettings {
     pub allow_http: bool,
     /// The network policy, if any.
     pub policy: Option<Arc<NetPolicy>>,
+    /// Extra certificates to trust (PEM).
+    pub ca_bundle: Option<Arc<Vec<u8>>>,
 }
 
 /// An HTTP client: the same timeouts, no redirects followed, names resolved through the
@@ -375,6 +401,17 @@ pub fn http_client(s: &HttpSettings, for_credentials: bool) -> Result<reqwest::C
         .pool_max_idle_per_host(64)
         .redirect(reqwest::redirect::Policy::none())
         .https_only(!s.allow_http && !for_credentials);
+    if let Some(pem) = &s.ca_bundle {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| StoreError::new(StoreErrorKind::Config, format!("--ca-bundle: {e}")))?;
+        if certs.is_empty() {
+            return Err(StoreError::new(
+                StoreErrorKind::Config,
+                "--ca-bundle: no PEM certificate in it",
+            ));
+        }
+        b = b.tls_certs_merge(certs);
+    }
     if let Some(p) = &s.policy {
         b = b.dns_resolver(Arc::new(Resolver {
             policy: p.clone(),

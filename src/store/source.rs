@@ -181,6 +181,16 @@ pub struct StoreOptions {
     pub net: Option<std::sync::Arc<super::net::NetPolicy>>,
     /// Most bytes a `memory://` bucket holds (none: unbounded).
     pub memory_capacity: Option<u64>,
+    /// Server-side encryption of writes (S3): `AES256`, `aws:kms`, `aws:kms:dsse`.
+    pub sse: Option<String>,
+    /// The KMS key of `aws:kms`.
+    pub sse_kms_key_id: Option<String>,
+    /// Storage class of writes (S3).
+    pub storage_class: Option<String>,
+    /// Extra certificates to trust (PEM).
+    pub ca_bundle: Option<Vec<u8>>,
+    /// Credentials from the workload's own token (STS).
+    pub web_identity: Option<super::identity::WebIdentity>,
 }
 
 impl StoreOptions {
@@ -200,6 +210,7 @@ impl StoreOptions {
             timeout: self.request_timeout(),
             allow_http,
             policy: self.net.clone(),
+            ca_bundle: self.ca_bundle.clone().map(std::sync::Arc::new),
         }
     }
 
@@ -232,6 +243,7 @@ impl std::fmt::Debug for StoreOptions {
                 &self.credentials.as_ref().map(|_| "<redacted>"),
             )
             .field("profile", &self.profile)
+            .field("web_identity", &self.web_identity)
             .field("net", &self.net)
             .finish()
     }

@@ -1,6 +1,7 @@
-//! A fake HTTP service on 127.0.0.1 that answers every request with one canned response and
-//! counts the connections it was sent: the node-local service an attacker would aim at, or
-//! a store that redirects or leaks a body.
+//! A fake HTTP service on 127.0.0.1 that answers every request with one canned response,
+//! counts the connections it was sent and keeps the requests: the node-local service an
+//! attacker would aim at, a store that redirects or leaks a body, Google's STS, or the
+//! Kubernetes API.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -15,6 +16,7 @@ pub struct Fake {
     /// Its port.
     pub port: u16,
     connections: Arc<AtomicUsize>,
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Fake {
@@ -25,6 +27,8 @@ impl Fake {
         let port = listener.local_addr().unwrap().port();
         let connections: Arc<AtomicUsize> = Arc::default();
         let count = connections.clone();
+        let requests: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let kept = requests.clone();
         let mut response = format!(
             "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
             body.len()
@@ -39,8 +43,7 @@ impl Fake {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { return };
                 count.fetch_add(1, Ordering::SeqCst);
-                let mut buf = [0u8; 4096];
-                let _ = conn.read(&mut buf);
+                kept.lock().unwrap().push(read_request(&mut conn));
                 let _ = conn.write_all(response.as_bytes());
             }
         });
@@ -48,6 +51,7 @@ impl Fake {
             endpoint: format!("http://127.0.0.1:{port}"),
             port,
             connections,
+            requests,
         }
     }
 
@@ -55,4 +59,37 @@ impl Fake {
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+
+    /// The requests so far (head and body, as text).
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// One request: its head, then as much body as its Content-Length says.
+fn read_request(conn: &mut std::net::TcpStream) -> String {
+    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = conn.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod connect;
 pub mod csi;
 pub mod http;
 pub mod proxy;
@@ -156,8 +157,13 @@ pub fn try_mount(source: &str, args: &[String], env: &[(String, String)]) -> Res
             log,
         }),
         Readiness::Failed(why) => {
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut stderr);
+            }
             let _ = child.wait();
-            Err(why)
+            Err(format!("{why} {}", stderr.trim()))
         }
         Readiness::TimedOut => {
             let _ = child.kill();

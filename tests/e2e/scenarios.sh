@@ -42,12 +42,16 @@ EOF
 }
 
 # run_pod NAME VOLUME-STANZA SCRIPT: a busybox pod running SCRIPT with the volume at /data.
-run_pod() {
+run_pod() { run_pod_as "$1" "" "$2" "$3"; }
+# run_pod_as NAME SPEC-LINES VOLUME-STANZA SCRIPT: the same with extra pod spec lines
+# (serviceAccountName, securityContext), indented by two spaces.
+run_pod_as() {
   kc apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Pod
 metadata: {name: $1, namespace: default}
 spec:
+$2
   hostNetwork: true
   restartPolicy: Never
   terminationGracePeriodSeconds: 1
@@ -58,11 +62,11 @@ spec:
       command: [sh, -c]
       args:
         - |
-$(sed 's/^/          /' <<<"$3")
+$(sed 's/^/          /' <<<"$4")
       volumeMounts: [{name: data, mountPath: /data}]
   volumes:
     - name: data
-$2
+$3
 EOF
 }
 
@@ -102,7 +106,8 @@ helm_install() {
   hm install pail "$REPO/charts/pail" --namespace kube-system --wait --timeout 120s \
     --set image.repository=localhost/pail --set image.tag=e2e --set image.pullPolicy=Never \
     --set kubeletDir="$LAB/kubelet" --set node.registration=self --set node.stateDir="$LAB/state" \
-    --set 'node.allowedEndpoints={127.0.0.1}' --set controller.enabled=false >/dev/null
+    --set 'node.allowedEndpoints={127.0.0.1}' --set controller.enabled=false \
+    --set node.kubernetesApiServer=127.0.0.1:16443 >/dev/null
   wait_until "CSINode 127.0.0.1 to list $DRIVER" 60 driver_registered
 }
 
@@ -161,6 +166,111 @@ exit 1'
 scenario_unmount_on_delete() {
   log "scenario: deleting the pods unmounts their volumes"
   delete_pods writer reader inline gcs readonly
+  assert_node_clean
+}
+
+MOTO=http://127.0.0.1:$E2E_MOTO_PORT # moto: STS and an S3 that takes its credentials
+ROLE=arn:aws:iam::123456789012:role/e2e-trainer
+moto_py() { in_ns env AWS_EC2_METADATA_DISABLED=true python3 - "$MOTO" "$@"; }
+token_file() { find "$LAB/state/private" -name token 2>/dev/null | head -1; }
+token_rewritten() { [ "$(stat -c %Y.%s "$1" 2>/dev/null)" != "$2" ]; }
+failed_mount_says() { kc get events --field-selector "involvedObject.name=$1,reason=FailedMount" -o 'jsonpath={.items[*].message}' | grep -q "$2"; }
+
+scenario_pod_identity() {
+  log "scenario: pod identity: the pod's ServiceAccount token assumes the role of its IRSA annotation at STS (moto); S3 requests are signed with what STS issued"
+  moto_py <<'PY'
+import sys, boto3
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id="setup", aws_secret_access_key="setup")
+s3.create_bucket(Bucket="pod-identity")
+PY
+  # Recording is on from moto's start: keep only what follows.
+  in_ns curl -sf -X POST "$MOTO/moto-api/recorder/reset-recording" >/dev/null
+  in_ns curl -sf -X POST "$MOTO/moto-api/recorder/start-recording" >/dev/null
+  kc create serviceaccount trainer >/dev/null
+  kc annotate serviceaccount trainer "eks.amazonaws.com/role-arn=$ROLE" >/dev/null
+  kc create serviceaccount norole >/dev/null
+  local volume="      csi:
+        driver: $DRIVER
+        volumeAttributes: {bucketName: pod-identity, endpointUrl: \"$MOTO\", stsEndpoint: \"$MOTO\", region: us-east-1}"
+  run_pod_as irsa "  serviceAccountName: trainer" "$volume" 'echo trained > /data/model.txt && cat /data/model.txt && sleep 3600'
+  wait_ready irsa 120
+  wait_until "the irsa pod's output" 30 test -n "$(kc logs irsa)"
+  [ "$(kc logs irsa)" = trained ] || die "irsa pod: $(kc logs irsa)"
+  # What moto saw: the pod's own token at STS for the annotated role, then every S3 request
+  # signed with the temporary key STS issued (ASIA...) and its session token.
+  in_ns curl -sf "$MOTO/moto-api/recorder/download-recording" >"$LAB/moto-recording.jsonl"
+  python3 - "$LAB/moto-recording.jsonl" "$ROLE" <<'PY' || die "moto's recording does not show the pod identity chain"
+import base64, json, sys, urllib.parse
+reqs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def body(r):
+    b = r.get("body") or ""
+    return base64.b64decode(b).decode() if r.get("body_encoded") else b
+sts = [urllib.parse.parse_qs(body(r)) for r in reqs if "AssumeRoleWithWebIdentity" in body(r)]
+assert sts, "no AssumeRoleWithWebIdentity"
+form = sts[0]
+assert form["RoleArn"] == [sys.argv[2]], form["RoleArn"]
+jwt = form["WebIdentityToken"][0].split(".")[1]
+claims = json.loads(base64.urlsafe_b64decode(jwt + "=" * (-len(jwt) % 4)))
+assert claims["sub"] == "system:serviceaccount:default:trainer", claims["sub"]
+assert "sts.amazonaws.com" in claims["aud"], claims["aud"]
+s3 = [r for r in reqs if "/pod-identity" in r["url"]]
+assert s3, "no S3 request"
+for r in s3:
+    h = {k.lower(): v for k, v in r["headers"].items()}
+    auth = h.get("authorization", "")
+    key = auth.split("Credential=")[1].split("/")[0] if "Credential=" in auth else ""
+    assert key.startswith("ASIA") and "x-amz-security-token" in h, (r["method"], r["url"], key)
+print(f"  STS: role {form['RoleArn'][0]}, token of {claims['sub']}; {len(s3)} S3 requests signed with STS keys", file=sys.stderr)
+PY
+  moto_py <<'PY' || die "model.txt is not in moto's bucket"
+import sys, boto3
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+assert s3.get_object(Bucket="pod-identity", Key="model.txt")["Body"].read() == b"trained\n"
+PY
+  # kubelet republishes the live volume (requiresRepublish) with its token: the token file
+  # is rewritten for the same mount process, no remount.
+  local file before pid
+  file=$(token_file)
+  [ -n "$file" ] || die "no pod token file under $LAB/state/private"
+  [ "$(stat -c '%a %u' "$file")" = "600 65534" ] || die "pod token file is $(stat -c '%a %u' "$file"), not 600 65534"
+  before=$(stat -c %Y.%s "$file")
+  pid=$(mount_processes | tr '\n' ' ')
+  sleep 1.1 # mtime granularity
+  wait_until "kubelet to republish the volume with its token" 120 token_rewritten "$file" "$before"
+  [ "$(mount_processes | tr '\n' ' ')" = "$pid" ] || die "the republish remounted ($pid -> $(mount_processes | tr '\n' ' '))"
+  # A pod whose ServiceAccount names no role: a clear event, and never the node's identity.
+  run_pod_as norole "  serviceAccountName: norole" "$volume" 'echo should-not > /data/nope.txt'
+  wait_until "a FailedMount event for norole naming the missing annotation" 120 \
+    failed_mount_says norole "default/norole has no eks.amazonaws.com/role-arn annotation"
+  [ "$(pod_phase norole)" = Pending ] || die "norole is $(pod_phase norole)"
+  delete_pods irsa norole
+  assert_node_clean
+}
+
+scenario_non_root() {
+  log "scenario: non-root pods (runAsUser 1000, fsGroup 1000) write, rename and delete; another uid gets EACCES"
+  apply nonroot.yaml
+  wait_until "PVC e2e-nonroot to bind" 60 pvc_bound e2e-nonroot
+  local as_1000="  securityContext: {runAsUser: 1000, runAsGroup: 1000, fsGroup: 1000}"
+  local work='set -e; echo a > /data/f; mkdir /data/d; mv /data/f /data/d/g; cat /data/d/g; rm /data/d/g; rmdir /data/d; echo kept > /data/kept; echo done'
+  run_pod_as nonroot-pv "$as_1000" "$(claim e2e-nonroot)" "$work"
+  run_pod_as nonroot-inline "$as_1000" "      csi:
+        driver: $DRIVER
+        volumeAttributes: {bucketName: pail-test, prefix: nonroot-inline/, endpointUrl: \"$S3_ENDPOINT\", mountOptions: \"uid=1000,gid=1000\"}
+        nodePublishSecretRef: {name: e2e-s3}" "$work"
+  wait_succeeded nonroot-pv 120
+  wait_succeeded nonroot-inline 120
+  [ "$(bucket_object nonroot/kept)" = kept ] || die "nonroot/kept is not in the bucket"
+  [ "$(bucket_object nonroot-inline/kept)" = kept ] || die "nonroot-inline/kept is not in the bucket"
+  run_pod_as stranger "  securityContext: {runAsUser: 2000, runAsGroup: 2000}" "$(claim e2e-nonroot)" 'cat /data/kept
+if err=$(sh -c "echo x > /data/mine" 2>&1); then echo "the write succeeded"; exit 1; fi
+echo "$err"
+case "$err" in *"Permission denied"*) exit 0 ;; esac
+exit 1'
+  wait_succeeded stranger 120
+  kc logs stranger | grep -q "Permission denied" || die "stranger: $(kc logs stranger)"
+  ! bucket_object nonroot/mine >/dev/null || die "a stranger wrote nonroot/mine"
+  delete_pods nonroot-pv nonroot-inline stranger
   assert_node_clean
 }
 
@@ -235,6 +345,8 @@ run_scenarios() {
   scenario_gcs
   scenario_read_only
   scenario_unmount_on_delete
+  scenario_pod_identity
+  scenario_non_root
   scenario_plugin_restart
   scenario_upgrade_uninstall
 }

@@ -18,8 +18,33 @@ fn service() -> (NodeService, Arc<FakeMounter>) {
         mounter: fake.clone(),
         policy: DriverPolicy::strict(),
         probing: Default::default(),
+        annotations: Arc::new(FakeAnnotations),
     };
     (svc, fake)
+}
+
+/// ServiceAccounts: `irsa` has a role, `plain` none, anything else is not found.
+struct FakeAnnotations;
+
+#[tonic::async_trait]
+impl Annotations for FakeAnnotations {
+    async fn service_account(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, Status> {
+        match name {
+            "irsa" => Ok([(
+                pod_identity::ROLE_ANNOTATION.to_string(),
+                format!("arn:aws:iam::111122223333:role/{ns}-reader"),
+            )]
+            .into()),
+            "plain" => Ok(Default::default()),
+            _ => Err(Status::failed_precondition(format!(
+                "ServiceAccount {ns}/{name} not found"
+            ))),
+        }
+    }
 }
 
 fn target(pod: &str) -> String {
@@ -254,4 +279,171 @@ fn target_paths_are_accepted_exactly_when_canonical_and_below_the_kubelet_dir() 
         ok > 100 && refused > 100,
         "{ok} accepted, {refused} refused"
     );
+}
+
+/// A publish of an inline volume for pod `pod` running as ServiceAccount `sa`, with kubelet's
+/// tokens and no Secret.
+fn pod_publish(t: &str, sa: &str, token: &str, attrs: &[(&str, &str)]) -> NodePublishVolumeRequest {
+    let mut req = publish("v1", t, false, attrs);
+    req.secrets.clear();
+    let tokens = format!(
+        r#"{{"sts.amazonaws.com": {{"token": "{token}", "expirationTimestamp": "2030-01-01T00:00:00Z"}}}}"#
+    );
+    for (k, v) in [
+        (pod_identity::TOKENS_KEY, tokens.as_str()),
+        (pod_identity::NAMESPACE_KEY, "team-a"),
+        (pod_identity::SERVICE_ACCOUNT_KEY, sa),
+        (pod_identity::POD_KEY, "trainer-0"),
+    ] {
+        req.volume_context.insert(k.into(), v.into());
+    }
+    req
+}
+
+#[tokio::test]
+async fn a_pod_token_assumes_the_role_its_service_account_names_and_a_republish_refreshes_it() {
+    let (svc, fake) = service();
+    let t = target("p");
+    let attrs = [("bucketName", "bucket-1")];
+    svc.node_publish_volume(Request::new(pod_publish(&t, "irsa", "jwt.one.a", &attrs)))
+        .await
+        .unwrap();
+    let last = fake.last.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        last.store.role_arn.as_deref(),
+        Some("arn:aws:iam::111122223333:role/team-a-reader")
+    );
+    assert_eq!(
+        last.store.role_session_name.as_deref(),
+        Some("pail-team-a-trainer-0")
+    );
+    // A republish with a fresh token: no second mount, the token reaches the live one.
+    svc.node_publish_volume(Request::new(pod_publish(&t, "irsa", "jwt.two.b", &attrs)))
+        .await
+        .unwrap();
+    assert_eq!(fake.published.lock().unwrap().len(), 1);
+    let tokens: Vec<String> = fake
+        .tokens
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, t)| t.clone())
+        .collect();
+    assert_eq!(tokens, ["jwt.one.a", "jwt.two.b"]);
+    // A volume's own roleArn wins over the annotation.
+    let t2 = target("q");
+    let own = [
+        ("bucketName", "bucket-1"),
+        ("roleArn", "arn:aws:iam::1:role/own"),
+    ];
+    svc.node_publish_volume(Request::new(pod_publish(&t2, "plain", "jwt.x.y", &own)))
+        .await
+        .unwrap();
+    let last = fake.last.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        last.store.role_arn.as_deref(),
+        Some("arn:aws:iam::1:role/own")
+    );
+}
+
+#[tokio::test]
+async fn a_pod_without_a_role_is_refused_and_never_gets_the_nodes_identity() {
+    let (svc, fake) = service();
+    let attrs = [("bucketName", "bucket-1")];
+    let e = svc
+        .node_publish_volume(Request::new(pod_publish(
+            &target("p"),
+            "plain",
+            "jwt.a.b",
+            &attrs,
+        )))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        e.message()
+            .contains("team-a/plain has no eks.amazonaws.com/role-arn"),
+        "{}",
+        e.message()
+    );
+    assert!(!e.message().contains("jwt.a.b"));
+    // No tokens at all (the CSIDriver asks for none): the old refusal, naming the choices.
+    let mut req = publish("v1", &target("p"), false, &attrs);
+    req.secrets.clear();
+    let e = svc
+        .node_publish_volume(Request::new(req))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    // authenticationSource: pod without tokens says what the CSIDriver lacks.
+    let mut req = publish(
+        "v1",
+        &target("p"),
+        false,
+        &[("bucketName", "b-1"), ("authenticationSource", "pod")],
+    );
+    req.secrets.clear();
+    let e = svc
+        .node_publish_volume(Request::new(req))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("tokenRequests"), "{}", e.message());
+    // An STS endpoint off the allow-list is refused like any endpoint.
+    let evil = [
+        ("bucketName", "bucket-1"),
+        ("stsEndpoint", "http://169.254.169.254/"),
+    ];
+    let e = svc
+        .node_publish_volume(Request::new(pod_publish(
+            &target("p"),
+            "irsa",
+            "jwt.a.b",
+            &evil,
+        )))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("stsEndpoint"), "{}", e.message());
+    assert!(fake.published.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_pods_fs_group_owns_the_files_group_writable() {
+    let (svc, fake) = service();
+    let caps = svc
+        .node_get_capabilities(Request::new(NodeGetCapabilitiesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(caps.capabilities.iter().any(|c| matches!(
+        c.r#type,
+        Some(node_service_capability::Type::Rpc(node_service_capability::Rpc { r#type }))
+            if r#type == node_service_capability::rpc::Type::VolumeMountGroup as i32
+    )));
+    let mut req = publish("v1", &target("g"), false, &[("bucketName", "bucket-1")]);
+    if let Some(AccessType::Mount(m)) = req
+        .volume_capability
+        .as_mut()
+        .and_then(|c| c.access_type.as_mut())
+    {
+        m.volume_mount_group = "1000".into();
+    }
+    svc.node_publish_volume(Request::new(req.clone()))
+        .await
+        .unwrap();
+    let v = fake.last.lock().unwrap().clone().unwrap().volume;
+    assert_eq!((v.gid, v.file_mode, v.dir_mode), (Some(1000), 0o664, 0o775));
+    if let Some(AccessType::Mount(m)) = req
+        .volume_capability
+        .as_mut()
+        .and_then(|c| c.access_type.as_mut())
+    {
+        m.volume_mount_group = "staff".into();
+    }
+    req.target_path = target("h");
+    let e = svc
+        .node_publish_volume(Request::new(req))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
 }

@@ -22,6 +22,7 @@ fn publish(attrs: &[(&str, &str)], secrets: &[(&str, &str)]) -> Result<MountRequ
             readonly: false,
             cap_read_only: false,
             mount_flags: &[],
+            mount_group: None,
         },
         "/t".into(),
         &DriverPolicy::strict(),
@@ -232,6 +233,7 @@ fn random_publish_requests_never_panic_nor_leak_secrets() {
             readonly: rng.next().is_multiple_of(2),
             cap_read_only: rng.next().is_multiple_of(2),
             mount_flags: &flags,
+            mount_group: None,
         };
         match publish_request(&input, "/t".into(), &DriverPolicy::strict()) {
             Ok(req) => {
@@ -273,4 +275,42 @@ fn random_publish_requests_never_panic_nor_leak_secrets() {
         accepted > 100 && refused > 100,
         "{accepted} accepted, {refused} refused"
     );
+}
+
+#[test]
+fn secrets_as_aws_tools_write_them_and_write_settings_are_accepted() {
+    let keys = [
+        ("AWS_ACCESS_KEY_ID", "id"),
+        ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ("AWS_REGION", "eu-central-1"),
+        ("AWS_SESSION_TOKEN", "tok"),
+    ];
+    let attrs = [
+        ("bucketName", "b-1"),
+        ("sse", "aws:kms"),
+        ("sseKmsKeyId", "arn:aws:kms:eu-central-1:1:key/abc"),
+        ("storageClass", "STANDARD_IA"),
+    ];
+    let req = publish(&attrs, &keys).unwrap();
+    let s = &req.options.store;
+    assert_eq!(s.region.as_deref(), Some("eu-central-1"));
+    assert_eq!(s.sse.as_deref(), Some("aws:kms"));
+    assert_eq!(s.storage_class.as_deref(), Some("STANDARD_IA"));
+    assert!(req.env.iter().any(|(k, _)| k == "AWS_SESSION_TOKEN"));
+    // The volume's own region wins over the Secret's.
+    let own = publish(&[("bucketName", "b-1"), ("region", "us-west-2")], &keys).unwrap();
+    assert_eq!(own.options.store.region.as_deref(), Some("us-west-2"));
+    for (k, v) in [
+        ("sse", "rot13"),
+        ("storageClass", "glacier please"),
+        ("roleArn", "role/x"),
+        ("stsEndpoint", "ftp://sts"),
+        ("sseKmsKeyId", "k"),
+    ] {
+        let e = publish(&[("bucketName", "b-1"), (k, v)], &keys).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{k}");
+        assert!(e.message().contains(k), "{k}: {}", e.message());
+    }
+    let e = publish(&[("bucketName", "b-1")], &[("AWS_REGION", "not a region!")]).unwrap_err();
+    assert!(e.message().contains("region"), "{}", e.message());
 }

@@ -77,33 +77,57 @@ impl RetryPolicy {
     }
 }
 
+/// Where requests go and the region they are signed for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `scheme://host[:port]` of the endpoint.
+    pub endpoint: String,
+    /// Region requests are signed for.
+    pub region: String,
+    /// The endpoint is AWS's regional one (`https://s3.<region>.amazonaws.com`): it moves
+    /// with the region.
+    pub aws_regional: bool,
+}
+
+impl Target {
+    /// AWS's endpoint of `region`.
+    pub fn aws(region: &str) -> Target {
+        Target {
+            endpoint: format!("https://s3.{region}.amazonaws.com"),
+            region: region.to_string(),
+            aws_regional: true,
+        }
+    }
+}
+
 /// Where and as whom requests go.
 pub struct Client {
     /// The HTTP client (no redirects followed).
     pub http: reqwest::Client,
-    /// `scheme://host[:port]` of the endpoint.
-    pub endpoint: String,
+    /// Endpoint and region; they change once when the bucket says it is elsewhere.
+    pub target: std::sync::RwLock<Target>,
+    /// No region was given: follow the one the bucket names.
+    pub follow_region: bool,
     /// Bucket name.
     pub bucket: String,
     /// Path-style addressing.
     pub path_style: bool,
-    /// Region requests are signed for.
-    pub region: String,
     /// Credentials; unsigned requests when `None`.
     pub credentials: Option<AwsCredentialProvider>,
     /// Send `x-amz-request-payer: requester`.
     pub requester_pays: bool,
     /// Retries.
     pub retry: RetryPolicy,
+    /// Headers every write carries (server-side encryption, storage class).
+    pub write_headers: Vec<(HeaderName, String)>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("endpoint", &self.endpoint)
+            .field("target", &self.target())
             .field("bucket", &self.bucket)
             .field("path_style", &self.path_style)
-            .field("region", &self.region)
             .finish_non_exhaustive()
     }
 }
@@ -172,6 +196,7 @@ impl Call {
 }
 
 /// A successful answer.
+#[derive(Debug)]
 pub struct Answer {
     /// Its headers.
     pub headers: HeaderMap,
@@ -192,6 +217,8 @@ impl Answer {
 struct Failure {
     error: StoreError,
     retry: bool,
+    /// The region the store says the bucket is in, when it is not the one signed for.
+    moved: Option<String>,
 }
 
 /// The kind of a failed answer, and whether trying again may help.
@@ -233,21 +260,44 @@ fn transport_error(what: &str, e: &reqwest::Error) -> String {
     one_line(&format!("{what}: {kind}: {cause}"))
 }
 
+/// Whether a request failed on the server's TLS certificate.
+fn is_certificate_error(e: &reqwest::Error) -> bool {
+    let mut cause: Option<&dyn std::error::Error> = Some(e);
+    while let Some(c) = cause {
+        if c.to_string().contains("certificate") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 impl Client {
+    /// Where requests go now.
+    pub fn target(&self) -> Target {
+        self.target
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The region requests are signed for.
+    pub fn region(&self) -> String {
+        self.target().region
+    }
+
     /// The URL of `key` with `query`.
     pub fn url(&self, key: &str, query: &[(&'static str, String)]) -> String {
         let path = encode_path(key);
+        let endpoint = self.target().endpoint;
         let mut url = if self.path_style {
             if key.is_empty() {
-                format!("{}/{}", self.endpoint, self.bucket)
+                format!("{endpoint}/{}", self.bucket)
             } else {
-                format!("{}/{}/{path}", self.endpoint, self.bucket)
+                format!("{endpoint}/{}/{path}", self.bucket)
             }
         } else {
-            let (scheme, host) = self
-                .endpoint
-                .split_once("://")
-                .unwrap_or(("https", &self.endpoint));
+            let (scheme, host) = endpoint.split_once("://").unwrap_or(("https", &endpoint));
             format!("{scheme}://{}.{host}/{path}", self.bucket)
         };
         for (i, (k, v)) in query.iter().enumerate() {
@@ -264,7 +314,7 @@ impl Client {
         format!("/{}/{}", self.bucket, encode_path(key))
     }
 
-    async fn signed_headers(&self, call: &Call, url: &str) -> Result<HeaderMap> {
+    async fn signed_headers(&self, call: &Call, url: &str, region: &str) -> Result<HeaderMap> {
         let bad = |e: String| {
             StoreError::new(StoreErrorKind::InvalidKey, format!("{}: {e}", call.what()))
         };
@@ -288,7 +338,7 @@ impl Client {
                     ),
                 )
             })?;
-            AwsAuthorizer::new(&cred, "s3", &self.region)
+            AwsAuthorizer::new(&cred, "s3", region)
                 .with_sign_payload(false)
                 .with_request_payer(self.requester_pays)
                 .try_authorize(&mut req, None)
@@ -300,10 +350,19 @@ impl Client {
         Ok(req.headers().clone())
     }
 
-    async fn attempt(&self, call: &Call, url: &str) -> std::result::Result<Answer, Failure> {
-        let fail = |error, retry| Failure { error, retry };
+    async fn attempt(
+        &self,
+        call: &Call,
+        url: &str,
+        region: &str,
+    ) -> std::result::Result<Answer, Failure> {
+        let fail = |error, retry| Failure {
+            error,
+            retry,
+            moved: None,
+        };
         let headers = self
-            .signed_headers(call, url)
+            .signed_headers(call, url, region)
             .await
             .map_err(|e| fail(e, false))?;
         let len = call.body.len();
@@ -324,10 +383,16 @@ impl Client {
         if call.method != Method::GET && call.method != Method::HEAD {
             req = req.header(http::header::CONTENT_LENGTH, len.to_string());
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| fail(self.unavailable(transport_error(&call.what(), &e)), true))?;
+        let resp = req.send().await.map_err(|e| {
+            let msg = transport_error(&call.what(), &e);
+            if is_certificate_error(&e) {
+                // Trying again cannot help: the store's certificate is not trusted.
+                let hint = " (a private CA? trust it with --ca-bundle)";
+                fail(StoreError::new(StoreErrorKind::Config, msg + hint), false)
+            } else {
+                fail(self.unavailable(msg), true)
+            }
+        })?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp
@@ -365,32 +430,61 @@ impl Client {
             msg.push(' ');
             msg.push_str(c);
         }
-        if let Some(region) = headers
+        let moved = headers
             .get("x-amz-bucket-region")
             .and_then(|v| v.to_str().ok())
-            .filter(|r| r.len() <= 32 && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-            && region != self.region
-        {
-            msg.push_str(&format!(
-                " (the bucket is in region {region}, not {})",
-                self.region
-            ));
+            .filter(|r| {
+                !r.is_empty()
+                    && r.len() <= 32
+                    && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            })
+            .filter(|r| *r != region)
+            .map(str::to_string);
+        if let Some(right) = &moved {
+            msg.push_str(&format!(" (the bucket is in region {right}, not {region})"));
         }
-        Err(fail(StoreError::new(kind, msg), retry))
+        Err(Failure {
+            error: StoreError::new(kind, msg),
+            retry,
+            moved,
+        })
     }
 
     fn unavailable(&self, msg: String) -> StoreError {
         StoreError::new(StoreErrorKind::Unavailable, msg)
     }
 
-    /// Send `call`, trying again after transient failures as the policy allows.
+    /// Move to `region` (and its endpoint, when on AWS's regional ones).
+    fn follow(&self, region: &str) {
+        let mut t = self.target.write().unwrap_or_else(|e| e.into_inner());
+        tracing::info!(bucket = %self.bucket, from = %t.region, to = %region, "the bucket is in another region: following it");
+        *t = if t.aws_regional {
+            Target::aws(region)
+        } else {
+            Target {
+                region: region.to_string(),
+                ..t.clone()
+            }
+        };
+    }
+
+    /// Send `call`, trying again after transient failures as the policy allows; without a
+    /// configured region, once in the region the bucket names.
     pub async fn send(&self, call: &Call) -> Result<Answer> {
-        let url = self.url(&call.key, &call.query);
         let started = Instant::now();
         let mut retries = 0;
+        let mut followed = false;
         loop {
-            match self.attempt(call, &url).await {
+            let region = self.region();
+            let url = self.url(&call.key, &call.query);
+            match self.attempt(call, &url, &region).await {
                 Ok(a) => return Ok(a),
+                Err(Failure {
+                    moved: Some(right), ..
+                }) if self.follow_region && !followed => {
+                    followed = true;
+                    self.follow(&right);
+                }
                 Err(f) => {
                     if !f.retry
                         || retries >= self.retry.max_retries
@@ -416,13 +510,14 @@ mod tests {
         crate::store::init_crypto();
         Client {
             http: reqwest::Client::new(),
-            endpoint: "https://s3.eu-west-1.amazonaws.com".into(),
+            target: std::sync::RwLock::new(Target::aws("eu-west-1")),
+            follow_region: false,
             bucket: "b".into(),
             path_style,
-            region: "eu-west-1".into(),
             credentials: None,
             requester_pays: false,
             retry: RetryPolicy::default(),
+            write_headers: Vec::new(),
         }
     }
 
@@ -461,6 +556,67 @@ mod tests {
             (StoreErrorKind::Other, false)
         );
         assert_eq!(k(301, None), (StoreErrorKind::Config, false));
+    }
+
+    /// A store that wants requests signed for `eu-west-3`, answering others as S3 does
+    /// (400 with the bucket's region in a header).
+    async fn store_in_eu_west_3() -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 8192];
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let resp = if head.contains("/eu-west-3/s3/aws4_request") {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                } else {
+                    "HTTP/1.1 400 Bad Request\r\nx-amz-bucket-region: eu-west-3\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                };
+                let _ = conn.write_all(resp.as_bytes()).await;
+            }
+        });
+        endpoint
+    }
+
+    fn signed_client(endpoint: &str, follow_region: bool) -> Client {
+        let mut c = client(true);
+        c.target = std::sync::RwLock::new(Target {
+            endpoint: endpoint.to_string(),
+            region: "us-east-1".into(),
+            aws_regional: false,
+        });
+        c.follow_region = follow_region;
+        c.credentials = Some(std::sync::Arc::new(
+            object_store::StaticCredentialProvider::new(object_store::aws::AwsCredential {
+                key_id: "AK".into(),
+                secret_key: "SK".into(),
+                token: None,
+            }),
+        ));
+        c
+    }
+
+    #[tokio::test]
+    async fn without_a_region_the_one_the_bucket_names_is_followed() {
+        let endpoint = store_in_eu_west_3().await;
+        let c = signed_client(&endpoint, true);
+        c.send(&Call::new(Method::HEAD, "k")).await.unwrap();
+        assert_eq!(c.region(), "eu-west-3");
+        assert_eq!(c.target().endpoint, endpoint, "a custom endpoint stays");
+        let given = signed_client(&endpoint, false);
+        let e = given.send(&Call::new(Method::HEAD, "k")).await.unwrap_err();
+        assert!(
+            e.message
+                .contains("the bucket is in region eu-west-3, not us-east-1"),
+            "{e}"
+        );
+        assert_eq!(given.region(), "us-east-1", "a region given is kept");
+        let mut aws = Target::aws("us-east-1");
+        assert_eq!(aws.endpoint, "https://s3.us-east-1.amazonaws.com");
+        aws = Target::aws("eu-west-3");
+        assert!(aws.aws_regional && aws.endpoint.contains("s3.eu-west-3."));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Where S3 credentials come from: explicit keys, a named profile of the shared
+//! Where S3 credentials come from: explicit keys, a role assumed with the workload's own
+//! token (`store::identity`), a named profile of the shared
 //! credentials file, then `object_store`'s own chain (`AmazonS3Builder::from_env`:
 //! environment keys, a web identity token, container credentials as on ECS and EKS Pod
 //! Identity, instance metadata). Instance metadata is refused before any request when
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use object_store::aws::{AmazonS3Builder, AwsCredential, AwsCredentialProvider};
 use object_store::{ClientOptions, RetryConfig, StaticCredentialProvider};
 
+use crate::store::identity::AwsWebIdentity;
 use crate::store::source::Credentials;
 use crate::store::{Result, StoreError, StoreErrorKind, StoreOptions};
 
@@ -103,6 +105,9 @@ pub fn provider(
     }
     if let Some(c) = &opts.credentials {
         return Ok(Some(fixed(c)));
+    }
+    if let Some(id) = &opts.web_identity {
+        return Ok(Some(Arc::new(AwsWebIdentity::new(id, region, opts)?)));
     }
     if let Some(p) = &opts.profile {
         return profile_credentials(p)

@@ -18,7 +18,7 @@ use object_store::{ClientOptions, RetryConfig};
 
 pub use client::RetryPolicy;
 
-use self::client::{Answer, Call, Client};
+use self::client::{Answer, Call, Client, Target};
 use self::multipart::{S3Upload, copy_in_parts};
 use super::{
     Bucket, Condition, CopyOptions, Features, ListOptions, ObjectInfo, Page, Payload, PutOptions,
@@ -72,6 +72,25 @@ pub(super) fn headers_of(opts: &PutOptions, with_condition: bool) -> Vec<(Header
     h
 }
 
+/// The headers of server-side encryption and storage class every write carries.
+fn write_headers(opts: &StoreOptions) -> Vec<(HeaderName, String)> {
+    let mut h = Vec::new();
+    let name = |n: &'static str| HeaderName::from_static(n);
+    if let Some(s) = &opts.sse {
+        h.push((name("x-amz-server-side-encryption"), s.clone()));
+    }
+    if let Some(k) = &opts.sse_kms_key_id {
+        h.push((
+            name("x-amz-server-side-encryption-aws-kms-key-id"),
+            k.clone(),
+        ));
+    }
+    if let Some(c) = &opts.storage_class {
+        h.push((name("x-amz-storage-class"), c.clone()));
+    }
+    h
+}
+
 fn info_of(key: &str, a: &Answer) -> ObjectInfo {
     let mut meta = super::Meta::new();
     for (name, value) in &a.headers {
@@ -116,7 +135,7 @@ impl S3Bucket {
             .or_else(|| env("AWS_REGION"))
             .or_else(|| env("AWS_DEFAULT_REGION"))
             .unwrap_or_else(|| DEFAULT_REGION.to_string());
-        let (endpoint, path_style) = match &opts.endpoint_url {
+        let (target, path_style) = match &opts.endpoint_url {
             Some(e) => {
                 let url = url::Url::parse(e)
                     .ok()
@@ -127,13 +146,16 @@ impl S3Bucket {
                         format!("bad endpoint URL {e:?}: expected http:// or https://host[:port]"),
                     ));
                 };
-                (url.origin().ascii_serialization(), true)
+                let target = Target {
+                    endpoint: url.origin().ascii_serialization(),
+                    region: region.clone(),
+                    aws_regional: false,
+                };
+                (target, true)
             }
-            None => (
-                format!("https://s3.{region}.amazonaws.com"),
-                opts.force_path_style,
-            ),
+            None => (Target::aws(&region), opts.force_path_style),
         };
+        let endpoint = target.endpoint.clone();
         let allow_http = endpoint.starts_with("http://");
         if let Some(p) = &opts.net {
             let url = url::Url::parse(&endpoint)
@@ -149,16 +171,17 @@ impl S3Bucket {
         )?;
         let client = Client {
             http: super::net::http_client(&opts.http(allow_http), false)?,
-            endpoint: endpoint.clone(),
+            target: std::sync::RwLock::new(target),
+            follow_region: opts.region.is_none(),
             bucket: source.bucket.clone(),
             path_style,
-            region,
             credentials,
             requester_pays: opts.requester_pays,
             retry: RetryPolicy {
                 max_retries: opts.max_retries(),
                 ..Default::default()
             },
+            write_headers: write_headers(opts),
         };
         Ok(S3Bucket {
             client: Arc::new(client),
@@ -247,6 +270,8 @@ impl Bucket for S3Bucket {
         check_key(key)?;
         let mut call = Call::new(Method::PUT, key).body(data);
         call.headers = headers_of(opts, true);
+        call.headers
+            .extend(self.client.write_headers.iter().cloned());
         let answer = self.client.send(&call).await?;
         Ok(PutResult {
             etag: answer.header("etag"),
@@ -292,6 +317,8 @@ impl Bucket for S3Bucket {
             call.headers = headers_of(put, false);
             call = call.header("x-amz-metadata-directive", "REPLACE");
         }
+        call.headers
+            .extend(self.client.write_headers.iter().cloned());
         call = call.header("x-amz-copy-source", self.client.copy_source(from));
         if let Some(e) = &opts.if_match {
             call = call.header("x-amz-copy-source-if-match", e.clone());
@@ -313,7 +340,7 @@ impl Bucket for S3Bucket {
     }
 
     async fn create_bucket(&self) -> Result<()> {
-        let body = xml::create_bucket_body(&self.client.region);
+        let body = xml::create_bucket_body(&self.client.region());
         let call = Call::new(Method::PUT, "").body(Payload::from(body.into_bytes()));
         match self.client.send(&call).await {
             Ok(_) => Ok(()),

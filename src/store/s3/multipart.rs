@@ -34,6 +34,7 @@ impl S3Upload {
     pub async fn start(client: Arc<Client>, key: &str, opts: &PutOptions) -> Result<S3Upload> {
         let mut call = Call::new(Method::POST, key).query("uploads", "");
         call.headers = headers_of(opts, false);
+        call.headers.extend(client.write_headers.iter().cloned());
         let answer = client.send(&call).await?;
         Ok(S3Upload {
             client,

@@ -1,0 +1,329 @@
+//! Pod identity end to end on real parts: a workload's token is exchanged at STS (moto's
+//! AssumeRoleWithWebIdentity, Google's token exchange faked on 127.0.0.1) and the store is
+//! signed with what STS issued; a new token (a republish) reaches the running mount; the
+//! CSI driver finds the role in the pod's ServiceAccount annotation through the Kubernetes
+//! API (a fake API server behind a kubeconfig) and writes the token where only the mount
+//! process can read it.
+
+mod common;
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::csi::{Driver, mount_cap, unpublish_req};
+use common::http::Fake;
+use common::proxy::Proxy;
+use common::*;
+use pail::csi::pb::NodePublishVolumeRequest;
+use pail::csi::pb::volume_capability::access_mode::Mode;
+use pail::store::{Bucket, Credentials, S3Bucket, Source, StoreOptions};
+
+const ROLE: &str = "arn:aws:iam::123456789012:role/pail-reader";
+
+/// moto: STS and an S3 that takes the temporary credentials it issues.
+fn moto() -> String {
+    std::env::var("PAIL_TEST_MOTO_ENDPOINT")
+        .expect("PAIL_TEST_MOTO_ENDPOINT is not set: run scripts/test.sh")
+}
+
+/// A fresh bucket in moto.
+fn moto_bucket(name: &str) -> String {
+    let bucket = format!("pail-{name}-{}", std::process::id());
+    pail::store::init_crypto();
+    let b = S3Bucket::open(
+        &Source::parse(&format!("s3://{bucket}/")).unwrap(),
+        &StoreOptions {
+            endpoint_url: Some(moto()),
+            region: Some("us-east-1".into()),
+            credentials: Some(Credentials {
+                access_key_id: "setup".into(),
+                secret_access_key: "setup".into(),
+                session_token: None,
+            }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let _ = block_on(b.create_bucket());
+    bucket
+}
+
+/// A JWT-shaped token (moto does not check it; pail must pass it as it is).
+fn jwt(n: u32) -> String {
+    format!(
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6dGVhbS1hOnRyYWluZXIi{n}.c2ln{n}"
+    )
+}
+
+fn write_token(path: &Path, token: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, token).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+/// Every S3 request that went through `proxy` was signed with the last key STS issued, with
+/// its session token.
+fn signed_by_sts(proxy: &Proxy) -> String {
+    let issued = proxy.issued();
+    let key = issued.last().expect("STS issued credentials").clone();
+    assert!(key.starts_with("ASIA"), "{key}");
+    let signers = proxy.signers();
+    assert!(!signers.is_empty());
+    assert!(
+        signers
+            .iter()
+            .all(|s| issued.iter().any(|k| *s == format!("{k}+token"))),
+        "every request signed with an issued key and its session token: {signers:?} {issued:?}"
+    );
+    key
+}
+
+#[test]
+fn a_mount_signs_with_what_sts_issued_for_its_token_and_follows_a_new_token() {
+    let bucket = moto_bucket("web-identity");
+    let proxy = Proxy::start(&moto());
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    write_token(&token_file, &jwt(1));
+    let token_arg = token_file.display().to_string();
+    let args: Vec<String> = [
+        "--endpoint-url",
+        &proxy.endpoint,
+        "--region",
+        "us-east-1",
+        "--web-identity-token-file",
+        &token_arg,
+        "--role-arn",
+        ROLE,
+        "--sts-endpoint",
+        &proxy.endpoint,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let env = vec![("AWS_EC2_METADATA_DISABLED".to_string(), "true".to_string())];
+    let m = mount(&format!("s3://{bucket}/"), &args, &env);
+    std::fs::write(m.join("one.txt"), b"first").unwrap();
+    assert_eq!(proxy.web_tokens(), [jwt(1)]);
+    let first = signed_by_sts(&proxy);
+
+    // kubelet hands a fresh token (the node plugin rewrites the file): the next request
+    // exchanges it, without a remount.
+    write_token(&token_file, &jwt(2));
+    std::fs::write(m.join("two.txt"), b"second").unwrap();
+    assert_eq!(proxy.web_tokens(), [jwt(1), jwt(2)]);
+    let second = signed_by_sts(&proxy);
+    assert_ne!(first, second, "new credentials for the new token");
+    assert_eq!(std::fs::read(m.join("one.txt")).unwrap(), b"first");
+    let log = m.log_text();
+    assert!(
+        !log.contains(&jwt(1)) && !log.contains(&jwt(2)),
+        "tokens never logged"
+    );
+}
+
+#[test]
+fn a_token_sts_refuses_fails_the_mount_with_the_sts_error() {
+    let sts = Fake::start(
+        "400 Bad Request",
+        &["Content-Type: text/xml"],
+        "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code>\
+         <Message>Couldn't retrieve verification key from your identity provider</Message>\
+         </Error></ErrorResponse>",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    write_token(&token_file, &jwt(3));
+    let args: Vec<String> = [
+        "--endpoint-url",
+        &moto(),
+        "--web-identity-token-file",
+        &token_file.display().to_string(),
+        "--role-arn",
+        ROLE,
+        "--sts-endpoint",
+        &sts.endpoint,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let e = try_mount("s3://pail-refused/", &args, &[])
+        .err()
+        .expect("a refused token is an error");
+    assert!(e.contains("AssumeRoleWithWebIdentity"), "{e}");
+    assert!(e.contains("InvalidIdentityToken"), "{e}");
+    assert!(!e.contains(&jwt(3)), "{e}");
+    assert_eq!(sts.connections(), 1, "a refusal is not retried");
+}
+
+#[test]
+fn a_gcs_mount_exchanges_its_token_and_impersonates_the_service_account() {
+    let gcs = gcs();
+    let sts = Fake::start(
+        "200 OK",
+        &["Content-Type: application/json"],
+        r#"{"access_token": "federated-1", "issued_token_type": "urn:ietf:params:oauth:token-type:access_token", "token_type": "Bearer", "expires_in": 3600}"#,
+    );
+    let iam = Fake::start(
+        "200 OK",
+        &["Content-Type: application/json"],
+        r#"{"accessToken": "impersonated-1", "expireTime": "2099-01-01T00:00:00Z"}"#,
+    );
+    let proxy = Proxy::start_as_upstream_host(&gcs.endpoint);
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    write_token(&token_file, &jwt(4));
+    let provider = "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/k8s/providers/e2e";
+    let args: Vec<String> = [
+        "--endpoint-url",
+        &proxy.endpoint,
+        "--web-identity-token-file",
+        &token_file.display().to_string(),
+        "--workload-identity-provider",
+        provider,
+        "--gcp-service-account",
+        "reader@proj.iam.gserviceaccount.com",
+        "--sts-endpoint",
+        &sts.endpoint,
+        "--iam-credentials-endpoint",
+        &iam.endpoint,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let prefix = unique("wif");
+    let m = mount(&format!("gs://{}/{prefix}", gcs.bucket), &args, &[]);
+    std::fs::write(m.join("g.txt"), b"gcs via wif").unwrap();
+    let back = std::fs::read(m.join("g.txt"));
+    assert_eq!(
+        back.as_deref().ok(),
+        Some(&b"gcs via wif"[..]),
+        "{}",
+        m.log_text()
+    );
+    let exchange = sts.requests();
+    assert_eq!(exchange.len(), 1, "one exchange while the token is good");
+    assert!(exchange[0].starts_with("POST /v1/token"), "{}", exchange[0]);
+    assert!(exchange[0].contains(&jwt(4)) && exchange[0].contains(provider));
+    let impersonation = iam.requests();
+    assert!(
+        impersonation[0].contains("reader%40proj.iam.gserviceaccount.com:generateAccessToken"),
+        "{}",
+        impersonation[0]
+    );
+    assert!(impersonation[0].contains("Bearer federated-1"));
+    let bearers = proxy.bearers();
+    assert!(!bearers.is_empty());
+    assert!(bearers.iter().all(|b| b == "impersonated-1"), "{bearers:?}");
+}
+
+/// A kubeconfig for a fake API server that serves one ServiceAccount with a role.
+fn fake_api(dir: &Path) -> (Fake, String) {
+    let sa = format!(
+        r#"{{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {{"name": "trainer", "namespace": "team-a", "annotations": {{"eks.amazonaws.com/role-arn": "{ROLE}"}}}}}}"#
+    );
+    let api = Fake::start("200 OK", &["Content-Type: application/json"], &sa);
+    let config = dir.join("kubeconfig");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{}\"}}}}]\n\
+             users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\n\
+             current-context: x\n",
+            api.endpoint
+        ),
+    )
+    .unwrap();
+    (api, config.display().to_string())
+}
+
+fn pod_publish(
+    bucket: &str,
+    endpoint: &str,
+    target: &Path,
+    token: &str,
+) -> NodePublishVolumeRequest {
+    let tokens = format!(
+        r#"{{"sts.amazonaws.com": {{"token": "{token}", "expirationTimestamp": "2099-01-01T00:00:00Z"}}}}"#
+    );
+    let ctx: HashMap<String, String> = [
+        ("bucketName", bucket),
+        ("endpointUrl", endpoint),
+        ("stsEndpoint", endpoint),
+        ("region", "us-east-1"),
+        ("csi.storage.k8s.io/serviceAccount.tokens", &tokens),
+        ("csi.storage.k8s.io/serviceAccount.name", "trainer"),
+        ("csi.storage.k8s.io/pod.namespace", "team-a"),
+        ("csi.storage.k8s.io/pod.name", "trainer-0"),
+        ("csi.storage.k8s.io/ephemeral", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    NodePublishVolumeRequest {
+        volume_id: "pod-vol".into(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(mount_cap(Mode::MultiNodeMultiWriter)),
+        volume_context: ctx,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn the_driver_assumes_the_service_accounts_role_and_a_republish_hands_over_the_new_token() {
+    let bucket = tokio::task::spawn_blocking(|| moto_bucket("csi-pod"))
+        .await
+        .unwrap();
+    let proxy = Arc::new(Proxy::start(&moto()));
+    let dir = tempfile::tempdir().unwrap();
+    let (api, kubeconfig) = fake_api(dir.path());
+    let driver = Driver::start_with(
+        &["--allowed-endpoints=127.0.0.1"],
+        &[("KUBECONFIG", &kubeconfig)],
+    );
+    let mut node = driver.node().await;
+    let target = driver.target("trainer-0");
+    node.node_publish_volume(pod_publish(&bucket, &proxy.endpoint, &target, &jwt(5)))
+        .await
+        .unwrap();
+    let requests = api.requests();
+    assert!(
+        requests[0].starts_with("GET /api/v1/namespaces/team-a/serviceaccounts/trainer "),
+        "{}",
+        requests[0]
+    );
+    std::fs::write(target.join("model.pt"), b"weights").unwrap();
+    assert_eq!(proxy.web_tokens(), [jwt(5)]);
+    signed_by_sts(&proxy);
+
+    // The token sits in the mount's private directory, readable by the mount user only.
+    let token_file = std::fs::read_dir(driver.state().join("private"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("token"))
+        .find(|p| p.exists())
+        .expect("a token file");
+    let meta = std::fs::metadata(&token_file).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_eq!(meta.uid(), 65534);
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), jwt(5));
+
+    // kubelet's republish with a fresh token: same mount process, new token in use.
+    let pids = common::csi::mount_pids(&target);
+    node.node_publish_volume(pod_publish(&bucket, &proxy.endpoint, &target, &jwt(6)))
+        .await
+        .unwrap();
+    assert_eq!(common::csi::mount_pids(&target), pids, "no remount");
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), jwt(6));
+    std::fs::write(target.join("step-2.pt"), b"more").unwrap();
+    assert_eq!(proxy.web_tokens(), [jwt(5), jwt(6)]);
+    signed_by_sts(&proxy);
+    assert!(!driver.log().contains(&jwt(5)), "tokens never logged");
+
+    node.node_unpublish_volume(unpublish_req("pod-vol", &target))
+        .await
+        .unwrap();
+    assert!(!token_file.exists(), "the token goes with the mount");
+}
