@@ -153,6 +153,7 @@ fn fs_config(args: &MountArgs, prefix: &str) -> FsConfig {
         rename_dir_limit: v.rename_dir_limit,
         memory_limit: v.memory_limit,
         persist_metadata: v.persist_metadata,
+        read_cache: v.read_cache,
     }
 }
 
@@ -212,6 +213,14 @@ fn mount_and_serve(args: &MountArgs) -> anyhow::Result<()> {
         None => pail::fuse::mount(fs.clone(), rt.handle().clone(), &args.mountpoint, &mcfg)
             .with_context(|| format!("mounting at {}", args.mountpoint.display()))?,
     };
+    if args.fuse_fd.is_none() && args.volume.read_ahead > 0 {
+        // Root only; the CSI node plugin sets it for the mounts it makes.
+        if let Err(e) =
+            pail::mounter::kernel::set_read_ahead(&args.mountpoint, args.volume.read_ahead)
+        {
+            tracing::debug!(error = %e, "could not raise the kernel's read-ahead (needs root)");
+        }
+    }
     tracing::info!(
         source = %store.describe(),
         mountpoint = %args.mountpoint.display(),

@@ -96,6 +96,7 @@ impl Fs {
     /// times.
     pub async fn setattr(&self, ino: u64, set: SetAttr) -> FsResult<Attr> {
         if let Some(size) = set.size {
+            self.forget_pages(ino);
             self.truncate(ino, size).await?;
         }
         let inode = self.inode(ino)?;
@@ -284,14 +285,14 @@ impl Fs {
     }
 
     /// The value of the extended attribute `name`.
-    pub async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
+    pub fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
         self.xattr_map(ino)?
             .remove(name)
             .ok_or_else(|| FsError::new(libc::ENODATA, format!("no attribute {name:?}")))
     }
 
     /// The names of the extended attributes.
-    pub async fn listxattr(&self, ino: u64) -> FsResult<Vec<String>> {
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<String>> {
         Ok(self.xattr_map(ino)?.into_keys().collect())
     }
 

@@ -1,7 +1,8 @@
 //! The local staging space (`--cache-dir`, bounded by `--max-cache-size`): unlinked files
 //! holding staged edits and the copies new files keep of what they already uploaded, each
-//! charged for the bytes it may hold. Past the bound, growing a file fails with ENOSPC
-//! instead of filling the node's disk; nothing is left behind even if the process dies.
+//! charged for the bytes it may hold, and the read cache's entries, which give way when room
+//! is needed. Past the bound, growing a file fails with ENOSPC instead of filling the
+//! node's disk; nothing is left behind even if the process dies.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -10,13 +11,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::error::{FsError, FsResult};
 
+/// Frees room on demand (the read cache's least recently used entries): asked for bytes,
+/// returns those it gave back.
+type Reclaim = Box<dyn Fn(u64) -> u64 + Send + Sync>;
+
 /// The shared, bounded cache directory.
-#[derive(Debug)]
 pub struct Cache {
     dir: PathBuf,
     max: u64,
     used: AtomicU64,
     next: AtomicU64,
+    reclaim: std::sync::OnceLock<Reclaim>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("dir", &self.dir)
+            .field("max", &self.max)
+            .field("used", &self.used)
+            .finish_non_exhaustive()
+    }
 }
 
 fn io_err(e: std::io::Error, path: &Path) -> FsError {
@@ -32,7 +47,13 @@ impl Cache {
             max,
             used: AtomicU64::new(0),
             next: AtomicU64::new(0),
+            reclaim: std::sync::OnceLock::new(),
         }
+    }
+
+    /// What to ask for room when the space is spent (set once).
+    pub fn set_reclaim(&self, f: impl Fn(u64) -> u64 + Send + Sync + 'static) {
+        let _ = self.reclaim.set(Box::new(f));
     }
 
     /// Bytes reserved now.
@@ -41,6 +62,15 @@ impl Cache {
     }
 
     fn reserve(&self, n: u64) -> FsResult<()> {
+        match self.try_reserve(n) {
+            Err(e) if self.reclaim.get().is_some_and(|r| r(n) > 0) => {
+                self.try_reserve(n).map_err(|_| e)
+            }
+            r => r,
+        }
+    }
+
+    fn try_reserve(&self, n: u64) -> FsResult<()> {
         let mut cur = self.used.load(Ordering::Relaxed);
         loop {
             if cur + n > self.max {

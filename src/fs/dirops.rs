@@ -64,8 +64,19 @@ impl Fs {
 
     async fn list_dir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
         let dir = self.inode(ino)?;
-        self.counters.listings.fetch_add(1, Ordering::Relaxed);
-        let mut listing = self.store.list_dir(&dir.key).await?;
+        let mut listing = match self.listings.get(&dir.key) {
+            Some(kept) if !self.cfg.persist_metadata => (*kept).clone(),
+            _ => {
+                self.counters.listings.fetch_add(1, Ordering::Relaxed);
+                let generation = self.listings.generation();
+                let listing = self.store.list_dir(&dir.key).await?;
+                if self.cfg.persist_metadata {
+                    listing
+                } else {
+                    (*self.listings.put(&dir.key, listing, generation)).clone()
+                }
+            }
+        };
         let mut dir_meta = std::collections::HashMap::new();
         if self.cfg.persist_metadata {
             // Modes, owners, times and symlinks live in object metadata: one HEAD per object

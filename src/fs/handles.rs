@@ -58,6 +58,11 @@ impl Fs {
 
     /// Open file `ino`.
     pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<u64> {
+        self.open_with_cache(ino, mode).await.map(|o| o.fh)
+    }
+
+    /// Open `ino`, saying how the kernel may cache it.
+    pub async fn open_with_cache(&self, ino: u64, mode: OpenMode) -> FsResult<Opened> {
         let inode = self.inode(ino)?;
         if inode.kind == Kind::Dir {
             return Err(FsError::new(
@@ -67,6 +72,7 @@ impl Fs {
         }
         if mode.write {
             self.writable()?;
+            self.forget_pages(ino);
             let mut inode = inode;
             if !inode.local && !mode.truncate {
                 // Stage from what the store holds now.
@@ -79,19 +85,53 @@ impl Fs {
                 // The common case: a sequential rewrite streams, no local copy.
                 stream: mode.truncate && !mode.read && !mode.append,
             };
-            return self.open_writer(&inode, mode.pid, mode.append, how).await;
+            let fh = self.open_writer(&inode, mode.pid, mode.append, how).await?;
+            return Ok(Opened {
+                fh,
+                keep_cache: false,
+                backing: None,
+            });
         }
         let attr = self.getattr(ino).await?;
-        let etag = self.inode(ino)?.stat.etag;
-        let reader = Reader::new(
+        let inode = self.inode(ino)?;
+        let etag = inode.stat.etag.clone();
+        // The kernel's pages of this file are good while the object is the one they were
+        // read from (checked here, within the metadata TTL).
+        let version = (etag.clone(), attr.size, attr.mtime);
+        let keep_cache = !inode.local && {
+            let mut kept = lock(&self.kept);
+            let same = kept.get(&ino) == Some(&version);
+            kept.insert(ino, version);
+            same
+        };
+        let mut reader = Reader::new(
             self.store.clone(),
             inode.key.clone(),
             attr.size,
-            etag,
+            etag.clone(),
             self.cfg.read,
             self.budget.clone(),
         );
-        Ok(self.new_fh(Handle::Read(reader)))
+        let mut backing = None;
+        if let (Some(rc), Some(etag), false) = (&self.read_cache, etag, inode.local) {
+            let version = readcache::Version {
+                key: inode.key.clone(),
+                etag,
+                size: attr.size,
+            };
+            if let Some(entry) = rc.entry(version) {
+                if entry.is_verified() {
+                    backing = Some(entry.clone());
+                }
+                reader.use_cache(rc.clone(), entry);
+            }
+        }
+        let fh = self.new_fh(Handle::Read(reader));
+        Ok(Opened {
+            fh,
+            keep_cache,
+            backing,
+        })
     }
 
     /// Create and open a new file `name` in `parent`.

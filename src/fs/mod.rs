@@ -11,9 +11,11 @@ mod dirops;
 mod error;
 mod handles;
 mod inode;
+mod listcache;
 mod meta;
 mod open;
 mod read;
+mod readcache;
 mod stage;
 mod write;
 
@@ -32,6 +34,7 @@ pub use dir::DirEntry;
 pub use error::{FsError, FsResult};
 pub use inode::{Kind, ROOT_INO};
 pub use read::ReadConfig;
+pub use readcache::Entry as CachedObject;
 pub use write::WriteConfig;
 
 use crate::store::{BucketExt, SharedBucket};
@@ -74,6 +77,9 @@ pub struct FsConfig {
     /// Store mode, owner, times and xattrs in object metadata (s3fs's convention) and show
     /// them.
     pub persist_metadata: bool,
+    /// Keep object data on local disk (in `cache_dir`, within `max_cache_size`) across
+    /// opens.
+    pub read_cache: bool,
 }
 
 impl Default for FsConfig {
@@ -93,6 +99,7 @@ impl Default for FsConfig {
             rename_dir_limit: 1000,
             memory_limit: 1 << 30,
             persist_metadata: false,
+            read_cache: false,
         }
     }
 }
@@ -137,6 +144,19 @@ pub struct OpenMode {
     pub pid: u32,
 }
 
+/// An open file handle and how the kernel may cache it.
+#[derive(Debug)]
+pub struct Opened {
+    /// The handle.
+    pub fh: u64,
+    /// The kernel may keep the file's pages from earlier opens: the object has not changed
+    /// since they were read (FOPEN_KEEP_CACHE).
+    pub keep_cache: bool,
+    /// A local file holding the whole object, verified, that the kernel may read directly
+    /// (FUSE passthrough); kept alive by the handle.
+    pub backing: Option<Arc<CachedObject>>,
+}
+
 /// How a file is created.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CreateMode {
@@ -171,6 +191,9 @@ enum Handle {
     Dir(DirSnapshot),
 }
 
+/// The object version (ETag, size, mtime) a file's kernel pages were read from.
+type PagesOf = (Option<String>, u64, SystemTime);
+
 /// Counters for tests and metrics.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -194,6 +217,12 @@ pub struct Fs {
     started: SystemTime,
     cache: Arc<Cache>,
     budget: budget::Budget,
+    /// The local data cache (`read_cache`).
+    read_cache: Option<Arc<readcache::ReadCache>>,
+    /// Directory listings kept for the metadata TTL.
+    listings: listcache::ListCache,
+    /// The version of each file whose pages the kernel may hold (read since it last changed).
+    kept: Mutex<HashMap<u64, PagesOf>>,
     /// Counters.
     pub counters: Counters,
 }
@@ -207,10 +236,29 @@ impl Fs {
     /// A file system over `store` with `cfg`.
     pub fn new(store: SharedBucket, cfg: FsConfig) -> Fs {
         let started = SystemTime::now();
+        // The store, as seen through the listing cache (which learns of every change).
+        let (listings, store) = listcache::ListCache::new(cfg.metadata_ttl, store);
+        let cache = Arc::new(Cache::new(cfg.cache_dir.clone(), cfg.max_cache_size));
+        let budget = budget::Budget::new(cfg.memory_limit);
+        let read_cache = cfg.read_cache.then(|| {
+            let rc = Arc::new(readcache::ReadCache::new(
+                cache.clone(),
+                store.clone(),
+                budget.clone(),
+                (cfg.read.part_size / 2).max(readcache::BLOCK),
+                6,
+            ));
+            let weak = Arc::downgrade(&rc);
+            cache.set_reclaim(move |n| weak.upgrade().map(|rc| rc.evict(n)).unwrap_or(0));
+            rc
+        });
         Fs {
             inodes: Mutex::new(Inodes::new(&cfg.prefix, started)),
-            cache: Arc::new(Cache::new(cfg.cache_dir.clone(), cfg.max_cache_size)),
-            budget: budget::Budget::new(cfg.memory_limit),
+            cache,
+            budget,
+            read_cache,
+            listings,
+            kept: Mutex::new(HashMap::new()),
             store,
             cfg,
             handles: Mutex::new(HashMap::new()),
@@ -408,9 +456,21 @@ impl Fs {
         self.budget.in_use()
     }
 
-    /// Bytes held in the staging cache now.
+    /// Bytes held in the staging cache now (staged edits and read-cache entries).
     pub fn cache_used(&self) -> u64 {
         self.cache.used()
+    }
+
+    /// Reads answered from the local data cache so far.
+    pub fn read_cache_hits(&self) -> u64 {
+        self.read_cache
+            .as_ref()
+            .map_or(0, |rc| rc.hits.load(Ordering::Relaxed))
+    }
+
+    /// The kernel's pages of `ino` no longer match the object (it is being changed here).
+    fn forget_pages(&self, ino: u64) {
+        lock(&self.kept).remove(&ino);
     }
 
     /// Number of inodes held in memory.

@@ -13,8 +13,11 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
 
+use std::sync::Arc;
+
 use super::budget::{Budget, Held};
 use super::error::{FsError, FsResult};
+use super::readcache::{Entry, ReadCache};
 use crate::store::SharedBucket;
 
 /// Tunables of the prefetcher.
@@ -76,6 +79,8 @@ pub struct Reader {
     recent: VecDeque<Ready>,
     /// Number of GET requests sent (tests assert on it).
     pub requests: u64,
+    /// The local copy of the object, when the read cache holds (or is loading) it.
+    cached: Option<(Arc<ReadCache>, Arc<Entry>)>,
 }
 
 impl Drop for Reader {
@@ -109,7 +114,13 @@ impl Reader {
             queue: VecDeque::new(),
             recent: VecDeque::new(),
             requests: 0,
+            cached: None,
         }
+    }
+
+    /// Serve reads from `entry` of the read cache where it holds them.
+    pub fn use_cache(&mut self, cache: Arc<ReadCache>, entry: Arc<Entry>) {
+        self.cached = Some((cache, entry));
     }
 
     /// Read up to `len` bytes at `offset`.
@@ -118,6 +129,12 @@ impl Reader {
             return Ok(Bytes::new());
         }
         let end = (offset + len as u64).min(self.size);
+        if let Some((cache, entry)) = &self.cached
+            && let Some(data) = cache.read(entry, offset, end).await
+        {
+            self.next_offset = end;
+            return Ok(data);
+        }
         let in_queue = offset >= self.next_offset && offset < self.queue_end;
         let in_recent = self.recent.iter().any(|r| r.contains(offset));
         let sequential = offset == self.next_offset || in_queue || in_recent;

@@ -515,6 +515,7 @@ async fn forgotten_inodes_are_freed() {
     assert_eq!(fs.inode_count(), before);
 }
 
+mod caches;
 mod edits;
 mod failures;
 mod trust;

@@ -1,6 +1,7 @@
 //! A thin `fuser` adapter over [`crate::fs::Fs`]: every request is answered from a tokio
 //! task, so the FUSE session threads never wait on the network.
 
+mod passthrough;
 mod session;
 
 use std::ffi::OsStr;
@@ -31,13 +32,22 @@ pub struct FuseFs {
     fs: Arc<Fs>,
     rt: Handle,
     ttl: Duration,
+    initialized: Arc<session::Initialized>,
+    passthrough: Arc<passthrough::Passthrough>,
 }
 
 impl FuseFs {
-    /// An adapter running the core's futures on `rt`.
-    pub fn new(fs: Arc<Fs>, rt: Handle) -> Self {
+    /// An adapter running the core's futures on `rt`; `initialized` is set once the kernel's
+    /// INIT is answered.
+    pub fn new(fs: Arc<Fs>, rt: Handle, initialized: Arc<session::Initialized>) -> Self {
         let ttl = fs.config().metadata_ttl;
-        FuseFs { fs, rt, ttl }
+        FuseFs {
+            fs,
+            rt,
+            ttl,
+            initialized,
+            passthrough: Arc::default(),
+        }
     }
 
     fn spawn<F>(&self, f: impl FnOnce(Arc<Fs>, Duration) -> F)
@@ -95,13 +105,26 @@ impl Filesystem for FuseFs {
         let _ = config.set_max_write(MAX_IO);
         let _ = config.set_max_readahead(MAX_IO);
         let _ = config.set_max_background(64);
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+        // AUTO_INVAL_DATA: the kernel drops a file's cached pages when its size or mtime
+        // changes in the attributes pail returns (kept pages never outlive the object).
+        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_MAX_PAGES;
+            | InitFlags::FUSE_MAX_PAGES
+            | InitFlags::FUSE_AUTO_INVAL_DATA;
+        if self.fs.config().read_cache {
+            wanted |= InitFlags::FUSE_PASSTHROUGH;
+            // Backing files may sit on an overlay (a container's /tmp): two levels.
+            let _ = config.set_max_stack_depth(2);
+        }
         let available = config.capabilities() & wanted;
         let _ = config.add_capabilities(available);
+        self.passthrough.enabled.store(
+            available.contains(InitFlags::FUSE_PASSTHROUGH),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.initialized.set();
         Ok(())
     }
 
@@ -230,31 +253,28 @@ impl Filesystem for FuseFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // Answered here: attributes come from cached metadata, never from the network.
         let Some(name) = utf8(name) else {
             return reply.error(Errno::ENODATA);
         };
-        self.spawn(move |fs, _| async move {
-            match fs.getxattr(ino.0, &name).await {
-                Ok(v) => xattr_reply(reply, size, &v),
-                Err(e) => reply.error(errno(&e, "getxattr")),
-            }
-        });
+        match self.fs.getxattr(ino.0, &name) {
+            Ok(v) => xattr_reply(reply, size, &v),
+            Err(e) => reply.error(xattr_errno(&e, "getxattr")),
+        }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.spawn(move |fs, _| async move {
-            match fs.listxattr(ino.0).await {
-                Ok(names) => {
-                    let mut buf = Vec::new();
-                    for n in names {
-                        buf.extend_from_slice(n.as_bytes());
-                        buf.push(0);
-                    }
-                    xattr_reply(reply, size, &buf)
+        match self.fs.listxattr(ino.0) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(n.as_bytes());
+                    buf.push(0);
                 }
-                Err(e) => reply.error(errno(&e, "listxattr")),
+                xattr_reply(reply, size, &buf)
             }
-        });
+            Err(e) => reply.error(xattr_errno(&e, "listxattr")),
+        }
     }
 
     fn setxattr(
@@ -345,9 +365,14 @@ impl Filesystem for FuseFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let mode = open_mode(flags.0, req.pid());
+        let passthrough = self.passthrough.clone();
         self.spawn(move |fs, _| async move {
-            match fs.open(ino.0, mode).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            match fs.open_with_cache(ino.0, mode).await {
+                Ok(o) => {
+                    if !passthrough.open(reply, ino.0, o.fh, o.keep_cache, o.backing) {
+                        let _ = fs.release(o.fh).await;
+                    }
+                }
                 Err(e) => reply.error(errno(&e, "open")),
             }
         });
@@ -375,6 +400,7 @@ impl Filesystem for FuseFs {
             append: flags & libc::O_APPEND != 0,
             pid: req.pid(),
         };
+        let passthrough = self.passthrough.clone();
         self.spawn(move |fs, ttl| async move {
             match fs.create(parent.0, &name, mode).await {
                 Ok((a, fh)) => reply.created(
@@ -382,7 +408,7 @@ impl Filesystem for FuseFs {
                     &file_attr(&a),
                     Generation(0),
                     FileHandle(fh),
-                    FopenFlags::empty(),
+                    passthrough.created(a.ino, fh),
                 ),
                 Err(e) => reply.error(errno(&e, "create")),
             }
@@ -456,6 +482,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.passthrough.release(fh.0);
         self.spawn(move |fs, _| async move {
             match fs.release(fh.0).await {
                 Ok(()) => reply.ok(),
@@ -616,6 +643,16 @@ impl Filesystem for FuseFs {
 }
 
 /// Answer an xattr request: the size when asked for it, the bytes when they fit.
+/// Extended attributes off (no --persist-metadata): ENOSYS, which the kernel remembers for
+/// the mount, so `ls -l` and `cp -a` stop asking for every file (they see EOPNOTSUPP).
+fn xattr_errno(e: &FsError, op: &str) -> Errno {
+    if e.errno == libc::EOPNOTSUPP {
+        Errno::ENOSYS
+    } else {
+        errno(e, op)
+    }
+}
+
 fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
     if size == 0 {
         reply.size(value.len() as u32);

@@ -61,19 +61,56 @@ fn config(cfg: &MountConfig) -> Config {
     c
 }
 
+/// Set once the kernel's INIT has been answered: the mount serves from then on.
+#[derive(Default)]
+pub struct Initialized {
+    done: std::sync::Mutex<bool>,
+    cond: std::sync::Condvar,
+}
+
+impl Initialized {
+    pub(super) fn set(&self) {
+        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cond.notify_all();
+    }
+
+    /// Wait up to `timeout` for INIT; whether it came.
+    fn wait(&self, timeout: std::time::Duration) -> bool {
+        let done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        let (done, _) = self
+            .cond
+            .wait_timeout_while(done, timeout, |d| !*d)
+            .unwrap_or_else(|p| p.into_inner());
+        *done
+    }
+}
+
+/// How long a new session may take to get the kernel's INIT.
+const INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn run(
     session: Session<FuseFs>,
+    initialized: Arc<Initialized>,
     unmounter: Option<SessionUnmounter>,
     mountpoint: Option<PathBuf>,
 ) -> io::Result<Mounted> {
     let (tx, rx) = oneshot::channel();
+    let initialized_on_exit = initialized.clone();
     let thread = std::thread::Builder::new()
         .name("fuse-session".into())
         .spawn(move || {
             let r = session.run();
             let _ = tx.send(());
+            // A session that ends before INIT (a bad descriptor) must not leave a waiter.
+            initialized_on_exit.set();
             r
         })?;
+    if !initialized.wait(INIT_TIMEOUT) {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the kernel did not start the FUSE session (no INIT)",
+        ));
+    }
     Ok(Mounted {
         thread: Some(thread),
         unmounter,
@@ -84,17 +121,25 @@ fn run(
 
 /// Mount `fs` at `mountpoint`. Returns once the kernel has completed the FUSE handshake.
 pub fn mount(fs: Arc<Fs>, rt: Handle, mountpoint: &Path, cfg: &MountConfig) -> io::Result<Mounted> {
-    let mut session = Session::new(FuseFs::new(fs, rt), mountpoint, &config(cfg))?;
+    let initialized = Arc::new(Initialized::default());
+    let fuse = FuseFs::new(fs, rt, initialized.clone());
+    let mut session = Session::new(fuse, mountpoint, &config(cfg))?;
     let unmounter = session.unmount_callable();
-    run(session, Some(unmounter), Some(mountpoint.to_path_buf()))
+    run(
+        session,
+        initialized,
+        Some(unmounter),
+        Some(mountpoint.to_path_buf()),
+    )
 }
 
 /// Serve `fs` on an already mounted `/dev/fuse` descriptor.
 pub fn serve_fd(fs: Arc<Fs>, rt: Handle, fd: OwnedFd, cfg: &MountConfig) -> io::Result<Mounted> {
     let c = config(cfg);
     let acl = c.acl;
-    let session = Session::from_fd(FuseFs::new(fs, rt), fd, acl, c)?;
-    run(session, None, None)
+    let initialized = Arc::new(Initialized::default());
+    let session = Session::from_fd(FuseFs::new(fs, rt, initialized.clone()), fd, acl, c)?;
+    run(session, initialized, None, None)
 }
 
 impl Mounted {

@@ -121,6 +121,33 @@ pub fn mount_fuse_beneath(
     mount_fuse(&fd_path(&dir), fsname, read_only)
 }
 
+/// Let the kernel read ahead `bytes` on the file system of `dev` (its backing device's
+/// `read_ahead_kb`). FUSE starts at 128 KiB, so sequential reads reach the daemon as 128 KiB
+/// requests. Needs root; call it once the FUSE session is initialized (INIT lowers it).
+fn set_bdi_read_ahead(dev: u64, bytes: u64) -> io::Result<()> {
+    std::fs::write(
+        format!(
+            "/sys/class/bdi/{}:{}/read_ahead_kb",
+            libc::major(dev),
+            libc::minor(dev)
+        ),
+        (bytes / 1024).to_string(),
+    )
+}
+
+/// [`set_bdi_read_ahead`] for the mount at `path`.
+pub fn set_read_ahead(path: &Path, bytes: u64) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    set_bdi_read_ahead(std::fs::metadata(path)?.dev(), bytes)
+}
+
+/// [`set_bdi_read_ahead`] for the mount at `target` below `root` (reached without symlinks).
+pub fn set_read_ahead_beneath(root: &Path, target: &Path, bytes: u64) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = open_beneath(root, target, false)?;
+    set_bdi_read_ahead(std::fs::metadata(fd_path(&dir))?.dev(), bytes)
+}
+
 /// Unmount whatever is mounted at `target` below `root` (reached without symlinks).
 pub fn unmount_beneath(root: &Path, target: &Path) -> io::Result<()> {
     match open_beneath(root, target, false) {

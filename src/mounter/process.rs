@@ -282,6 +282,12 @@ impl ProcessMounter {
             self.cleanup(target);
             return Err(MountError::Failed(why));
         }
+        if req.options.volume.read_ahead > 0
+            && let Err(e) =
+                kernel::set_read_ahead_beneath(&self.root, target, req.options.volume.read_ahead)
+        {
+            tracing::warn!(target = %target.display(), error = %e, "could not raise the kernel's read-ahead of the mount");
+        }
         if let Some(root) = &self.host_cgroup_root {
             // The mount works either way; it would only not survive a plugin restart.
             let name = super::state::slug(target);

@@ -127,6 +127,10 @@ pub struct VolumeOptions {
     /// Most bytes read ahead of one sequential reader, at least --part-size (e.g. 32M).
     #[arg(long, default_value = "32M", value_parser = parse_size)]
     pub max_prefetch: u64,
+    /// How far the kernel reads ahead of a sequential reader, e.g. 4M (0: the kernel's
+    /// 128 KiB); larger read-ahead means fewer, larger FUSE requests. Needs root to set.
+    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    pub read_ahead: u64,
     /// Parts uploading at once per file being written (1 to 64).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub upload_concurrency: u16,
@@ -147,6 +151,12 @@ pub struct VolumeOptions {
     /// spent.
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     pub memory_limit: u64,
+    /// Keep object data on local disk across opens (in the cache directory, within
+    /// --max-cache-size with staged edits; least recently used objects give way): a second
+    /// read of a file is a local read, through FUSE passthrough where the kernel and
+    /// privileges allow.
+    #[arg(long)]
+    pub read_cache: bool,
     /// Most keys a directory rename copies; past it rename fails with EXDEV.
     #[arg(long, default_value_t = 1000)]
     pub rename_dir_limit: usize,
@@ -233,6 +243,9 @@ impl VolumeOptions {
                 self.max_prefetch, self.part_size
             ));
         }
+        if self.read_ahead > 1 << 30 {
+            return Err(format!("--read-ahead {}: at most 1G", self.read_ahead));
+        }
         if self.memory_limit < 2 * self.part_size {
             return Err(format!(
                 "--memory-limit {}: must be at least twice --part-size {}",
@@ -260,6 +273,7 @@ impl VolumeOptions {
         value(&mut out, "metadata-ttl", seconds(self.metadata_ttl));
         value(&mut out, "part-size", self.part_size);
         value(&mut out, "max-prefetch", self.max_prefetch);
+        value(&mut out, "read-ahead", self.read_ahead);
         value(&mut out, "upload-concurrency", self.upload_concurrency);
         value(&mut out, "max-threads", self.max_threads);
         value(&mut out, "request-timeout", self.request_timeout);
@@ -267,6 +281,7 @@ impl VolumeOptions {
         value(&mut out, "max-cache-size", self.max_cache_size);
         value(&mut out, "memory-limit", self.memory_limit);
         value(&mut out, "rename-dir-limit", self.rename_dir_limit);
+        flag(&mut out, "read-cache", self.read_cache);
         out
     }
 }

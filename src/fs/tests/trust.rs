@@ -323,7 +323,7 @@ async fn xattrs_persist_in_s3fs_form_and_need_the_option() {
     let plain = fs_over(store.clone());
     let a = plain.lookup(ROOT_INO, "f").await.unwrap();
     assert_eq!(
-        plain.getxattr(a.ino, "user.k").await.unwrap_err().errno,
+        plain.getxattr(a.ino, "user.k").unwrap_err().errno,
         libc::EOPNOTSUPP
     );
     assert_eq!(
@@ -337,7 +337,7 @@ async fn xattrs_persist_in_s3fs_form_and_need_the_option() {
     let fs = Fs::new(store.clone(), persist());
     let a = fs.lookup(ROOT_INO, "f").await.unwrap();
     assert_eq!(
-        fs.getxattr(a.ino, "user.k").await.unwrap_err().errno,
+        fs.getxattr(a.ino, "user.k").unwrap_err().errno,
         libc::ENODATA
     );
     fs.setxattr(a.ino, "user.k", b"v\0bin", 0).await.unwrap();
@@ -358,11 +358,8 @@ async fn xattrs_persist_in_s3fs_form_and_need_the_option() {
     fs.setxattr(a.ino, "user.two", b"2", 0).await.unwrap();
     let fresh = Fs::new(store.clone(), persist());
     let f = fresh.lookup(ROOT_INO, "f").await.unwrap();
-    assert_eq!(fresh.getxattr(f.ino, "user.k").await.unwrap(), b"v\0bin");
-    assert_eq!(
-        fresh.listxattr(f.ino).await.unwrap(),
-        ["user.k", "user.two"]
-    );
+    assert_eq!(fresh.getxattr(f.ino, "user.k").unwrap(), b"v\0bin");
+    assert_eq!(fresh.listxattr(f.ino).unwrap(), ["user.k", "user.two"]);
     fresh.removexattr(f.ino, "user.k").await.unwrap();
     assert_eq!(
         fresh.removexattr(f.ino, "user.k").await.unwrap_err().errno,

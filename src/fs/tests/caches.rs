@@ -1,0 +1,239 @@
+//! Unit tests of the caches across opens: the kernel's pages (kept while the object is
+//! unchanged), directory listings (kept for the TTL, dropped by the mount's own changes),
+//! and the local data cache (loaded once, shared, evicted least recently used, checksummed,
+//! never served for another version of an object).
+
+use std::time::Duration;
+
+use super::*;
+use crate::fs::readcache::{BLOCK, Version};
+
+fn cached(dir: &std::path::Path, max: u64) -> FsConfig {
+    FsConfig {
+        read_cache: true,
+        cache_dir: dir.to_path_buf(),
+        max_cache_size: max,
+        ..config()
+    }
+}
+
+async fn read_via(fs: &Fs, ino: u64) -> (Vec<u8>, Opened) {
+    let o = fs.open_with_cache(ino, OpenMode::default()).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let chunk = fs.read(o.fh, out.len() as u64, 70_000).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    fs.release(o.fh).await.unwrap();
+    (out, o)
+}
+
+/// Wait until `f` holds (a background load), at most 10 s.
+async fn until(f: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out");
+}
+
+#[tokio::test]
+async fn the_kernel_keeps_a_files_pages_until_the_object_changes() {
+    let store = memory();
+    put(store.as_ref(), "f", b"one").await;
+    let fs = Fs::new(
+        store.clone(),
+        FsConfig {
+            metadata_ttl: Duration::ZERO,
+            ..config()
+        },
+    );
+    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
+    let first = fs
+        .open_with_cache(a.ino, OpenMode::default())
+        .await
+        .unwrap();
+    assert!(!first.keep_cache, "nothing read yet");
+    let again = fs
+        .open_with_cache(a.ino, OpenMode::default())
+        .await
+        .unwrap();
+    assert!(again.keep_cache, "unchanged since the last open");
+    put(store.as_ref(), "f", b"two!").await;
+    let changed = fs
+        .open_with_cache(a.ino, OpenMode::default())
+        .await
+        .unwrap();
+    assert!(
+        !changed.keep_cache,
+        "the object changed: the kernel drops its pages"
+    );
+    // Written through this mount: not kept either.
+    let w = fs.open(a.ino, rw()).await.unwrap();
+    fs.release(w).await.unwrap();
+    let after_write = fs
+        .open_with_cache(a.ino, OpenMode::default())
+        .await
+        .unwrap();
+    assert!(!after_write.keep_cache);
+}
+
+#[tokio::test]
+async fn listings_are_kept_for_the_ttl_and_the_mounts_changes_show_at_once() {
+    let store = memory();
+    for i in 0..5 {
+        put(store.as_ref(), &format!("d/f{i}"), b"x").await;
+    }
+    let fs = fs_over(store.clone());
+    let d = fs.lookup(ROOT_INO, "d").await.unwrap();
+    assert_eq!(names(&fs, d.ino).await.len(), 7);
+    assert_eq!(names(&fs, d.ino).await.len(), 7);
+    assert_eq!(
+        store.count(Op::List),
+        2,
+        "the second listing came from memory"
+    );
+    // The mount's own change: listed again at once.
+    write_file(&fs, d.ino, "new", b"n").await;
+    fs.unlink(d.ino, "f0").await.unwrap();
+    let n = names(&fs, d.ino).await;
+    assert!(
+        n.contains(&"new".to_string()) && !n.contains(&"f0".to_string()),
+        "{n:?}"
+    );
+    // Another client's change: shown once the TTL expired.
+    let short = Fs::new(
+        store.clone(),
+        FsConfig {
+            metadata_ttl: Duration::from_millis(200),
+            ..config()
+        },
+    );
+    let d = short.lookup(ROOT_INO, "d").await.unwrap();
+    let before = names(&short, d.ino).await;
+    put(store.as_ref(), "d/late", b"l").await;
+    assert_eq!(names(&short, d.ino).await, before, "within the TTL");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(names(&short, d.ino).await.contains(&"late".to_string()));
+}
+
+#[tokio::test]
+async fn a_second_read_comes_from_the_disk_cache_and_a_new_version_never_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = memory();
+    let body = data(3 * BLOCK as usize + 1234);
+    put(store.as_ref(), "big", &body).await;
+    let fs = Fs::new(
+        store.clone(),
+        FsConfig {
+            metadata_ttl: Duration::ZERO,
+            ..cached(dir.path(), 64 << 20)
+        },
+    );
+    let a = fs.lookup(ROOT_INO, "big").await.unwrap();
+    let (got, first) = read_via(&fs, a.ino).await;
+    assert_eq!(got, body);
+    assert!(first.backing.is_none(), "not verified yet");
+    let gets = store.count(Op::Get);
+    until(|| {
+        fs.read_cache
+            .as_ref()
+            .unwrap()
+            .entry(Version {
+                key: "big".into(),
+                etag: fs.inode(a.ino).unwrap().stat.etag.unwrap(),
+                size: body.len() as u64,
+            })
+            .is_some_and(|e| e.is_verified())
+    })
+    .await;
+    let (again, second) = read_via(&fs, a.ino).await;
+    assert_eq!(again, body);
+    assert_eq!(
+        store.count(Op::Get),
+        gets,
+        "no GET: served from the disk cache"
+    );
+    assert!(fs.read_cache_hits() > 0);
+    let backing = second
+        .backing
+        .expect("a verified local copy for passthrough");
+    let mut local = Vec::new();
+    use std::io::Read;
+    backing.file().read_to_end(&mut local).unwrap();
+    assert_eq!(local, body);
+    // Another client replaces the object: the next open reads the new version.
+    let new_body = data(5000);
+    put(store.as_ref(), "big", &new_body).await;
+    let (fresh, o) = read_via(&fs, a.ino).await;
+    assert_eq!(fresh, new_body);
+    assert!(o.backing.is_none());
+}
+
+#[tokio::test]
+async fn a_damaged_block_is_read_from_the_store_and_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = memory();
+    let body = data(2 * BLOCK as usize);
+    put(store.as_ref(), "f", &body).await;
+    let fs = Fs::new(store.clone(), cached(dir.path(), 64 << 20));
+    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
+    assert_eq!(read_via(&fs, a.ino).await.0, body);
+    let rc = fs.read_cache.clone().unwrap();
+    let version = Version {
+        key: "f".into(),
+        etag: fs.inode(a.ino).unwrap().stat.etag.unwrap(),
+        size: body.len() as u64,
+    };
+    until(|| rc.entry(version.clone()).is_some_and(|e| e.is_verified())).await;
+    rc.corrupt(&version, 1);
+    let gets = store.count(Op::Get);
+    let (got, o) = read_via(&fs, a.ino).await;
+    assert_eq!(got, body, "the damaged block came from the store");
+    assert!(
+        o.backing.is_none(),
+        "a damaged copy is never handed to the kernel"
+    );
+    assert!(store.count(Op::Get) > gets);
+}
+
+#[tokio::test]
+async fn the_data_cache_stays_within_its_space_and_staging_takes_precedence() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = memory();
+    let size = 2 * BLOCK as usize;
+    for i in 0..4 {
+        put(store.as_ref(), &format!("f{i}"), &data(size)).await;
+    }
+    // Room for two objects.
+    let fs = Fs::new(store.clone(), cached(dir.path(), 5 * BLOCK));
+    for i in 0..4 {
+        let a = fs.lookup(ROOT_INO, &format!("f{i}")).await.unwrap();
+        assert_eq!(read_via(&fs, a.ino).await.0, data(size));
+        assert!(fs.cache_used() <= 5 * BLOCK, "{}", fs.cache_used());
+    }
+    // The last one was cached: older ones gave way for it.
+    let last = fs.lookup(ROOT_INO, "f3").await.unwrap();
+    let rc = fs.read_cache.clone().unwrap();
+    let version = Version {
+        key: "f3".into(),
+        etag: fs.inode(last.ino).unwrap().stat.etag.unwrap(),
+        size: size as u64,
+    };
+    until(|| rc.entry(version.clone()).is_some_and(|e| e.is_verified())).await;
+    let gets = store.count(Op::Get);
+    assert_eq!(read_via(&fs, last.ino).await.0, data(size));
+    assert_eq!(store.count(Op::Get), gets, "f3 came from the disk cache");
+    // A staged edit needs the room: cached objects give way, the edit does not fail.
+    let a = fs.lookup(ROOT_INO, "f0").await.unwrap();
+    let fh = fs.open(a.ino, rw()).await.unwrap();
+    fs.write(fh, 0, Bytes::from_static(b"edit")).await.unwrap();
+    fs.flush(fh, 7).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert!(fs.cache_used() <= 5 * BLOCK);
+}
