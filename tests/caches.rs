@@ -188,12 +188,18 @@ async fn a_csi_volume_with_read_cache_reads_a_file_once_from_the_store() {
         .unwrap();
     let file = target.join("weights.bin");
     let read = move || std::fs::read(&file).unwrap();
-    assert_eq!(tokio::task::spawn_blocking(read.clone()).await.unwrap(), body);
+    assert_eq!(
+        tokio::task::spawn_blocking(read.clone()).await.unwrap(),
+        body
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     proxy.take_traffic();
     for _ in 0..2 {
         tokio::task::spawn_blocking(drop_page_cache).await.unwrap();
-        assert_eq!(tokio::task::spawn_blocking(read.clone()).await.unwrap(), body);
+        assert_eq!(
+            tokio::task::spawn_blocking(read.clone()).await.unwrap(),
+            body
+        );
     }
     let (_, received) = proxy.take_traffic();
     assert!(received < 64 << 10, "{received} bytes fetched again");
