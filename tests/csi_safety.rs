@@ -1,5 +1,5 @@
 //! Safety of the node plugin under restarts, crashes and load, and secrets that stay
-//! secret: a plugin killed and restarted, mount processes killed, 100 concurrent publishes,
+//! secret: a plugin killed and restarted, a mount given up, 100 concurrent publishes,
 //! and an opt-in soak of 1,000 cycles.
 
 mod common;
@@ -45,9 +45,14 @@ async fn a_restarted_plugin_still_unpublishes_what_its_predecessor_published() {
 }
 
 #[tokio::test]
-async fn a_killed_mount_process_is_cleaned_up_by_unpublish() {
+async fn a_mount_given_up_fails_fast_and_is_cleaned_up_by_unpublish() {
     let s3 = s3();
-    let d = Driver::start();
+    // No successor may start: the mount is given up at the first death (the same path as
+    // successors that keep failing).
+    let d = Driver::start_with(
+        &["--allowed-endpoints=127.0.0.1", "--max-failed-restarts=0"],
+        &[],
+    );
     let t = d.target("pod-k");
     let mut node = d.node().await;
     node.node_publish_volume(publish_req(
@@ -79,7 +84,7 @@ async fn a_killed_mount_process_is_cleaned_up_by_unpublish() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The kernel aborts the connection once the last holder of the FUSE descriptor is gone.
+    // The plugin aborts the connection: callers fail at once instead of waiting.
     loop {
         let e = fs::metadata(t.join("x")).unwrap_err();
         if e.raw_os_error() == Some(libc::ENOTCONN) {

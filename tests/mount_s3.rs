@@ -316,7 +316,7 @@ fn umount_from_outside_ends_the_process() {
     let s3 = s3();
     let mut m = mount_s3(&s3, &unique("umount"), &[]);
     sh(&format!("umount {}", m.path.display()));
-    assert!(m.terminate());
+    assert!(m.terminate(), "pail must exit 0: {}", m.log_text());
     assert!(!is_mounted(&m.path));
 }
 

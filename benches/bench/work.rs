@@ -67,6 +67,18 @@ pub struct Mount {
     dir: tempfile::TempDir,
 }
 
+/// The journal a mount of the CSI driver keeps (so a successor can take it over), as the
+/// driver runs it; `PAIL_BENCH_JOURNAL=0` measures without.
+fn journal(dir: &std::path::Path) -> Vec<String> {
+    if std::env::var("PAIL_BENCH_JOURNAL").is_ok_and(|v| v == "0") {
+        return vec![];
+    }
+    vec![
+        "--journal".into(),
+        dir.join("journal").display().to_string(),
+    ]
+}
+
 impl Mount {
     pub fn new(e: &Env) -> Mount {
         Mount::with(e, &[])
@@ -88,6 +100,7 @@ impl Mount {
             .arg("--cache-dir")
             .arg(&cache)
             .args(extra)
+            .args(journal(dir.path()))
             .args(
                 std::env::var("PAIL_BENCH_MOUNT_ARGS")
                     .unwrap_or_default()

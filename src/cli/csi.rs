@@ -55,6 +55,11 @@ pub struct CsiArgs {
     /// Serve Prometheus metrics of the node plugin on this address (e.g. 127.0.0.1:9812).
     #[arg(long)]
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Node plugin: a mount process that dies is replaced on the same FUSE connection;
+    /// this many successors may fail to start in a row before the mount is given up
+    /// (ENOTCONN). 0: a dead mount process is not replaced.
+    #[arg(long, default_value_t = pail::mounter::supervisor::MAX_FAILED_STARTS)]
+    pub max_failed_restarts: u32,
     /// The host's cgroup file system (e.g. /host/sys/fs/cgroup; with the host's PID
     /// namespace): each mount process moves into its root cgroups, so that live mounts
     /// outlive the node plugin's container (restarts, upgrades).
@@ -120,6 +125,7 @@ fn node_service(args: &CsiArgs) -> anyhow::Result<NodeService> {
     let mut mounter = ProcessMounter::new(pail_bin, &args.state_dir, args.kubelet_dir.join("pods"))
         .with_context(|| format!("state directory {}", args.state_dir.display()))?;
     mounter.host_cgroup_root = args.host_cgroup_root.clone();
+    mounter.max_failed_restarts = args.max_failed_restarts;
     mounter.cgroup_limits = pail::mounter::cgroup::Limits {
         memory: args.mounts_memory_max,
         pids: args.mounts_pids_max,
@@ -135,9 +141,11 @@ fn node_service(args: &CsiArgs) -> anyhow::Result<NodeService> {
     }
     let recorded = mounter.mount_count();
     if recorded > 0 {
+        let adopted = mounter.adopt_live();
         tracing::info!(
             mounts = recorded,
-            "found mounts started by an earlier node plugin; they keep running"
+            adopted,
+            "found mounts started by an earlier node plugin; they keep running, served by this version"
         );
     }
     let mounter: Arc<dyn Mounter> = Arc::new(mounter);

@@ -154,11 +154,21 @@ fn fs_config(args: &MountArgs, prefix: &str) -> FsConfig {
         memory_limit: v.memory_limit,
         persist_metadata: v.persist_metadata,
         read_cache: v.read_cache,
+        journal: args.journal.clone(),
+        resume: args.resume,
     }
 }
 
 fn mount_and_serve(args: &MountArgs) -> anyhow::Result<()> {
     validate(args)?;
+    // A take-over needs socket buffers past the system default: made before privileges go.
+    let resume_pair = if args.resume {
+        Some(pail::fuse::ResumePair::new().context("preparing the take-over")?)
+    } else {
+        None
+    };
+    // Files only root may read (the CA bundle) are read before privileges go.
+    let opts = store_options(args)?;
     if let Some((uid, gid)) = args.run_as {
         if args.fuse_fd.is_none() {
             bail!("--run-as needs --fuse-fd (an unprivileged process cannot mount)");
@@ -169,7 +179,6 @@ fn mount_and_serve(args: &MountArgs) -> anyhow::Result<()> {
     if let Some(p) = &args.store.prefix {
         source = source.with_prefix(p)?;
     }
-    let opts = store_options(args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("pail-worker")
@@ -207,8 +216,14 @@ fn mount_and_serve(args: &MountArgs) -> anyhow::Result<()> {
             }
             // SAFETY: the caller passed us ownership of this open descriptor.
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-            pail::fuse::serve_fd(fs.clone(), rt.handle().clone(), owned, &mcfg)
-                .with_context(|| format!("serving FUSE descriptor {fd}"))?
+            match resume_pair {
+                Some(pair) => {
+                    pail::fuse::serve_resumed(fs.clone(), rt.handle().clone(), owned, pair, &mcfg)
+                        .with_context(|| format!("taking over FUSE descriptor {fd}"))?
+                }
+                None => pail::fuse::serve_fd(fs.clone(), rt.handle().clone(), owned, &mcfg)
+                    .with_context(|| format!("serving FUSE descriptor {fd}"))?,
+            }
         }
         None => pail::fuse::mount(fs.clone(), rt.handle().clone(), &args.mountpoint, &mcfg)
             .with_context(|| format!("mounting at {}", args.mountpoint.display()))?,

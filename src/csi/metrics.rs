@@ -14,8 +14,10 @@ fn render(mounter: &dyn Mounter) -> String {
     format!(
         "# HELP pail_mounts Volumes published on this node.\n# TYPE pail_mounts gauge\npail_mounts {}\n\
          # HELP pail_dead_mounts_total Mount processes found dead (by NodeGetVolumeStats or NodeUnpublishVolume).\n\
-         # TYPE pail_dead_mounts_total counter\npail_dead_mounts_total {}\n",
-        stats.mounts, stats.dead_mounts
+         # TYPE pail_dead_mounts_total counter\npail_dead_mounts_total {}\n\
+         # HELP pail_mount_restarts_total Mount processes started on a live connection to replace one that died.\n\
+         # TYPE pail_mount_restarts_total counter\npail_mount_restarts_total {}\n",
+        stats.mounts, stats.dead_mounts, stats.restarts
     )
 }
 

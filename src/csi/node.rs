@@ -201,12 +201,30 @@ impl Node for NodeService {
         let mounter = self.mounter.clone();
         let state = blocking("stats", move || mounter.state(&path)).await?;
         let (usage, condition) = match state {
+            MountState::Live(info) if info.volume_id == req.volume_id && info.restarting => {
+                tracing::warn!(volume_id = %req.volume_id, restarts = info.restarts, "the mount process died; a successor is starting");
+                let restarting = VolumeCondition {
+                    abnormal: true,
+                    message: format!(
+                        "the mount process died and a successor is starting on the same connection (requests wait meanwhile; {} restarts so far)",
+                        info.restarts
+                    ),
+                };
+                (vec![], restarting)
+            }
             MountState::Live(info) if info.volume_id == req.volume_id => {
                 match self.statvfs(PathBuf::from(&req.volume_path)).await {
                     Some(usage) => {
                         let ok = VolumeCondition {
                             abnormal: false,
-                            message: "mounted".into(),
+                            message: if info.restarts == 0 {
+                                "mounted".into()
+                            } else {
+                                format!(
+                                    "mounted; its process died and was replaced {} times without unmounting",
+                                    info.restarts
+                                )
+                            },
                         };
                         (usage, ok)
                     }

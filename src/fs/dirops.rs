@@ -18,7 +18,7 @@ impl Fs {
                 format!("{:?} is not a directory", inode.key),
             ));
         }
-        Ok(self.new_fh(Handle::Dir(DirSnapshot::default())))
+        Ok(self.new_fh(ino, Handle::Dir(DirSnapshot::default())))
     }
 
     /// At most `max` entries of directory handle `fh` from `offset` on (offset 0 lists the

@@ -14,18 +14,32 @@ use super::read::Reader;
 use super::stage::Staged;
 use super::*;
 
+/// The error of a writing handle whose process died with its unwritten bytes.
+fn lost() -> FsError {
+    FsError::new(
+        libc::EIO,
+        "this file was open for writing when the mount process died: what it had not stored yet was lost; reopen it",
+    )
+}
+
 impl Fs {
     fn next_fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub(super) fn new_fh(&self, handle: Handle) -> u64 {
+    pub(super) fn new_fh(&self, ino: u64, handle: Handle) -> u64 {
         let fh = self.next_fh();
-        self.insert_handle(fh, handle);
+        self.insert_handle(fh, ino, handle);
         fh
     }
 
-    fn insert_handle(&self, fh: u64, handle: Handle) {
+    fn insert_handle(&self, fh: u64, ino: u64, handle: Handle) {
+        let kind = match &handle {
+            Handle::Read(_) | Handle::Lost { write: false, .. } => journal::READ,
+            Handle::Write(_) | Handle::Lost { write: true, .. } => journal::WRITE,
+            Handle::Dir(_) => journal::DIR,
+        };
+        self.journal(vec![journal::Record::Open { fh, ino, kind }]);
         lock(&self.handles).insert(fh, Arc::new(AsyncMutex::new(handle)));
     }
 
@@ -37,7 +51,11 @@ impl Fs {
     }
 
     fn take_handle(&self, fh: u64) -> Option<Arc<AsyncMutex<Handle>>> {
-        lock(&self.handles).remove(&fh)
+        let h = lock(&self.handles).remove(&fh);
+        if h.is_some() {
+            self.journal(vec![journal::Record::Close { fh }]);
+        }
+        h
     }
 
     /// A new writing handle of `inode`.
@@ -46,6 +64,7 @@ impl Fs {
         let file = self.open_for_writing(inode, fh, how).await?;
         self.insert_handle(
             fh,
+            inode.ino,
             Handle::Write(WriteHandle {
                 ino: inode.ino,
                 pid,
@@ -126,7 +145,7 @@ impl Fs {
                 reader.use_cache(rc.clone(), entry);
             }
         }
-        let fh = self.new_fh(Handle::Read(reader));
+        let fh = self.new_fh(ino, Handle::Read(reader));
         Ok(Opened {
             fh,
             keep_cache,
@@ -194,6 +213,10 @@ impl Fs {
     pub async fn read(&self, fh: u64, offset: u64, len: u32) -> FsResult<Bytes> {
         let h = self.handle(fh)?;
         let mut h = h.lock().await;
+        if let Handle::Lost { ino, write: false } = &*h {
+            // Opened by the predecessor: read on with a new reader of the object.
+            *h = Handle::Read(self.reader_of(*ino).await?);
+        }
         match &mut *h {
             Handle::Read(r) => r.read(offset, len).await,
             Handle::Write(w) => {
@@ -205,15 +228,32 @@ impl Fs {
                 }
             }
             Handle::Dir(_) => Err(FsError::new(libc::EISDIR, "is a directory")),
+            Handle::Lost { .. } => Err(lost()),
         }
+    }
+
+    /// A reader of `ino` as the store holds it now.
+    async fn reader_of(&self, ino: u64) -> FsResult<Reader> {
+        let attr = self.getattr(ino).await?;
+        let inode = self.inode(ino)?;
+        Ok(Reader::new(
+            self.store.clone(),
+            inode.key.clone(),
+            attr.size,
+            inode.stat.etag.clone(),
+            self.cfg.read,
+            self.budget.clone(),
+        ))
     }
 
     /// Write `data` at `offset` through handle `fh`.
     pub async fn write(&self, fh: u64, offset: u64, data: Bytes) -> FsResult<u32> {
         let h = self.handle(fh)?;
         let h = h.lock().await;
-        let Handle::Write(w) = &*h else {
-            return Err(FsError::new(libc::EBADF, "file not open for writing"));
+        let w = match &*h {
+            Handle::Write(w) => w,
+            Handle::Lost { write: true, .. } => return Err(lost()),
+            _ => return Err(FsError::new(libc::EBADF, "file not open for writing")),
         };
         let mut c = w.file.content.lock().await;
         if let Content::Stream { writer, owner } = &*c
@@ -243,8 +283,10 @@ impl Fs {
             return Ok(());
         };
         let h = h.lock().await;
-        let Handle::Write(w) = &*h else {
-            return Ok(());
+        let w = match &*h {
+            Handle::Write(w) => w,
+            Handle::Lost { write: true, .. } => return Err(lost()),
+            _ => return Ok(()),
         };
         let mut c = w.file.content.lock().await;
         if let Content::Stream { writer, owner } = &*c {
@@ -267,6 +309,7 @@ impl Fs {
                 let mut c = w.file.content.lock().await;
                 self.store_content(w.ino, &w.file, &mut c).await
             }
+            Handle::Lost { write: true, .. } => Err(lost()),
             _ => Ok(()),
         }
     }
@@ -284,7 +327,7 @@ impl Fs {
                 self.inodes().sweep(&inos);
                 Ok(())
             }
-            Handle::Read(_) => Ok(()),
+            Handle::Read(_) | Handle::Lost { .. } => Ok(()),
         }
     }
 

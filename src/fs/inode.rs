@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
 
+use super::journal::{self, Record};
+
 /// Inode number of the mount root.
 pub const ROOT_INO: u64 = 1;
 
@@ -86,6 +88,21 @@ pub struct Inodes {
     by_name: HashMap<(u64, String), u64>,
     negative: HashMap<(u64, String), Instant>,
     next: u64,
+    /// Changes not written to the journal yet (when there is one).
+    pub pending: Vec<Record>,
+    journaling: bool,
+}
+
+/// A kernel reference count that never reaches zero: inodes a successor process took over
+/// (it cannot know how many references the kernel holds) stay until unmount.
+const PINNED: u64 = u64::MAX / 4;
+
+fn kind_code(kind: Kind) -> u8 {
+    match kind {
+        Kind::Dir => journal::DIR,
+        Kind::File => journal::FILE,
+        Kind::Symlink => journal::LINK,
+    }
 }
 
 impl Inodes {
@@ -108,7 +125,90 @@ impl Inodes {
             by_name: HashMap::new(),
             negative: HashMap::new(),
             next: ROOT_INO + 1,
+            pending: Vec::new(),
+            journaling: false,
         }
+    }
+
+    /// Record every change in [`Inodes::pending`] for the journal.
+    pub fn journal_changes(&mut self) {
+        self.journaling = true;
+    }
+
+    fn log(&mut self, rec: Record) {
+        if self.journaling {
+            self.pending.push(rec);
+        }
+    }
+
+    /// The table a predecessor left in its journal: every inode the kernel may still name,
+    /// with its key rebuilt from its parents, pinned, its attributes to be fetched again.
+    pub fn restore(
+        prefix: &str,
+        mtime: SystemTime,
+        nodes: &HashMap<u64, (u64, u8, String)>,
+    ) -> Self {
+        let mut t = Inodes::new(prefix, mtime);
+        t.journal_changes();
+        let mut keys: HashMap<u64, Option<String>> = HashMap::new();
+        fn key_of(
+            ino: u64,
+            prefix: &str,
+            nodes: &HashMap<u64, (u64, u8, String)>,
+            keys: &mut HashMap<u64, Option<String>>,
+            depth: usize,
+        ) -> Option<String> {
+            if ino == ROOT_INO {
+                return Some(prefix.to_string());
+            }
+            if let Some(k) = keys.get(&ino) {
+                return k.clone();
+            }
+            let (parent, kind, name) = nodes.get(&ino)?;
+            let key = if depth > 4096 {
+                None
+            } else {
+                key_of(*parent, prefix, nodes, keys, depth + 1).map(|p| {
+                    let slash = if *kind == journal::DIR { "/" } else { "" };
+                    format!("{p}{name}{slash}")
+                })
+            };
+            keys.insert(ino, key.clone());
+            key
+        }
+        let now = Instant::now();
+        for (&ino, (parent, kind, name)) in nodes {
+            let Some(key) = key_of(ino, prefix, nodes, &mut keys, 0) else {
+                continue;
+            };
+            let kind = match *kind {
+                journal::DIR => Kind::Dir,
+                journal::LINK => Kind::Symlink,
+                _ => Kind::File,
+            };
+            t.map.insert(
+                ino,
+                Inode {
+                    ino,
+                    parent: *parent,
+                    name: name.clone(),
+                    key,
+                    kind,
+                    stat: Stat::new(0, mtime, None, Default::default()),
+                    expiry: now,
+                    lookups: PINNED,
+                    local: false,
+                    unlinked: false,
+                },
+            );
+            // The newest inode of a name wins.
+            let id = (*parent, name.clone());
+            if t.by_name.get(&id).is_none_or(|old| *old < ino) {
+                t.by_name.insert(id, ino);
+            }
+            t.next = t.next.max(ino + 1);
+        }
+        t
     }
 
     /// The inode `ino`.
@@ -205,6 +305,12 @@ impl Inodes {
     ) -> u64 {
         let ino = self.next;
         self.next += 1;
+        self.log(Record::Node {
+            ino,
+            parent,
+            kind: kind_code(kind),
+            name: name.to_string(),
+        });
         self.map.insert(
             ino,
             Inode {
@@ -234,6 +340,7 @@ impl Inodes {
             inode.unlinked = true;
             if inode.lookups == 0 {
                 self.map.remove(&ino);
+                self.log(Record::Drop { ino });
             }
         }
         self.negative.insert(id, negative_until);
@@ -272,6 +379,11 @@ impl Inodes {
             i.key = key;
             i.expiry = Instant::now();
         }
+        self.log(Record::Move {
+            ino,
+            parent,
+            name: name.to_string(),
+        });
         self.by_name.insert((parent, name.to_string()), ino);
     }
 
@@ -312,6 +424,7 @@ impl Inodes {
 
     fn drop_inode(&mut self, ino: u64) {
         if let Some(inode) = self.map.remove(&ino) {
+            self.log(Record::Drop { ino });
             let id = (inode.parent, inode.name);
             if self.by_name.get(&id) == Some(&ino) {
                 self.by_name.remove(&id);

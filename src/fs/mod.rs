@@ -11,6 +11,7 @@ mod dirops;
 mod error;
 mod handles;
 mod inode;
+mod journal;
 mod listcache;
 mod meta;
 mod open;
@@ -33,6 +34,7 @@ pub use attrs::SetAttr;
 pub use dir::DirEntry;
 pub use error::{FsError, FsResult};
 pub use inode::{Kind, ROOT_INO};
+pub use journal::InitParams;
 pub use read::ReadConfig;
 pub use readcache::Entry as CachedObject;
 pub use write::WriteConfig;
@@ -80,6 +82,10 @@ pub struct FsConfig {
     /// Keep object data on local disk (in `cache_dir`, within `max_cache_size`) across
     /// opens.
     pub read_cache: bool,
+    /// Where to keep the tables a successor process needs to take over the mount.
+    pub journal: Option<std::path::PathBuf>,
+    /// Take over from the predecessor whose journal this is.
+    pub resume: bool,
 }
 
 impl Default for FsConfig {
@@ -100,6 +106,8 @@ impl Default for FsConfig {
             memory_limit: 1 << 30,
             persist_metadata: false,
             read_cache: false,
+            journal: None,
+            resume: false,
         }
     }
 }
@@ -189,6 +197,12 @@ enum Handle {
     Read(Reader),
     Write(WriteHandle),
     Dir(DirSnapshot),
+    /// A handle a predecessor process opened: a reader is made again at its next read; a
+    /// writer's unwritten bytes died with that process.
+    Lost {
+        ino: u64,
+        write: bool,
+    },
 }
 
 /// The object version (ETag, size, mtime) a file's kernel pages were read from.
@@ -221,10 +235,44 @@ pub struct Fs {
     read_cache: Option<Arc<readcache::ReadCache>>,
     /// Directory listings kept for the metadata TTL.
     listings: listcache::ListCache,
+    /// The tables a successor process needs (`journal`).
+    journal: Option<Mutex<journal::Journal>>,
     /// The version of each file whose pages the kernel may hold (read since it last changed).
     kept: Mutex<HashMap<u64, PagesOf>>,
     /// Counters.
     pub counters: Counters,
+}
+
+/// The inode table, locked; its changes reach the journal when the lock is released.
+struct InodesGuard<'a> {
+    guard: std::sync::MutexGuard<'a, Inodes>,
+    journal: Option<&'a Mutex<journal::Journal>>,
+}
+
+impl std::ops::Deref for InodesGuard<'_> {
+    type Target = Inodes;
+    fn deref(&self) -> &Inodes {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for InodesGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Inodes {
+        &mut self.guard
+    }
+}
+
+impl Drop for InodesGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(j) = self.journal
+            && !self.guard.pending.is_empty()
+        {
+            let recs = std::mem::take(&mut self.guard.pending);
+            if let Err(e) = lock(j).append(recs) {
+                tracing::warn!(error = %e, "writing the mount's journal failed");
+            }
+        }
+    }
 }
 
 /// Lock a std mutex, ignoring poisoning (no invariant spans a panic here).
@@ -252,19 +300,21 @@ impl Fs {
             cache.set_reclaim(move |n| weak.upgrade().map(|rc| rc.evict(n)).unwrap_or(0));
             rc
         });
+        let (inodes, handles, journal, next_fh) = Self::open_journal(&cfg, started);
         Fs {
-            inodes: Mutex::new(Inodes::new(&cfg.prefix, started)),
+            inodes: Mutex::new(inodes),
             cache,
             budget,
             read_cache,
             listings,
             kept: Mutex::new(HashMap::new()),
+            journal,
             store,
             cfg,
-            handles: Mutex::new(HashMap::new()),
+            handles: Mutex::new(handles),
             open_files: Mutex::new(HashMap::new()),
             times: Mutex::new(Times::default()),
-            next_fh: AtomicU64::new(1),
+            next_fh: AtomicU64::new(next_fh),
             started,
             counters: Counters::default(),
         }
@@ -275,8 +325,84 @@ impl Fs {
         &self.cfg
     }
 
-    fn inodes(&self) -> std::sync::MutexGuard<'_, Inodes> {
-        lock(&self.inodes)
+    fn inodes(&self) -> InodesGuard<'_> {
+        InodesGuard {
+            guard: lock(&self.inodes),
+            journal: self.journal.as_ref(),
+        }
+    }
+
+    /// The inode table, handles and journal to start with: fresh, or (`resume`) those of
+    /// the predecessor's journal.
+    #[allow(clippy::type_complexity)]
+    fn open_journal(
+        cfg: &FsConfig,
+        started: SystemTime,
+    ) -> (
+        Inodes,
+        HashMap<u64, Arc<AsyncMutex<Handle>>>,
+        Option<Mutex<journal::Journal>>,
+        u64,
+    ) {
+        let fresh = || (Inodes::new(&cfg.prefix, started), HashMap::new(), None, 1);
+        let Some(path) = &cfg.journal else {
+            return fresh();
+        };
+        let opened = if cfg.resume {
+            journal::Journal::open(path).map(|(j, t)| (j, Some(t)))
+        } else {
+            journal::Journal::create(path).map(|j| (j, None))
+        };
+        let (j, tables) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "the mount's journal cannot be used: a successor could not take it over");
+                return fresh();
+            }
+        };
+        let Some(t) = tables else {
+            let mut inodes = Inodes::new(&cfg.prefix, started);
+            inodes.journal_changes();
+            return (inodes, HashMap::new(), Some(Mutex::new(j)), 1);
+        };
+        let inodes = Inodes::restore(&cfg.prefix, started, &t.nodes);
+        let mut handles = HashMap::new();
+        for (&fh, &(ino, kind)) in &t.handles {
+            let h = match kind {
+                journal::DIR => Handle::Dir(DirSnapshot::default()),
+                k => Handle::Lost {
+                    ino,
+                    write: k == journal::WRITE,
+                },
+            };
+            handles.insert(fh, Arc::new(AsyncMutex::new(h)));
+        }
+        let next_fh = t.handles.keys().max().map_or(1, |m| m + 1);
+        tracing::info!(
+            inodes = t.nodes.len(),
+            handles = t.handles.len(),
+            "took over the predecessor's inodes and handles"
+        );
+        (inodes, handles, Some(Mutex::new(j)), next_fh)
+    }
+
+    /// Write `recs` to the journal (before the reply that depends on them).
+    fn journal(&self, recs: Vec<journal::Record>) {
+        if let Some(j) = &self.journal
+            && let Err(e) = lock(j).append(recs)
+        {
+            tracing::warn!(error = %e, "writing the mount's journal failed");
+        }
+    }
+
+    /// Record the kernel's INIT parameters (for a successor).
+    pub fn record_init(&self, init: InitParams) {
+        self.journal(vec![journal::Record::Init(init)]);
+    }
+
+    /// The INIT parameters the predecessor recorded, when taking over.
+    pub fn resumed_init(&self) -> Option<InitParams> {
+        self.journal.as_ref().and_then(|j| lock(j).init())
     }
 
     fn inode(&self, ino: u64) -> FsResult<Inode> {

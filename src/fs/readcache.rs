@@ -47,6 +47,8 @@ pub struct Entry {
     changed: tokio::sync::Notify,
     /// The entry stopped loading (an error, a changed object, evicted).
     stopped: AtomicBool,
+    /// The load task (and its verification pass) is over.
+    settled: AtomicBool,
     last_used: AtomicU64,
     /// The parts loaded last, still in memory: a reader following the load is served from
     /// them, not from the file.
@@ -80,6 +82,11 @@ impl Entry {
     /// Every block loaded and verified: the file may be read by the kernel directly.
     pub fn is_verified(&self) -> bool {
         (0..self.states.len()).all(|b| self.state(b) == VERIFIED)
+    }
+
+    /// The load is over: every block is in its final state until something happens to it.
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
     }
 
     /// The file holding the object.
@@ -172,6 +179,7 @@ impl ReadCache {
             sums: (0..blocks).map(|_| AtomicU32::new(0)).collect(),
             changed: tokio::sync::Notify::new(),
             stopped: AtomicBool::new(false),
+            settled: AtomicBool::new(false),
             last_used: AtomicU64::new(now),
             fresh: Mutex::new(std::collections::VecDeque::new()),
         });
@@ -253,6 +261,7 @@ impl ReadCache {
                 })
                 .await;
             }
+            entry.settled.store(true, Ordering::Release);
             entry.changed.notify_waiters();
         });
     }

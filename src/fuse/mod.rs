@@ -2,6 +2,7 @@
 //! task, so the FUSE session threads never wait on the network.
 
 mod passthrough;
+mod resume;
 mod session;
 
 use std::ffi::OsStr;
@@ -20,6 +21,7 @@ use tokio::runtime::Handle;
 
 use crate::fs::{Attr, CreateMode, Fs, FsError, Kind, OpenMode, SetAttr};
 
+pub use resume::{ResumePair, serve_resumed};
 pub use session::{MountConfig, Mounted, lazy_unmount, mount, serve_fd};
 
 /// Largest read/write request the kernel may send (1 MiB).
@@ -103,7 +105,17 @@ fn utf8(name: &OsStr) -> Option<String> {
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(MAX_IO);
-        let _ = config.set_max_readahead(MAX_IO);
+        // Ok(previous) or Err(largest): the kernel's offer either way.
+        let offered = match config.set_max_readahead(MAX_IO) {
+            Ok(v) | Err(v) => v,
+        };
+        // What a successor needs to take this connection over (see `resume`).
+        self.fs.record_init(crate::fs::InitParams {
+            major: config.kernel_abi().0,
+            minor: config.kernel_abi().1,
+            flags: config.capabilities().bits(),
+            max_readahead: offered,
+        });
         let _ = config.set_max_background(64);
         // AUTO_INVAL_DATA: the kernel drops a file's cached pages when its size or mtime
         // changes in the attributes pail returns (kept pages never outlive the object).

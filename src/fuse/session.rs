@@ -36,7 +36,7 @@ pub struct Mounted {
     mountpoint: Option<PathBuf>,
 }
 
-fn config(cfg: &MountConfig) -> Config {
+pub(super) fn config(cfg: &MountConfig) -> Config {
     let mut options = vec![
         MountOption::FSName(cfg.fsname.clone()),
         MountOption::Subtype("pail".into()),
@@ -88,7 +88,7 @@ impl Initialized {
 /// How long a new session may take to get the kernel's INIT.
 const INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-fn run(
+pub(super) fn run(
     session: Session<FuseFs>,
     initialized: Arc<Initialized>,
     unmounter: Option<SessionUnmounter>,
@@ -156,7 +156,9 @@ impl Mounted {
             && let Err(e) = u.unmount()
             && let Some(mp) = &self.mountpoint
         {
-            tracing::warn!(mountpoint = %mp.display(), error = %e, "unmount failed; detaching");
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                tracing::warn!(mountpoint = %mp.display(), error = %e, "unmount failed; detaching");
+            }
             lazy_unmount(mp)?;
         }
         self.join()
@@ -180,9 +182,11 @@ pub fn lazy_unmount(path: &Path) -> io::Result<()> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
     let r = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+    let err = io::Error::last_os_error();
+    match (r, err.raw_os_error()) {
+        (0, _) => Ok(()),
+        // Not (or no longer) a mount point: someone unmounted it first, as asked.
+        (_, Some(libc::EINVAL | libc::ENOENT)) => Ok(()),
+        _ => Err(err),
     }
 }

@@ -56,6 +56,7 @@ impl Mounter for FakeMounter {
         let info = MountInfo {
             volume_id: req.volume_id.clone(),
             read_only: req.read_only,
+            ..Default::default()
         };
         self.lock().insert(req.target.clone(), (info, true));
         if let Some(t) = &req.token {
@@ -95,6 +96,7 @@ impl Mounter for FakeMounter {
         MounterStats {
             mounts: self.lock().len(),
             dead_mounts: 0,
+            restarts: 0,
         }
     }
 }

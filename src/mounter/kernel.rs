@@ -237,6 +237,45 @@ pub fn mount_type(target: &Path) -> Option<String> {
     found
 }
 
+/// Abort the FUSE connection mounted at `target` (through fusectl, mounted when it is not):
+/// every waiting and later call fails with ENOTCONN instead of waiting for a server that
+/// will not come.
+pub fn abort_connection(target: &Path) -> io::Result<()> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let want = target.to_string_lossy();
+    let dev = text
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|mp| unescape(mp) == want))
+        .filter_map(|l| l.split(' ').nth(2))
+        .next_back()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not mounted"))?;
+    let (major, minor) = dev
+        .split_once(':')
+        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+        .ok_or_else(|| io::Error::other(format!("device {dev:?}")))?;
+    let conns = Path::new("/sys/fs/fuse/connections");
+    if !text.lines().any(|l| l.contains(" - fusectl ")) {
+        let none = cstr(Path::new("none"))?;
+        let kind = cstr(Path::new("fusectl"))?;
+        let at = cstr(conns)?;
+        // SAFETY: valid NUL-terminated strings; no data.
+        let r = unsafe {
+            libc::mount(
+                none.as_ptr(),
+                at.as_ptr(),
+                kind.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // The kernel names a connection by its device number, major << 20 | minor.
+    std::fs::write(conns.join(format!("{}/abort", (major << 20) | minor)), "1")
+}
+
 /// Undo the octal escapes of /proc/self/mountinfo (`\040` for a space…).
 fn unescape(s: &str) -> String {
     let b = s.as_bytes();

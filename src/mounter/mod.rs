@@ -10,6 +10,7 @@ pub mod kernel;
 pub mod process;
 pub mod ready;
 mod state;
+pub mod supervisor;
 
 use std::path::{Path, PathBuf};
 
@@ -52,12 +53,16 @@ impl std::fmt::Debug for MountRequest {
 }
 
 /// What a live mount was published as.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MountInfo {
     /// CSI volume id.
     pub volume_id: String,
     /// Mounted read-only.
     pub read_only: bool,
+    /// Mount processes started to replace one that died.
+    pub restarts: u64,
+    /// Its process died and a successor is being started (requests wait meanwhile).
+    pub restarting: bool,
 }
 
 /// What is at a target path.
@@ -80,6 +85,8 @@ pub struct MounterStats {
     pub mounts: usize,
     /// Mount processes found dead so far.
     pub dead_mounts: u64,
+    /// Mount processes started to replace one that died.
+    pub restarts: u64,
 }
 
 /// Starts, stops and inspects mounts. Calls block: run them off the async workers.

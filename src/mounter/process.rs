@@ -7,18 +7,14 @@
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::kernel;
-use super::ready::{Readiness, spawn_and_wait_with};
 use super::state::{Record, StateDir};
+use super::supervisor::{self, FUSE_FD, Launch, Spawner, Supervised};
 use super::{MountInfo, MountRequest, MountState, Mounter, MounterStats};
 use crate::options::LogFormat;
-
-/// Descriptor number of the FUSE connection in the mount process.
-const FUSE_FD: i32 = 4;
 
 /// Why a mount operation failed.
 #[derive(Debug)]
@@ -71,6 +67,11 @@ pub struct ProcessMounter {
     pub run_as: Option<(u32, u32)>,
     /// Most staging space all mounts of the node may reserve together.
     pub node_cache_size: Option<u64>,
+    /// Successors that may fail to start in a row before a mount is given up (0: a dead
+    /// mount process is not replaced; its mount fails with ENOTCONN).
+    pub max_failed_restarts: u32,
+    /// Mounts kept alive: the plugin holds their connection and replaces a dead process.
+    supervised: Mutex<HashMap<PathBuf, Arc<Supervised>>>,
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -154,7 +155,70 @@ impl ProcessMounter {
             ca_bundle: None,
             run_as: None,
             node_cache_size: None,
+            max_failed_restarts: supervisor::MAX_FAILED_STARTS,
+            supervised: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn spawner(&self) -> Spawner {
+        Spawner {
+            bin: self.pail_bin.clone(),
+            ready_timeout: self.ready_timeout,
+            host_cgroup_root: self.host_cgroup_root.clone(),
+            cgroup_limits: self.cgroup_limits,
+            records: self.records.clone(),
+            max_failed_starts: self.max_failed_restarts,
+        }
+    }
+
+    fn supervised(&self, target: &Path) -> Option<Arc<Supervised>> {
+        self.supervised
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(target)
+            .cloned()
+    }
+
+    /// Keep `sup` alive for `target`.
+    fn supervise(&self, target: &Path, sup: Arc<Supervised>) {
+        self.supervised
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(target.to_path_buf(), sup.clone());
+        supervisor::watch(self.spawner(), target.to_path_buf(), sup, self.lock(target));
+    }
+
+    /// Adopt the live mount processes a predecessor plugin started: hold their connections,
+    /// watch them, and hand each over to a process of this binary when theirs differs (an
+    /// upgrade). Returns how many were adopted.
+    pub fn adopt_live(&self) -> usize {
+        let mut adopted = 0;
+        for r in self.records.all() {
+            if !is_our_process(r.pid, &r.target) {
+                continue;
+            }
+            match supervisor::adopt(r.pid) {
+                Ok((fuse, launch)) => {
+                    let sup = Supervised::new(fuse, launch, r.pid);
+                    let other = supervisor::runs_other_binary(r.pid);
+                    if other {
+                        sup.handing_over
+                            .store(true, std::sync::atomic::Ordering::Release);
+                    }
+                    self.supervise(&r.target, sup);
+                    if other {
+                        tracing::info!(target = %r.target.display(), pid = r.pid, "handing the mount over to this version");
+                        // SAFETY: signalling a process we verified is our mount process.
+                        unsafe { libc::kill(r.pid as i32, libc::SIGTERM) };
+                    }
+                    adopted += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(target = %r.target.display(), pid = r.pid, error = %e, "cannot hold the connection of this mount: it will not survive its process");
+                }
+            }
+        }
+        adopted
     }
 
     fn lock(&self, target: &Path) -> Arc<Mutex<()>> {
@@ -234,82 +298,49 @@ impl ProcessMounter {
                 .map_err(|e| MountError::Io(format!("saving the pod token: {e}")))?;
             options.store.web_identity_token_file = Some(path);
         }
-        let mut cmd = Command::new(&self.pail_bin);
-        cmd.arg("mount")
-            .args(options.to_args())
-            .env_clear()
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // Only logging passes from the plugin; credentials and the endpoint policy come with
-        // the request (the driver's identity only when the admin allows it).
-        let passed = ["PAIL_LOG"].iter().chain(crate::options::PROXY_ENV);
-        for var in passed {
+        // Only logging and the admin's proxy pass from the plugin; credentials and the endpoint
+        // policy come with the request (the driver's identity only when the admin allows it).
+        let mut env = vec![(
+            "PATH".to_string(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        )];
+        for var in ["PAIL_LOG"].iter().chain(crate::options::PROXY_ENV) {
             if let Ok(v) = std::env::var(var) {
-                cmd.env(var, v);
+                env.push((var.to_string(), v));
             }
         }
-        cmd.envs(req.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let spawned = spawn_and_wait_with(
-            &mut cmd,
-            &[(fuse.as_fd(), FUSE_FD)],
-            true,
-            self.ready_timeout,
-        );
-        drop(fuse);
-        let (mut child, readiness) = match spawned {
-            Ok(x) => x,
-            Err(e) => {
+        env.extend(req.env.iter().cloned());
+        options.journal = Some(self.records.journal_path(target));
+        let mut args = vec!["mount".to_string()];
+        args.extend(options.to_args());
+        let launch = Launch { args, env };
+        let pid = match self.spawner().start(target, &launch, fuse.as_fd(), false) {
+            Ok(pid) => pid,
+            Err(why) => {
+                drop(fuse);
                 self.cleanup(target);
-                return Err(MountError::Io(format!("starting the mount process: {e}")));
+                return Err(MountError::Failed(why));
             }
         };
-        let failure = match readiness {
-            Readiness::Ready => None,
-            Readiness::Failed(why) => Some(why),
-            Readiness::TimedOut => Some(format!(
-                "the mount process did not serve within {:?}",
-                self.ready_timeout
-            )),
-        };
-        if let Some(why) = failure {
-            let _ = child.kill();
-            let _ = child.wait();
-            self.cleanup(target);
-            return Err(MountError::Failed(why));
-        }
         if req.options.volume.read_ahead > 0
             && let Err(e) =
                 kernel::set_read_ahead_beneath(&self.root, target, req.options.volume.read_ahead)
         {
             tracing::warn!(target = %target.display(), error = %e, "could not raise the kernel's read-ahead of the mount");
         }
-        if let Some(root) = &self.host_cgroup_root {
-            // The mount works either way; it would only not survive a plugin restart.
-            let name = super::state::slug(target);
-            if let Err(e) = super::cgroup::place(root, child.id(), &name, &self.cgroup_limits) {
-                tracing::warn!(target = %target.display(), error = %e, "could not move the mount process out of the plugin's cgroup: it will stop with the plugin's container");
-            }
-        }
         let record = Record {
             volume_id: req.volume_id.clone(),
             target: target.clone(),
             source: req.options.source.clone(),
-            pid: child.id(),
+            pid,
             read_only: req.read_only,
             cache_size: req.options.volume.max_cache_size,
         };
-        // The child runs on in its own session; reap it when it exits so it leaves no zombie.
-        std::thread::spawn(move || {
-            let _ = child.wait();
-        });
         self.records
             .save(&record)
             .map_err(|e| MountError::Io(format!("saving the mount record: {e}")))?;
+        // The plugin keeps the connection and replaces the process if it dies.
+        self.supervise(target, Supervised::new(fuse, launch, pid));
         tracing::info!(volume_id = %req.volume_id, target = %target.display(), pid = record.pid, "published");
         Ok(())
     }
@@ -346,6 +377,15 @@ impl ProcessMounter {
 
     /// Unmount whatever pail mount is at `target`, stop its process, drop the record.
     fn cleanup(&self, target: &Path) {
+        let sup = self
+            .supervised
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(target);
+        if let Some(sup) = &sup {
+            sup.stopping
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         let record = self.records.load(target);
         if kernel::mount_type(target).as_deref() == Some("fuse.pail")
             && let Err(e) = kernel::unmount_beneath(&self.root, target)
@@ -359,6 +399,11 @@ impl ProcessMounter {
             tracing::warn!(target = %target.display(), pid, "stopping a mount process with no record (its publish was interrupted)");
             stop_process(pid, target);
         }
+        if let Some(sup) = &sup {
+            stop_process(sup.pid.load(std::sync::atomic::Ordering::Acquire), target);
+        }
+        // Our hold on the connection goes last.
+        drop(sup);
         self.records.remove(target);
         if let Some(root) = &self.host_cgroup_root {
             super::cgroup::remove(root, &super::state::slug(target));
@@ -416,10 +461,22 @@ impl Mounter for ProcessMounter {
         match kernel::mount_type(target) {
             None => MountState::None,
             Some(t) if t != "fuse.pail" => MountState::Foreign(t),
-            Some(_) => match self.records.load(target) {
-                Some(r) if is_our_process(r.pid, target) => MountState::Live(MountInfo {
+            Some(_) => match (self.records.load(target), self.supervised(target)) {
+                // Kept alive: live, or between a dead process and its successor.
+                (Some(r), Some(sup)) if !sup.gave_up.load(std::sync::atomic::Ordering::Acquire) => {
+                    use std::sync::atomic::Ordering;
+                    MountState::Live(MountInfo {
+                        volume_id: r.volume_id,
+                        read_only: r.read_only,
+                        restarts: sup.restarts.load(Ordering::Relaxed),
+                        restarting: sup.down.load(Ordering::Acquire)
+                            || !is_our_process(sup.pid.load(Ordering::Acquire), target),
+                    })
+                }
+                (Some(r), None) if is_our_process(r.pid, target) => MountState::Live(MountInfo {
                     volume_id: r.volume_id,
                     read_only: r.read_only,
+                    ..Default::default()
                 }),
                 _ => {
                     self.notice_dead(target);
@@ -433,6 +490,13 @@ impl Mounter for ProcessMounter {
         MounterStats {
             mounts: self.mount_count(),
             dead_mounts: self.dead_mounts.load(std::sync::atomic::Ordering::Relaxed),
+            restarts: self
+                .supervised
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .map(|s| s.restarts.load(std::sync::atomic::Ordering::Relaxed))
+                .sum(),
         }
     }
 }

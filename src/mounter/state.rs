@@ -117,6 +117,11 @@ impl StateDir {
         Ok(p)
     }
 
+    /// Where the mount process of `target` keeps the tables a successor needs.
+    pub fn journal_path(&self, target: &Path) -> PathBuf {
+        self.private(target).join("journal")
+    }
+
     /// Where the pod token of `target`'s mount is kept.
     pub fn token_path(&self, target: &Path) -> PathBuf {
         self.private(target).join("token")

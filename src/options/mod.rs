@@ -187,6 +187,14 @@ pub struct MountArgs {
     /// Serve this already mounted /dev/fuse descriptor instead of mounting.
     #[arg(long)]
     pub fuse_fd: Option<i32>,
+    /// Keep the tables a successor process needs to take the mount over in this file (the
+    /// CSI node plugin's mount processes).
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
+    /// Take over the already initialized connection of --fuse-fd from the process whose
+    /// --journal this is (it died or is being replaced).
+    #[arg(long, requires = "journal", requires = "fuse_fd")]
+    pub resume: bool,
     /// After start-up, run as this user and group (`uid:gid`), with no capabilities,
     /// no new privileges and a system-call filter (the CSI driver's mount processes).
     #[arg(long, value_parser = parse_ids)]
@@ -353,6 +361,8 @@ impl MountArgs {
             volume: VolumeOptions::default(),
             cache_dir: None,
             fuse_fd: None,
+            journal: None,
+            resume: false,
             run_as: None,
             memory_capacity: None,
             foreground: false,
@@ -373,6 +383,10 @@ impl MountArgs {
         if let Some(fd) = self.fuse_fd {
             value(&mut out, "fuse-fd", fd);
         }
+        if let Some(j) = &self.journal {
+            value(&mut out, "journal", j.display());
+        }
+        flag(&mut out, "resume", self.resume);
         if let Some((u, g)) = self.run_as {
             value(&mut out, "run-as", format!("{u}:{g}"));
         }

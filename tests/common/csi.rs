@@ -24,6 +24,8 @@ pub const SECRET: &str = "pailtestsecret";
 /// A `pail csi --mode all` process with its own kubelet, state and socket directories.
 pub struct Driver {
     pub child: Option<Child>,
+    /// The binary the driver runs (and so its mount processes): `pail_bin()` unless set.
+    pub bin: PathBuf,
     dir: tempfile::TempDir,
     metrics_port: u16,
     args: Vec<String>,
@@ -47,6 +49,7 @@ impl Driver {
             .port();
         let mut d = Driver {
             child: None,
+            bin: PathBuf::from(pail_bin()),
             dir,
             metrics_port,
             args: args.iter().map(|a| a.to_string()).collect(),
@@ -75,7 +78,7 @@ impl Driver {
         // A killed predecessor leaves its socket file behind: wait for a live one.
         let _ = fs::remove_file(self.socket());
         let log = fs::File::create(self.dir.path().join("driver.log")).unwrap();
-        let child = Command::new(pail_bin())
+        let child = Command::new(&self.bin)
             .arg("csi")
             .arg(format!("--endpoint=unix://{}", self.socket().display()))
             .args(["--node-id=test-node", "--mode=all"])

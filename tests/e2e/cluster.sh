@@ -117,11 +117,15 @@ build_images() {
   python3 "$REPO/tests/e2e/image.py" localhost/busybox:e2e "$img/busybox" "$img/busybox.tar" --env PATH=/bin
   python3 "$REPO/tests/e2e/image.py" localhost/pail:e2e "$img/pail" "$img/pail.tar" --entrypoint /usr/bin/pail \
     --env PATH=/usr/bin:/bin --env AWS_EC2_METADATA_DISABLED=true
+  # "The next version", for the upgrade scenario: the same program with other bytes.
+  printf '\0pail e2e2' >>"$img/pail/usr/bin/pail"
+  python3 "$REPO/tests/e2e/image.py" localhost/pail:e2e2 "$img/pail" "$img/pail2.tar" --entrypoint /usr/bin/pail \
+    --env PATH=/usr/bin:/bin --env AWS_EC2_METADATA_DISABLED=true
 }
 
 import_images() {
   local t
-  for t in pause busybox pail; do
+  for t in pause busybox pail pail2; do
     in_ns ctr -a "$LAB/containerd/containerd.sock" -n k8s.io images import "$LAB/images/$t.tar" >/dev/null
   done
 }

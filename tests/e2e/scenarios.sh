@@ -70,6 +70,7 @@ $3
 EOF
 }
 
+plugin_metrics() { in_ns curl -sf "http://$(kc get node -o 'jsonpath={.items[0].status.addresses[0].address}'):9812/metrics"; }
 pod_phase() { kc get pod "$1" -o 'jsonpath={.status.phase}'; }
 show_pod() { kc logs "$1" >&2 || true; kc describe pod "$1" | tail -15 >&2 || true; }
 wait_succeeded() { # pod seconds
@@ -276,17 +277,25 @@ exit 1'
 
 reads_ok() { kc logs streamer | grep -c '^ok' || true; }
 reads_at_least() { (($(reads_ok) >= $1)); }
+mount_process_changed() { local now; now=$(mount_processes | tr '\n' ' '); [ -n "$now" ] && [ "$now" != "$1" ]; }
+streamer_fine() {
+  [ "$(pod_phase streamer)" = Running ] || { show_pod streamer; die "streamer stopped"; }
+  ! kc logs streamer | grep FAILED || die "streamer read wrong bytes"
+}
 
 scenario_plugin_restart() {
-  log "scenario: the node plugin pod is deleted while a pod reads; the pod keeps reading"
+  log "scenario: a pod reads and appends while its node plugin restarts, its mount process is killed (-9), and a helm upgrade changes the image"
   run_pod bigfile "$(claim e2e-static)" 'dd if=/dev/urandom of=/data/big.bin bs=1M count=64 2>/dev/null
 md5sum < /data/big.bin > /data/big.md5 && cat /data/big.md5'
   wait_succeeded bigfile 180
+  # Wrong bytes fail the pod; an error (EIO for a call in flight at a crash) is counted.
   run_pod streamer "$(claim e2e-static)" 'want=$(cat /data/big.md5)
 n=0
+rm -f /data/loop.log
 while true; do
-  got=$(md5sum < /data/big.bin) || { echo "FAILED: read error"; exit 1; }
+  got=$(md5sum < /data/big.bin) || { echo "error: read"; sleep 0.2; continue; }
   [ "$got" = "$want" ] || { echo "FAILED: $got"; exit 1; }
+  echo "line $n" >> /data/loop.log || { echo "error: append"; sleep 0.2; continue; }
   n=$((n + 1)); echo "ok $n"
 done'
   wait_ready streamer 120
@@ -303,11 +312,36 @@ done'
   kc delete pod -n kube-system "$old" --wait=true --timeout=180s >/dev/null
   wait_until "a new node plugin pod Ready and registered" 120 plugin_ready "$old"
   wait_until "3 more whole reads of big.bin" 120 reads_at_least $((before + 3))
-  [ "$(pod_phase streamer)" = Running ] || { show_pod streamer; die "streamer stopped"; }
-  ! kc logs streamer | grep FAILED || die "streamer failed a read"
-  [ "$(mount_processes | tr '\n' ' ')" = "$pid" ] || die "the mount process changed ($pid -> $(mount_processes | tr '\n' ' '))"
-  log "  streamer read big.bin $(reads_ok) times (${before} before the restart), mount process $pid kept"
-  delete_pods streamer bigfile
+  streamer_fine
+  [ "$(mount_processes | tr '\n' ' ')" = "$pid" ] || die "the same version replaced the mount process ($pid -> $(mount_processes | tr '\n' ' '))"
+  log "  plugin restart: streamer read big.bin $(reads_ok) times (${before} before), mount process $pid kept"
+  # kill -9 of the mount process: the plugin starts a successor on the same connection.
+  before=$(reads_ok)
+  kill -9 "${pid% }"
+  wait_until "a successor mount process" 30 mount_process_changed "$pid"
+  wait_until "3 more whole reads after kill -9" 120 reads_at_least $((before + 3))
+  streamer_fine
+  grep -q 'pail_mount_restarts_total 1' <<<"$(plugin_metrics)" || die "restarts not counted: $(plugin_metrics | grep restarts)"
+  pid=$(mount_processes | tr '\n' ' ')
+  log "  kill -9: successor $pid; streamer read big.bin $(reads_ok) times, $(kc logs streamer | grep -c '^error' || true) calls failed in flight"
+  # An upgrade to another image: the new plugin hands every mount over to its own binary.
+  old=$(node_plugin_pod)
+  before=$(reads_ok)
+  hm upgrade pail "$REPO/charts/pail" --namespace kube-system --reuse-values --set image.tag=e2e2 \
+    --wait --timeout 120s >/dev/null
+  wait_until "the upgraded node plugin Ready and registered" 120 plugin_ready "$old"
+  wait_until "the mount handed over to the new version" 60 mount_process_changed "$pid"
+  pid=$(mount_processes | tr '\n' ' ')
+  grep -q 'pail e2e2' "/proc/${pid% }/exe" || die "the mount process $pid does not run the upgraded binary"
+  wait_until "3 more whole reads after the upgrade" 120 reads_at_least $((before + 3))
+  streamer_fine
+  [ -n "$(pail_mounts)" ] || die "the mount is gone"
+  log "  upgrade: mount process $pid runs e2e2; streamer read big.bin $(reads_ok) times"
+  delete_pods streamer
+  # Every append whose close succeeded is in the log, in order.
+  run_pod loopcheck "$(claim e2e-static)" 'i=0; while read -r w k; do [ "$k" -ge "$i" ] || { echo "FAILED: $k after $i"; exit 1; }; i=$k; done < /data/loop.log; echo "lines $(wc -l < /data/loop.log)"'
+  wait_succeeded loopcheck 120
+  delete_pods loopcheck bigfile
   assert_node_clean
 }
 
