@@ -17,6 +17,12 @@ K8S=1.30.0
 "$helm" template pail charts/pail --namespace kube-system >"$work/default.yaml"
 "$helm" template pail charts/pail --namespace storage -f charts/pail/ci/nondefault-values.yaml >"$work/nondefault.yaml"
 "$helm" template pail charts/pail --set controller.enabled=false --set storageClass.create=true >"$work/node-only.yaml"
+# The ServiceMonitor (its CRD is not in kubernetes-validate's schemas: checked by kind).
+"$helm" template pail charts/pail --set node.serviceMonitor.enabled=true >"$work/monitor.yaml"
+grep -q '^kind: ServiceMonitor' "$work/monitor.yaml" || { echo "node.serviceMonitor.enabled renders no ServiceMonitor" >&2; exit 1; }
+# The default install's sidecars against what their documentation asks (flags, sockets,
+# RBAC), for the versions the chart pins.
+python3 scripts/check-sidecars.py "$work/default.yaml"
 
 # The schema refuses typos and bad values, naming them.
 expect_refusal() { # what, helm args...

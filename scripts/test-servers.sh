@@ -8,14 +8,45 @@ set -euo pipefail
 
 cmd=${1:?start|stop}
 dir=${2:?state directory}
-S3_PORT=${PAIL_S3_PORT:-18333}
-GCS_PORT=${PAIL_GCS_PORT:-14443}
-MOTO_PORT=${PAIL_MOTO_PORT:-$((S3_PORT - 1000))}
 
-wait_for() { # description, seconds, command...
-  local what=$1 secs=$2; shift 2
+# Ports: PAIL_S3_PORT (SeaweedFS also takes +1000..+5000 and +10000 above each of those for
+# gRPC), PAIL_GCS_PORT, PAIL_MOTO_PORT; by default free ones the kernel hands out, so that
+# another SeaweedFS (or anything) on the usual ports does not matter.
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+all_free() { # port...
+  python3 - "$@" <<'PY'
+import socket, sys
+for p in map(int, sys.argv[1:]):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        sys.exit(1)
+    finally:
+        s.close()
+PY
+}
+weed_ports() { local b=$1 o; for o in 0 1000 2000 3000 4000 5000 10000 11000 12000 13000 14000; do printf "%s " $((b + o)); done; }
+pick_s3_port() {
+  local b
+  for _ in $(seq 50); do
+    b=$((20000 + RANDOM % 20000))
+    # shellcheck disable=SC2046
+    if all_free $(weed_ports "$b"); then echo "$b"; return; fi
+  done
+  echo "no free ports for SeaweedFS" >&2
+  return 1
+}
+
+wait_for() { # description, seconds, pid file, command...
+  local what=$1 secs=$2 pidfile=$3; shift 3
   local deadline=$((SECONDS + secs))
   until "$@" >/dev/null 2>&1; do
+    if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+      echo "$what: the server exited; its log ($pidfile):" >&2
+      tail -20 "${pidfile%.pid}.log" >&2
+      return 1
+    fi
     if ((SECONDS > deadline)); then echo "timed out waiting for $what" >&2; return 1; fi
     sleep 0.2
   done
@@ -23,6 +54,12 @@ wait_for() { # description, seconds, command...
 
 case "$cmd" in
 start)
+  S3_PORT=${PAIL_S3_PORT:-$(pick_s3_port)}
+  GCS_PORT=${PAIL_GCS_PORT:-$(free_port)}
+  MOTO_PORT=${PAIL_MOTO_PORT:-$(free_port)}
+  # shellcheck disable=SC2046
+  all_free $(weed_ports "$S3_PORT") "$GCS_PORT" "$MOTO_PORT" ||
+    { echo "a test-server port is taken: S3 $(weed_ports "$S3_PORT"), GCS $GCS_PORT, STS $MOTO_PORT" >&2; exit 1; }
   mkdir -p "$dir/weed" "$dir/gcs/data/pail-gcs-test" "$dir/gcs/root" "$dir/tls"
   # A private CA and a certificate for 127.0.0.1: SeaweedFS also serves S3 over TLS.
   openssl req -x509 -newkey rsa:2048 -nodes -keyout "$dir/tls/ca.key" -out "$dir/tls/ca.pem" \
@@ -57,11 +94,11 @@ JSON
   echo $! >"$dir/moto.pid"
   echo '{"disable_oauth": true, "client_email": "", "private_key": "", "private_key_id": ""}' >"$dir/gcs-key.json"
   # The bucket exists once the filer lists it under /buckets.
-  wait_for "SeaweedFS bucket pail-test" 120 \
+  wait_for "SeaweedFS bucket pail-test" 120 "$dir/weed.pid" \
     bash -c "curl -sf -H 'Accept: application/json' http://127.0.0.1:$((S3_PORT + 3000))/buckets/ | grep -q '\"pail-test\"'"
-  wait_for "SeaweedFS S3 port" 60 curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/"
-  wait_for "fake-gcs-server" 60 curl -sf "http://127.0.0.1:$GCS_PORT/storage/v1/b/pail-gcs-test"
-  wait_for "moto" 60 curl -sf "http://127.0.0.1:$MOTO_PORT/moto-api/"
+  wait_for "SeaweedFS S3 port" 60 "$dir/weed.pid" curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/"
+  wait_for "fake-gcs-server" 60 "$dir/gcs.pid" curl -sf "http://127.0.0.1:$GCS_PORT/storage/v1/b/pail-gcs-test"
+  wait_for "moto" 60 "$dir/moto.pid" curl -sf "http://127.0.0.1:$MOTO_PORT/moto-api/"
   cat <<ENV
 export PAIL_TEST_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
 export PAIL_TEST_S3_HTTPS_ENDPOINT=https://127.0.0.1:$((S3_PORT + 5000))

@@ -12,3 +12,4 @@ pub mod fuse;
 pub mod mounter;
 pub mod options;
 pub mod store;
+pub mod telemetry;

@@ -240,6 +240,61 @@ fn a_wrong_key_is_refused_at_mount_time_with_a_clear_error() {
 }
 
 #[test]
+fn a_second_mount_on_a_mounted_point_is_refused_and_stacks_nothing() {
+    let s3 = s3();
+    let m = mount_s3(&s3, &unique("twice"), &[]);
+    let mp = m.path.display().to_string();
+    let out = std::process::Command::new(pail_bin())
+        .args(["mount", &s3.url(&unique("twice")), &mp])
+        .args(s3.args())
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("already mounted") && err.contains(&mp),
+        "{err}"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert_eq!(mounts.lines().filter(|l| l.contains(&mp)).count(), 1);
+}
+
+#[test]
+fn errors_of_common_mistakes_are_one_line_naming_the_cause_and_the_fix() {
+    let s3 = s3();
+    let mut env = s3.env();
+    env[1].1 = "not-the-secret".into();
+    let err = try_mount(&s3.url(&unique("msg")), &s3.args(), &env)
+        .err()
+        .unwrap();
+    let last = err
+        .lines()
+        .rfind(|l| l.starts_with("pail:"))
+        .unwrap_or(&err);
+    assert!(last.contains("AWS_SECRET_ACCESS_KEY"), "{err}");
+    assert!(!last.contains("\"\""), "an empty key in {err}");
+    let err = try_mount("s3://no-such-bucket-pail/", &s3.args(), &s3.env())
+        .err()
+        .unwrap();
+    assert!(err.contains("check the bucket name"), "{err}");
+    let args = [
+        "--endpoint-url".to_string(),
+        "http://127.0.0.1:1".to_string(),
+        "--max-retries".into(),
+        "0".into(),
+    ];
+    let err = try_mount(&s3.url(&unique("msg")), &args, &s3.env())
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("unreachable") || err.contains("unavailable"),
+        "{err}"
+    );
+    assert!(err.contains("--endpoint-url"), "{err}");
+}
+
+#[test]
 fn a_missing_bucket_is_refused_at_mount_time_with_a_clear_error() {
     let s3 = s3();
     let err = try_mount("s3://no-such-bucket-pail/", &s3.args(), &s3.env())

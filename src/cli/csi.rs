@@ -55,6 +55,9 @@ pub struct CsiArgs {
     /// Serve Prometheus metrics of the node plugin on this address (e.g. 127.0.0.1:9812).
     #[arg(long)]
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Node plugin: most pail volumes the scheduler places on this node; 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    pub max_volumes_per_node: u32,
     /// Node plugin: a mount process that dies is replaced on the same FUSE connection;
     /// this many successors may fail to start in a row before the mount is given up
     /// (ENOTCONN). 0: a dead mount process is not replaced.
@@ -139,6 +142,11 @@ fn node_service(args: &CsiArgs) -> anyhow::Result<NodeService> {
         std::fs::read(ca).with_context(|| format!("--ca-bundle {}", ca.display()))?;
         mounter.ca_bundle = Some(ca.clone());
     }
+    let cluster = pail::csi::events::Cluster::new(&args.node_id, &args.driver_name);
+    let events = cluster.sink();
+    mounter.events = Some(events.clone());
+    mounter.follow_logs();
+    cluster.remove_startup_taint_when_registered();
     let recorded = mounter.mount_count();
     if recorded > 0 {
         let adopted = mounter.adopt_live();
@@ -180,6 +188,9 @@ fn node_service(args: &CsiArgs) -> anyhow::Result<NodeService> {
         policy,
         probing: Default::default(),
         annotations: Arc::new(KubeAnnotations::default()),
+        max_volumes: args.max_volumes_per_node as i64,
+        events: Some(events),
+        abnormal: Default::default(),
     })
 }
 

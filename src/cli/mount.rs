@@ -159,6 +159,22 @@ fn fs_config(args: &MountArgs, prefix: &str) -> FsConfig {
     }
 }
 
+/// Replace the snapshot of this mount's counters at `path` (read by the node plugin).
+fn write_metrics(path: &std::path::Path, fs: &Fs) -> std::io::Result<()> {
+    let snap = pail::telemetry::Snapshot {
+        cache_hits: fs.read_cache_hits(),
+        memory_bytes: fs.memory_in_use(),
+        staging_bytes: fs.cache_used(),
+        ..pail::telemetry::snapshot()
+    };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(&snap).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(tmp, path)
+}
+
 fn mount_and_serve(args: &MountArgs) -> anyhow::Result<()> {
     validate(args)?;
     // A take-over needs socket buffers past the system default: made before privileges go.
@@ -185,8 +201,19 @@ fn mount_and_serve(args: &MountArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     let store = pail::store::open(&source, &opts)?;
-    rt.block_on(store.check(&source.prefix))
-        .with_context(|| format!("cannot use {}", store.describe()))?;
+    rt.block_on(store.check(&source.prefix)).map_err(|e| {
+        use pail::store::StoreErrorKind as K;
+        let fix = match e.kind {
+            K::PermissionDenied => {
+                "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or --profile, \
+                 --service-account-file) and the bucket's policy"
+            }
+            K::NotFound => "check the bucket name, --region and --endpoint-url",
+            K::Unavailable => "check --endpoint-url, the network and HTTPS_PROXY/NO_PROXY",
+            _ => "see the message above; pail mount --help lists the flags",
+        };
+        anyhow::anyhow!("cannot use {}: {e}; {fix}", store.describe())
+    })?;
     if args.volume.persist_metadata && !store.features().metadata {
         bail!(
             "--persist-metadata: {} does not keep object metadata",
@@ -203,6 +230,18 @@ fn mount_and_serve(args: &MountArgs) -> anyhow::Result<()> {
         ))
     })?;
     let fs = Arc::new(Fs::new(store.clone(), cfg));
+    if let Some(path) = args.metrics_file.clone() {
+        let fs = fs.clone();
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                if let Err(e) = write_metrics(&path, &fs) {
+                    tracing::debug!(path = %path.display(), error = %e, "writing the metrics snapshot");
+                }
+            }
+        });
+    }
     let mcfg = MountConfig {
         fsname: format!("pail:{}", args.source),
         read_only: args.volume.read_only,

@@ -18,6 +18,7 @@ pub mod registration_pb {
 
 pub mod authority;
 pub mod controller;
+pub mod events;
 pub mod identity;
 pub mod metrics;
 pub mod node;

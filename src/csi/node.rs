@@ -29,6 +29,12 @@ pub struct NodeService {
     pub probing: Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
     /// ServiceAccount annotations (the role of a pod's identity).
     pub annotations: Arc<dyn Annotations>,
+    /// Most volumes of this driver on the node (NodeGetInfo); 0: no limit.
+    pub max_volumes: i64,
+    /// Where a condition turning abnormal is told (an Event on the pod).
+    pub events: Option<crate::mounter::EventSink>,
+    /// Volumes (target paths) last reported abnormal.
+    pub abnormal: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// How long a `statvfs` of a mount may take before the mount is reported as not answering.
@@ -248,6 +254,7 @@ impl Node for NodeService {
             }
             _ => return Err(not_found()),
         };
+        self.condition_changed(&req.volume_id, &req.volume_path, &condition);
         Ok(Response::new(NodeGetVolumeStatsResponse {
             usage,
             volume_condition: Some(condition),
@@ -277,13 +284,39 @@ impl Node for NodeService {
     ) -> Result<Response<NodeGetInfoResponse>, Status> {
         Ok(Response::new(NodeGetInfoResponse {
             node_id: self.node_id.clone(),
-            max_volumes_per_node: 0,
+            max_volumes_per_node: self.max_volumes,
             accessible_topology: None,
         }))
     }
 }
 
 impl NodeService {
+    /// Tell the pod when its volume's condition turns abnormal (once per episode).
+    fn condition_changed(&self, volume_id: &str, path: &str, c: &VolumeCondition) {
+        let turned = {
+            let mut abnormal = self.abnormal.lock().unwrap_or_else(|p| p.into_inner());
+            if c.abnormal {
+                abnormal.insert(path.to_string())
+            } else {
+                abnormal.remove(path);
+                false
+            }
+        };
+        if let (true, Some(sink), Some(pod)) = (
+            turned,
+            &self.events,
+            self.mounter.pod_of(std::path::Path::new(path)),
+        ) {
+            sink(crate::mounter::MountEvent {
+                volume_id: volume_id.to_string(),
+                pod,
+                reason: "VolumeAbnormal",
+                message: c.message.clone(),
+                warning: true,
+            });
+        }
+    }
+
     /// Check an endpoint a volume names, and every address its name resolves to, against
     /// the admin's allow-list.
     async fn check_endpoint(&self, volume_id: &str, field: &str, e: &str) -> Result<(), Status> {

@@ -10,7 +10,7 @@ use super::pb::VolumeCapability;
 use super::pb::volume_capability::AccessType;
 use super::pb::volume_capability::access_mode::Mode;
 use super::policy::DriverPolicy;
-use crate::mounter::MountRequest;
+use crate::mounter::{MountRequest, PodRef};
 use crate::options::{MountArgs, StoreArgs, VolumeOptions, parse_storage_class, parse_word};
 use crate::store::source::{Credentials, normalize_prefix, validate_bucket};
 use crate::store::{Provider, Source};
@@ -431,6 +431,7 @@ pub fn publish_request(
 ) -> Result<MountRequest, Status> {
     check_attributes(input.attrs, "volume attribute", VOLUME_ATTRIBUTES)?;
     let source = source(input.attrs)?;
+    let target_of_pod = target.clone();
     let mut options = MountArgs::new(source.url(), target.clone());
     options.store = store_args(input.attrs)?;
     options.volume = volume_options(input.attrs, input.mount_flags)?;
@@ -488,6 +489,24 @@ pub fn publish_request(
             .flatten(),
         token,
         read_only,
+        pod: pod_ref(input.attrs, &target_of_pod),
+    })
+}
+
+/// The pod of a publish: namespace and name from kubelet's pod info, uid from the target
+/// path (`…/pods/<uid>/volumes/…`).
+fn pod_ref(attrs: &HashMap<String, String>, target: &std::path::Path) -> Option<PodRef> {
+    use super::pod_identity::{NAMESPACE_KEY, POD_KEY};
+    let uid = target
+        .iter()
+        .skip_while(|c| *c != "pods")
+        .nth(1)?
+        .to_str()?
+        .to_string();
+    Some(PodRef {
+        namespace: attr(attrs, NAMESPACE_KEY)?.to_string(),
+        name: attr(attrs, POD_KEY)?.to_string(),
+        uid,
     })
 }
 

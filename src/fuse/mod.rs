@@ -52,12 +52,17 @@ impl FuseFs {
         }
     }
 
-    fn spawn<F>(&self, f: impl FnOnce(Arc<Fs>, Duration) -> F)
+    /// Run operation `op` on the runtime (it replies itself), timed.
+    fn spawn<F>(&self, op: &'static str, f: impl FnOnce(Arc<Fs>, Duration) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let fut = f(self.fs.clone(), self.ttl);
-        self.rt.spawn(fut);
+        let started = std::time::Instant::now();
+        self.rt.spawn(async move {
+            fut.await;
+            crate::telemetry::fuse_op(op, true, started.elapsed());
+        });
     }
 }
 
@@ -152,7 +157,7 @@ impl Filesystem for FuseFs {
         let Some(name) = utf8(name) else {
             return reply.error(Errno::ENOENT);
         };
-        self.spawn(move |fs, ttl| async move {
+        self.spawn("lookup", move |fs, ttl| async move {
             match fs.lookup(parent.0, &name).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(&e, "lookup")),
@@ -165,7 +170,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.spawn(move |fs, ttl| async move {
+        self.spawn("getattr", move |fs, ttl| async move {
             match fs.getattr(ino.0).await {
                 Ok(a) => reply.attr(&ttl, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e, "getattr")),
@@ -204,7 +209,7 @@ impl Filesystem for FuseFs {
             atime: atime.map(time),
             mtime: mtime.map(time),
         };
-        self.spawn(move |fs, ttl| async move {
+        self.spawn("setattr", move |fs, ttl| async move {
             match fs.setattr(ino.0, set).await {
                 Ok(a) => reply.attr(&ttl, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e, "setattr")),
@@ -225,7 +230,7 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::EINVAL);
         };
         let (uid, gid) = (req.uid(), req.gid());
-        self.spawn(move |fs, ttl| async move {
+        self.spawn("mkdir", move |fs, ttl| async move {
             match fs.mkdir(parent.0, &name, mode & !umask, uid, gid).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(&e, "mkdir")),
@@ -256,7 +261,7 @@ impl Filesystem for FuseFs {
             pid: req.pid(),
         };
         let kind = mode & libc::S_IFMT;
-        self.spawn(move |fs, ttl| async move {
+        self.spawn("mknod", move |fs, ttl| async move {
             match fs.mknod(parent.0, &name, create, kind).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(&e, "mknod")),
@@ -303,7 +308,7 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::EINVAL);
         };
         let value = value.to_vec();
-        self.spawn(move |fs, _| async move {
+        self.spawn("setxattr", move |fs, _| async move {
             match fs.setxattr(ino.0, &name, &value, flags).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e, "setxattr")),
@@ -315,7 +320,7 @@ impl Filesystem for FuseFs {
         let Some(name) = utf8(name) else {
             return reply.error(Errno::ENODATA);
         };
-        self.spawn(move |fs, _| async move {
+        self.spawn("removexattr", move |fs, _| async move {
             match fs.removexattr(ino.0, &name).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e, "removexattr")),
@@ -327,7 +332,7 @@ impl Filesystem for FuseFs {
         let Some(name) = utf8(name) else {
             return reply.error(Errno::ENOENT);
         };
-        self.spawn(move |fs, _| async move {
+        self.spawn("unlink", move |fs, _| async move {
             match fs.unlink(parent.0, &name).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e, "unlink")),
@@ -339,7 +344,7 @@ impl Filesystem for FuseFs {
         let Some(name) = utf8(name) else {
             return reply.error(Errno::ENOENT);
         };
-        self.spawn(move |fs, _| async move {
+        self.spawn("rmdir", move |fs, _| async move {
             match fs.rmdir(parent.0, &name).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e, "rmdir")),
@@ -364,7 +369,7 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::EINVAL);
         }
         let noreplace = flags.bits() & libc::RENAME_NOREPLACE != 0;
-        self.spawn(move |fs, _| async move {
+        self.spawn("rename", move |fs, _| async move {
             match fs
                 .rename(parent.0, &name, newparent.0, &newname, noreplace)
                 .await
@@ -378,7 +383,7 @@ impl Filesystem for FuseFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let mode = open_mode(flags.0, req.pid());
         let passthrough = self.passthrough.clone();
-        self.spawn(move |fs, _| async move {
+        self.spawn("open", move |fs, _| async move {
             match fs.open_with_cache(ino.0, mode).await {
                 Ok(o) => {
                     if !passthrough.open(reply, ino.0, o.fh, o.keep_cache, o.backing) {
@@ -413,7 +418,7 @@ impl Filesystem for FuseFs {
             pid: req.pid(),
         };
         let passthrough = self.passthrough.clone();
-        self.spawn(move |fs, ttl| async move {
+        self.spawn("create", move |fs, ttl| async move {
             match fs.create(parent.0, &name, mode).await {
                 Ok((a, fh)) => reply.created(
                     &ttl,
@@ -438,9 +443,12 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.spawn(move |fs, _| async move {
+        self.spawn("read", move |fs, _| async move {
             match fs.read(fh.0, offset, size).await {
-                Ok(data) => reply.data(&data),
+                Ok(data) => {
+                    crate::telemetry::add(crate::telemetry::Counter::BytesRead, data.len() as u64);
+                    reply.data(&data)
+                }
                 Err(e) => reply.error(errno(&e, "read")),
             }
         });
@@ -459,9 +467,12 @@ impl Filesystem for FuseFs {
         reply: ReplyWrite,
     ) {
         let data = bytes::Bytes::copy_from_slice(data);
-        self.spawn(move |fs, _| async move {
+        self.spawn("write", move |fs, _| async move {
             match fs.write(fh.0, offset, data).await {
-                Ok(n) => reply.written(n),
+                Ok(n) => {
+                    crate::telemetry::add(crate::telemetry::Counter::BytesWritten, n as u64);
+                    reply.written(n)
+                }
                 Err(e) => reply.error(errno(&e, "write")),
             }
         });
@@ -476,7 +487,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let pid = req.pid();
-        self.spawn(move |fs, _| async move {
+        self.spawn("flush", move |fs, _| async move {
             match fs.flush(fh.0, pid).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e, "flush")),
@@ -495,7 +506,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         self.passthrough.release(fh.0);
-        self.spawn(move |fs, _| async move {
+        self.spawn("release", move |fs, _| async move {
             match fs.release(fh.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e, "release")),
@@ -511,7 +522,7 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(move |fs, _| async move {
+        self.spawn("fsync", move |fs, _| async move {
             match fs.fsync(fh.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e, "fsync")),
@@ -520,7 +531,7 @@ impl Filesystem for FuseFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.spawn(move |fs, _| async move {
+        self.spawn("opendir", move |fs, _| async move {
             match fs.opendir(ino.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(&e, "opendir")),
@@ -536,7 +547,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.spawn(move |fs, _| async move {
+        self.spawn("readdir", move |fs, _| async move {
             match fs.readdir(ino.0, fh.0, offset, READDIR_BATCH).await {
                 Ok(entries) => {
                     for e in entries {
@@ -591,7 +602,7 @@ impl Filesystem for FuseFs {
         if let Some(entries) = self.fs.readdir_cached(fh.0, offset, READDIR_BATCH) {
             return fill(&self.fs, self.ttl, reply, entries);
         }
-        self.spawn(move |fs, ttl| async move {
+        self.spawn("readdirplus", move |fs, ttl| async move {
             match fs.readdir(ino.0, fh.0, offset, READDIR_BATCH).await {
                 Ok(entries) => fill(&fs, ttl, reply, entries),
                 Err(e) => reply.error(errno(&e, "readdirplus")),
@@ -607,7 +618,7 @@ impl Filesystem for FuseFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.spawn(move |fs, _| async move {
+        self.spawn("releasedir", move |fs, _| async move {
             let _ = fs.release(fh.0).await;
             reply.ok();
         });
@@ -636,7 +647,7 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::EINVAL);
         };
         let (uid, gid) = (req.uid(), req.gid());
-        self.spawn(move |fs, ttl| async move {
+        self.spawn("symlink", move |fs, ttl| async move {
             match fs.symlink(parent.0, &name, &target, uid, gid).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(&e, "symlink")),
@@ -645,7 +656,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.spawn(move |fs, _| async move {
+        self.spawn("readlink", move |fs, _| async move {
             match fs.readlink(ino.0).await {
                 Ok(t) => reply.data(&t),
                 Err(e) => reply.error(errno(&e, "readlink")),

@@ -7,6 +7,7 @@
 pub mod cgroup;
 mod fake;
 pub mod kernel;
+pub mod logs;
 pub mod process;
 pub mod ready;
 mod state;
@@ -36,6 +37,54 @@ pub struct MountRequest {
     pub token: Option<String>,
     /// Mount read-only.
     pub read_only: bool,
+    /// The pod it is for (logs, Events, metrics).
+    pub pod: Option<PodRef>,
+}
+
+/// The pod a volume is published for: its namespace and name as kubelet passed them, its
+/// uid from the target path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PodRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Uid.
+    pub uid: String,
+}
+
+/// Something that happened to a mount that its pod's owner should see (`kubectl describe
+/// pod`): a reason, a message, and whether it is a warning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEvent {
+    /// CSI volume id.
+    pub volume_id: String,
+    /// The pod.
+    pub pod: PodRef,
+    /// CamelCase reason (`MountProcessDied`…).
+    pub reason: &'static str,
+    /// What happened, for a person.
+    pub message: String,
+    /// A warning (else normal).
+    pub warning: bool,
+}
+
+/// Where mount events go (the CSI layer posts them as Kubernetes Events).
+pub type EventSink = std::sync::Arc<dyn Fn(MountEvent) + Send + Sync>;
+
+/// One published volume, for per-volume metrics.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeReport {
+    /// CSI volume id.
+    pub volume_id: String,
+    /// Its pod, when known.
+    pub pod: Option<PodRef>,
+    /// Mount processes started to replace one that died.
+    pub restarts: u64,
+    /// No process serves it right now.
+    pub restarting: bool,
+    /// The mount process's last snapshot of its counters (JSON, see `crate::telemetry`).
+    pub snapshot: Option<String>,
 }
 
 impl std::fmt::Debug for MountRequest {
@@ -105,4 +154,14 @@ pub trait Mounter: Send + Sync {
 
     /// Counters.
     fn stats(&self) -> MounterStats;
+
+    /// The pod `target` was published for, when known.
+    fn pod_of(&self, _target: &Path) -> Option<PodRef> {
+        None
+    }
+
+    /// Every published volume, with what its mount process reports.
+    fn volumes(&self) -> Vec<VolumeReport> {
+        Vec::new()
+    }
 }

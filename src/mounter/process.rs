@@ -70,6 +70,8 @@ pub struct ProcessMounter {
     /// Successors that may fail to start in a row before a mount is given up (0: a dead
     /// mount process is not replaced; its mount fails with ENOTCONN).
     pub max_failed_restarts: u32,
+    /// Where events of mounts go (Kubernetes Events on their pods).
+    pub events: Option<super::EventSink>,
     /// Mounts kept alive: the plugin holds their connection and replaces a dead process.
     supervised: Mutex<HashMap<PathBuf, Arc<Supervised>>>,
 }
@@ -156,6 +158,7 @@ impl ProcessMounter {
             run_as: None,
             node_cache_size: None,
             max_failed_restarts: supervisor::MAX_FAILED_STARTS,
+            events: None,
             supervised: Mutex::new(HashMap::new()),
         })
     }
@@ -168,6 +171,7 @@ impl ProcessMounter {
             cgroup_limits: self.cgroup_limits,
             records: self.records.clone(),
             max_failed_starts: self.max_failed_restarts,
+            events: self.events.clone(),
         }
     }
 
@@ -311,6 +315,7 @@ impl ProcessMounter {
         }
         env.extend(req.env.iter().cloned());
         options.journal = Some(self.records.journal_path(target));
+        options.metrics_file = Some(self.records.metrics_path(target));
         let mut args = vec!["mount".to_string()];
         args.extend(options.to_args());
         let launch = Launch { args, env };
@@ -335,6 +340,7 @@ impl ProcessMounter {
             pid,
             read_only: req.read_only,
             cache_size: req.options.volume.max_cache_size,
+            pod: req.pod.clone(),
         };
         self.records
             .save(&record)
@@ -423,6 +429,12 @@ impl ProcessMounter {
         }
     }
 
+    /// Pass the mount processes' log lines on to this process's output (and their errors
+    /// to `events`), from now on.
+    pub fn follow_logs(&self) {
+        super::logs::follow(self.records.clone(), self.events.clone());
+    }
+
     /// Number of mounts recorded.
     pub fn mount_count(&self) -> usize {
         self.records.all().len()
@@ -484,6 +496,30 @@ impl Mounter for ProcessMounter {
                 }
             },
         }
+    }
+
+    fn pod_of(&self, target: &Path) -> Option<super::PodRef> {
+        self.records.load(target)?.pod
+    }
+
+    fn volumes(&self) -> Vec<super::VolumeReport> {
+        use std::sync::atomic::Ordering;
+        self.records
+            .all()
+            .into_iter()
+            .map(|r| {
+                let sup = self.supervised(&r.target);
+                super::VolumeReport {
+                    restarts: sup
+                        .as_ref()
+                        .map_or(0, |s| s.restarts.load(Ordering::Relaxed)),
+                    restarting: sup.as_ref().is_some_and(|s| s.down.load(Ordering::Acquire)),
+                    snapshot: std::fs::read_to_string(self.records.metrics_path(&r.target)).ok(),
+                    volume_id: r.volume_id,
+                    pod: r.pod,
+                }
+            })
+            .collect()
     }
 
     fn stats(&self) -> MounterStats {

@@ -24,6 +24,9 @@ pub struct Record {
     /// Staging space reserved for it (its `--max-cache-size`).
     #[serde(default)]
     pub cache_size: u64,
+    /// The pod it serves.
+    #[serde(default)]
+    pub pod: Option<super::PodRef>,
 }
 
 /// The state directory.
@@ -115,6 +118,11 @@ impl StateDir {
         let p = self.key_path(target);
         write_private(&p, key.as_bytes(), owner)?;
         Ok(p)
+    }
+
+    /// Where the mount process of `target` writes a snapshot of its counters.
+    pub fn metrics_path(&self, target: &Path) -> PathBuf {
+        self.private(target).join("metrics.json")
     }
 
     /// Where the mount process of `target` keeps the tables a successor needs.

@@ -60,6 +60,26 @@ pub struct Spawner {
     pub records: StateDir,
     /// Successors that may fail to start in a row before the mount is given up.
     pub max_failed_starts: u32,
+    /// Where events go.
+    pub events: Option<super::EventSink>,
+}
+
+impl Spawner {
+    /// Tell the pod of `target`'s mount (when it is known).
+    fn event(&self, target: &Path, reason: &'static str, warning: bool, message: String) {
+        let (Some(sink), Some(r)) = (&self.events, self.records.load(target)) else {
+            return;
+        };
+        if let Some(pod) = r.pod {
+            sink(super::MountEvent {
+                volume_id: r.volume_id,
+                pod,
+                reason,
+                message,
+                warning,
+            });
+        }
+    }
 }
 
 impl Spawner {
@@ -188,6 +208,7 @@ pub fn watch(spawner: Spawner, target: PathBuf, sup: Arc<Supervised>, lock: Arc<
                 }
                 let handover = sup.handing_over.swap(false, Ordering::AcqRel);
                 let lived = started.elapsed();
+                let died = Instant::now();
                 if handover || lived > Duration::from_secs(60) {
                     failures = 0;
                 } else if lived < Duration::from_secs(10) {
@@ -195,8 +216,16 @@ pub fn watch(spawner: Spawner, target: PathBuf, sup: Arc<Supervised>, lock: Arc<
                     failures += 1;
                 }
                 if !handover && spawner.max_failed_starts == 0 {
-                    give_up(&target, &sup, "restarts are off (--max-failed-restarts=0)");
+                    give_up(&spawner, &target, &sup, "restarts are off (--max-failed-restarts=0)");
                     return;
+                }
+                if !handover {
+                    spawner.event(
+                        &target,
+                        "MountProcessDied",
+                        true,
+                        format!("the mount process (pid {pid}) died; a successor is starting on the same connection (calls wait meanwhile)"),
+                    );
                 }
                 if !handover {
                     tracing::warn!(target = %target.display(), pid, restarts = sup.restarts.load(Ordering::Relaxed), "the mount process died; starting a successor on its connection");
@@ -229,13 +258,25 @@ pub fn watch(spawner: Spawner, target: PathBuf, sup: Arc<Supervised>, lock: Arc<
                                 let _ = spawner.records.save(&r);
                             }
                             tracing::info!(target = %target.display(), pid = new, took = ?began.elapsed(), handover, "a successor serves the mount");
+                            if !handover {
+                                spawner.event(
+                                    &target,
+                                    "MountProcessReplaced",
+                                    false,
+                                    format!(
+                                        "a successor (pid {new}) serves the volume, {} ms after the death; replaced {} times so far",
+                                        died.elapsed().as_millis(),
+                                        sup.restarts.load(Ordering::Relaxed)
+                                    ),
+                                );
+                            }
                             break;
                         }
                         Err(why) => {
                             failures += 1;
                             tracing::warn!(target = %target.display(), error = %why, failures, "the successor did not start");
                             if failures >= spawner.max_failed_starts {
-                                give_up(&target, &sup, &why.to_string());
+                                give_up(&spawner, &target, &sup, &why.to_string());
                                 return;
                             }
                         }
@@ -248,10 +289,16 @@ pub fn watch(spawner: Spawner, target: PathBuf, sup: Arc<Supervised>, lock: Arc<
 
 /// Give the mount up: callers would wait forever, so fail them (ENOTCONN) instead; the
 /// volume reports dead until it is published again.
-fn give_up(target: &Path, sup: &Supervised, why: &str) {
+fn give_up(spawner: &Spawner, target: &Path, sup: &Supervised, why: &str) {
     sup.gave_up.store(true, Ordering::Release);
     let aborted = super::kernel::abort_connection(target);
     tracing::error!(target = %target.display(), error = %why, ?aborted, "giving the mount up: no process serves it");
+    spawner.event(
+        target,
+        "MountGivenUp",
+        true,
+        format!("no mount process serves the volume any more ({why}); its files fail with ENOTCONN until the pod is recreated"),
+    );
 }
 
 /// Take over the supervision of `pid`, a mount process a predecessor plugin started: a

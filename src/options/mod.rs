@@ -191,6 +191,11 @@ pub struct MountArgs {
     /// CSI node plugin's mount processes).
     #[arg(long)]
     pub journal: Option<PathBuf>,
+    /// Write a snapshot of the mount's counters (JSON: store requests and latencies, FUSE
+    /// operation latencies, bytes, caches) to this file every few seconds (the CSI node
+    /// plugin serves them as per-volume Prometheus metrics).
+    #[arg(long)]
+    pub metrics_file: Option<PathBuf>,
     /// Take over the already initialized connection of --fuse-fd from the process whose
     /// --journal this is (it died or is being replaced).
     #[arg(long, requires = "journal", requires = "fuse_fd")]
@@ -362,6 +367,7 @@ impl MountArgs {
             cache_dir: None,
             fuse_fd: None,
             journal: None,
+            metrics_file: None,
             resume: false,
             run_as: None,
             memory_capacity: None,
@@ -382,6 +388,9 @@ impl MountArgs {
         }
         if let Some(fd) = self.fuse_fd {
             value(&mut out, "fuse-fd", fd);
+        }
+        if let Some(m) = &self.metrics_file {
+            value(&mut out, "metrics-file", m.display());
         }
         if let Some(j) = &self.journal {
             value(&mut out, "journal", j.display());

@@ -12,6 +12,7 @@ mod gcs;
 pub mod identity;
 mod local;
 mod memory;
+mod metered;
 pub mod net;
 mod objstore;
 mod ops;
@@ -312,7 +313,7 @@ pub fn init_crypto() {
 /// Open the bucket a [`Source`] names, with the given options.
 pub fn open(source: &Source, opts: &StoreOptions) -> Result<SharedBucket> {
     init_crypto();
-    Ok(match source.provider {
+    let bucket: SharedBucket = match source.provider {
         Provider::S3 => Arc::new(s3::S3Bucket::open(source, opts)?),
         Provider::Gcs => Arc::new(gcs::GcsBucket::open(source, opts)?),
         Provider::Local => Arc::new(local::LocalBucket::open(source)?),
@@ -320,7 +321,8 @@ pub fn open(source: &Source, opts: &StoreOptions) -> Result<SharedBucket> {
             Some(n) => MemoryBucket::new().with_capacity(n),
             None => MemoryBucket::new(),
         }),
-    })
+    };
+    Ok(metered::Metered::wrap(bucket))
 }
 
 /// Refuse keys a store cannot address: `.`/`..` segments (URLs would resolve them).

@@ -154,6 +154,20 @@ start_cluster() {
   local token
   token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
   echo "$token,admin,admin,\"system:masters\"" >"$LAB/pki/tokens.csv"
+  # The kubelet has its own identity, as a node: with Node,RBAC authorization the node
+  # authorizer bounds it, and everything pail does goes through the chart's RBAC.
+  local ktoken
+  ktoken=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  echo "$ktoken,system:node:127.0.0.1,kubelet-127-0-0-1,\"system:nodes\"" >>"$LAB/pki/tokens.csv"
+  cat >"$LAB/kubelet.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters: [{name: e2e, cluster: {server: "$APISERVER", insecure-skip-tls-verify: true}}]
+users: [{name: kubelet, user: {token: "$ktoken"}}]
+contexts: [{name: e2e, context: {cluster: e2e, user: kubelet}}]
+current-context: e2e
+EOF
+  chmod 600 "$LAB/kubelet.kubeconfig"
   cat >"$LAB/kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
@@ -177,7 +191,7 @@ EOF
     --secure-port=16443 --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --cert-dir="$LAB/apiserver-certs" \
     --service-account-key-file="$LAB/pki/sa.pub" --service-account-signing-key-file="$LAB/pki/sa.key" \
     --service-account-issuer=https://kubernetes.default.svc --service-cluster-ip-range=10.96.0.0/16 \
-    --authorization-mode=AlwaysAllow --allow-privileged=true \
+    --authorization-mode=Node,RBAC --allow-privileged=true \
     --feature-gates=CSIServiceAccountToken=true \
     --kubelet-preferred-address-types=InternalIP >"$L/apiserver.log" 2>&1 &
   wait_until "kube-apiserver /readyz" 120 kc get --raw /readyz
@@ -192,7 +206,9 @@ EOF
   import_images
   # AWS_EC2_METADATA_DISABLED: the kubelet's built-in ECR credential provider probes
   # 169.254.169.254 at start otherwise (the namespace would refuse it anyway).
-  in_ns env AWS_EC2_METADATA_DISABLED=true "$B/kubelet" --kubeconfig="$LAB/kubeconfig" \
+  # The node starts tainted until pail serves on it (pail removes the taint itself).
+  in_ns env AWS_EC2_METADATA_DISABLED=true "$B/kubelet" --kubeconfig="$LAB/kubelet.kubeconfig" \
+    --register-with-taints="$DRIVER/agent-not-ready:NoExecute" \
     --container-runtime=remote --container-runtime-endpoint="unix://$LAB/containerd/containerd.sock" \
     --containerd="$LAB/containerd/containerd.sock" \
     --root-dir="$LAB/kubelet" --cert-dir="$LAB/kubelet/pki" --volume-plugin-dir="$LAB/kubelet/volume-plugins" \

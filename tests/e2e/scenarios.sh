@@ -102,14 +102,22 @@ plugin_ready() { # a node plugin pod other than $1 is Ready and registered
     driver_registered
 }
 
+node_untainted() { ! kc get node 127.0.0.1 -o 'jsonpath={.spec.taints[*].key}' | grep -q "$DRIVER/agent-not-ready"; }
+pod_event() { kc get events --field-selector "involvedObject.name=$1,reason=$2" -o name | grep -q .; }
+mount_log_in_plugin() { kc logs -n kube-system "$(node_plugin_pod)" | grep 'pail::mount' | grep -q "$1"; }
+volume_read_bytes() { plugin_metrics | grep -q "^pail_volume_read_bytes_total{volume_id=\"$1\",namespace=\"default\"} [1-9]"; }
+
 helm_install() {
   log "helm install (the node plugin registers itself with the kubelet; local images)"
+  ! node_untainted || die "the node did not start with the startup taint"
   hm install pail "$REPO/charts/pail" --namespace kube-system --wait --timeout 120s \
     --set image.repository=localhost/pail --set image.tag=e2e --set image.pullPolicy=Never \
     --set kubeletDir="$LAB/kubelet" --set node.registration=self --set node.stateDir="$LAB/state" \
     --set 'node.allowedEndpoints={127.0.0.1}' --set controller.enabled=false \
     --set node.kubernetesApiServer=127.0.0.1:16443 >/dev/null
   wait_until "CSINode 127.0.0.1 to list $DRIVER" 60 driver_registered
+  wait_until "the node plugin to remove the startup taint" 60 node_untainted
+  log "  the startup taint $DRIVER/agent-not-ready was removed once the plugin registered"
 }
 
 scenario_static_pv() {
@@ -308,6 +316,9 @@ done'
   grep -q '^Uid:[[:space:]]*65534' "/proc/${pid% }/status" || die "the mount process is not unprivileged: $(grep Uid "/proc/${pid% }/status")"
   grep -q '^Seccomp:[[:space:]]*2' "/proc/${pid% }/status" || die "the mount process has no system-call filter"
   grep -q 'pail.slice/mount-' "/proc/${pid% }/cgroup" || die "the mount process is not in pail.slice: $(cat "/proc/${pid% }/cgroup")"
+  # Operators see the volume through kubectl: its mount's counters on the plugin's metrics.
+  wait_until "per-volume read counters of the streamer's volume" 60 volume_read_bytes e2e-static
+  log "  metrics: $(plugin_metrics | grep '^pail_volume_read_bytes_total' | head -1)"
   before=$(reads_ok)
   kc delete pod -n kube-system "$old" --wait=true --timeout=180s >/dev/null
   wait_until "a new node plugin pod Ready and registered" 120 plugin_ready "$old"
@@ -322,6 +333,12 @@ done'
   wait_until "3 more whole reads after kill -9" 120 reads_at_least $((before + 3))
   streamer_fine
   grep -q 'pail_mount_restarts_total 1' <<<"$(plugin_metrics)" || die "restarts not counted: $(plugin_metrics | grep restarts)"
+  # ... and the pod's owner sees it in `kubectl describe pod`, the mount's log in the plugin's.
+  wait_until "a MountProcessDied event on the streamer" 30 pod_event streamer MountProcessDied
+  wait_until "a MountProcessReplaced event on the streamer" 30 pod_event streamer MountProcessReplaced
+  wait_until "the successor's log lines in kubectl logs of the node plugin" 30 mount_log_in_plugin streamer
+  log "  events: $(kc get events --field-selector involvedObject.name=streamer -o 'jsonpath={range .items[*]}{.reason}: {.message}; {end}' | grep -o 'MountProcess[^;]*;' | tr '\n' ' ')"
+  log "  kubectl logs: $(kc logs -n kube-system "$(node_plugin_pod)" | grep 'pail::mount' | grep streamer | tail -1)"
   pid=$(mount_processes | tr '\n' ' ')
   log "  kill -9: successor $pid; streamer read big.bin $(reads_ok) times, $(kc logs streamer | grep -c '^error' || true) calls failed in flight"
   # An upgrade to another image: the new plugin hands every mount over to its own binary.

@@ -19,8 +19,29 @@ fn service() -> (NodeService, Arc<FakeMounter>) {
         policy: DriverPolicy::strict(),
         probing: Default::default(),
         annotations: Arc::new(FakeAnnotations),
+        max_volumes: 0,
+        events: None,
+        abnormal: Default::default(),
     };
     (svc, fake)
+}
+
+#[tokio::test]
+async fn node_info_reports_the_admins_volume_limit() {
+    let (mut svc, _) = service();
+    let info = svc
+        .node_get_info(Request::new(NodeGetInfoRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((info.node_id.as_str(), info.max_volumes_per_node), ("n", 0));
+    svc.max_volumes = 40;
+    let info = svc
+        .node_get_info(Request::new(NodeGetInfoRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.max_volumes_per_node, 40);
 }
 
 /// ServiceAccounts: `irsa` has a role, `plain` none, anything else is not found.

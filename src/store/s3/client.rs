@@ -191,7 +191,11 @@ impl Call {
             .first()
             .map(|(k, _)| format!(" ?{k}"))
             .unwrap_or_default();
-        format!("{:?}: {}{op}", self.key, self.method)
+        if self.key.is_empty() {
+            format!("the bucket: {}{op}", self.method)
+        } else {
+            format!("{:?}: {}{op}", self.key, self.method)
+        }
     }
 }
 
@@ -493,6 +497,7 @@ impl Client {
                         return Err(f.error);
                     }
                     retries += 1;
+                    crate::telemetry::add(crate::telemetry::Counter::Retries, 1);
                     let wait = self.retry.backoff(retries);
                     tracing::debug!(error = %f.error, retries, ?wait, "retrying");
                     tokio::time::sleep(wait).await;
