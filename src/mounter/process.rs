@@ -238,42 +238,10 @@ impl ProcessMounter {
         matches!(self.state(target), MountState::Live(_))
     }
 
-    fn publish_locked(&self, req: &MountRequest) -> Result<(), MountError> {
+    /// How the mount process of `req` starts: its arguments (the checked options, and
+    /// where its log, staging space, secrets, journal and counters live) and environment.
+    fn launch(&self, req: &MountRequest) -> Result<Launch, MountError> {
         let target = &req.target;
-        match self.state(target) {
-            MountState::Live(_) => return Ok(()),
-            MountState::Dead => {
-                tracing::warn!(target = %target.display(), "replacing a dead pail mount");
-                self.cleanup(target);
-            }
-            MountState::Foreign(other) => {
-                return Err(MountError::Busy(format!(
-                    "{} already has a {other} mount",
-                    target.display()
-                )));
-            }
-            MountState::None => {}
-        }
-        if let Some(cap) = self.node_cache_size {
-            let reserved: u64 = self.records.all().iter().map(|r| r.cache_size).sum();
-            let asked = req.options.volume.max_cache_size;
-            if reserved + asked > cap {
-                return Err(MountError::Exhausted(format!(
-                    "the node's staging space is spent: {reserved} of {cap} bytes reserved by other mounts, this one asks {asked} (mountOptions max-cache-size)"
-                )));
-            }
-        }
-        let fsname = format!("pail:{}", req.options.source);
-        let fuse = kernel::mount_fuse_beneath(&self.root, target, &fsname, req.read_only).map_err(
-            |e| match e.raw_os_error() {
-                Some(libc::ELOOP | libc::ENOTDIR) => MountError::Refused(format!(
-                    "target_path {}: a symlink or a file on the way (it is never followed)",
-                    target.display()
-                )),
-                _ => MountError::Io(format!("mounting FUSE at {}: {e}", target.display())),
-            },
-        )?;
-
         let mut options = req.options.clone();
         options.mountpoint = target.clone();
         options.fuse_fd = Some(FUSE_FD);
@@ -318,7 +286,53 @@ impl ProcessMounter {
         options.metrics_file = Some(self.records.metrics_path(target));
         let mut args = vec!["mount".to_string()];
         args.extend(options.to_args());
-        let launch = Launch { args, env };
+        Ok(Launch { args, env })
+    }
+
+    fn publish_locked(&self, req: &MountRequest) -> Result<(), MountError> {
+        let target = &req.target;
+        match self.state(target) {
+            MountState::Live(_) => return Ok(()),
+            MountState::Dead => {
+                tracing::warn!(target = %target.display(), "replacing a dead pail mount");
+                self.cleanup(target);
+            }
+            MountState::Foreign(other) => {
+                return Err(MountError::Busy(format!(
+                    "{} already has a {other} mount",
+                    target.display()
+                )));
+            }
+            MountState::None => {}
+        }
+        if let Some(cap) = self.node_cache_size {
+            let reserved: u64 = self.records.all().iter().map(|r| r.cache_size).sum();
+            let asked = req.options.volume.max_cache_size;
+            if reserved + asked > cap {
+                return Err(MountError::Exhausted(format!(
+                    "the node's staging space is spent: {reserved} of {cap} bytes reserved by other mounts, this one asks {asked} (mountOptions max-cache-size)"
+                )));
+            }
+        }
+        let fsname = format!("pail:{}", req.options.source);
+        let fuse = kernel::mount_fuse_beneath(&self.root, target, &fsname, req.read_only).map_err(
+            |e| match e.raw_os_error() {
+                Some(libc::ELOOP | libc::ENOTDIR) => MountError::Refused(format!(
+                    "target_path {}: a symlink or a file on the way (it is never followed)",
+                    target.display()
+                )),
+                _ => MountError::Io(format!("mounting FUSE at {}: {e}", target.display())),
+            },
+        )?;
+
+        let launch = match self.launch(req) {
+            Ok(l) => l,
+            Err(e) => {
+                drop(fuse);
+                self.cleanup(target);
+                return Err(e);
+            }
+        };
         let pid = match self.spawner().start(target, &launch, fuse.as_fd(), false) {
             Ok(pid) => pid,
             Err(why) => {
