@@ -212,7 +212,8 @@ fn mount_and_serve(args: &MountArgs) -> anyhow::Result<()> {
             K::Unavailable => "check --endpoint-url, the network and HTTPS_PROXY/NO_PROXY",
             _ => "see the message above; pail mount --help lists the flags",
         };
-        anyhow::anyhow!("cannot use {}: {e}; {fix}", store.describe())
+        // The store error stays in the chain: the CSI driver reports its category only.
+        anyhow::Error::new(e).context(format!("cannot use {} ({fix})", store.describe()))
     })?;
     if args.volume.persist_metadata && !store.features().metadata {
         bail!(
