@@ -26,6 +26,14 @@ fn put(s3: &S3, key: &str, data: Vec<u8>) {
     .unwrap();
 }
 
+/// Tests here drop the kernel's page cache, system-wide, while another checks reads from
+/// it: one at a time (threads of `cargo test`; nextest runs them in one group,
+/// .config/nextest.toml).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Drop the kernel's clean pages, so a read must come from the mount's own caches.
 fn drop_page_cache() {
     // SAFETY: sync(2) has no preconditions.
@@ -35,6 +43,7 @@ fn drop_page_cache() {
 
 #[test]
 fn a_second_read_comes_from_the_page_cache_until_the_object_changes() {
+    let _turn = one_at_a_time();
     let s3 = s3();
     let prefix = unique("pagecache");
     let body = data(3 << 20, 11);
@@ -56,6 +65,7 @@ fn a_second_read_comes_from_the_page_cache_until_the_object_changes() {
 
 #[test]
 fn the_disk_cache_serves_a_second_read_and_never_an_old_version() {
+    let _turn = one_at_a_time();
     let s3 = s3();
     let prefix = unique("diskcache");
     let body = data(5 << 20, 21);
@@ -133,6 +143,7 @@ fn the_disk_cache_serves_a_second_read_and_never_an_old_version() {
 
 #[test]
 fn listings_are_kept_for_the_ttl_and_then_show_what_changed() {
+    let _turn = one_at_a_time();
     let s3 = s3();
     let prefix = unique("listcache");
     for i in 0..50 {
@@ -165,8 +176,11 @@ fn listings_are_kept_for_the_ttl_and_then_show_what_changed() {
     assert!(!later.contains(&"f01".to_string()), "{later:?}");
 }
 
+// Each #[tokio::test] runs on its own thread and runtime: the std lock only orders tests.
+#[allow(clippy::await_holding_lock)]
 #[tokio::test]
 async fn a_csi_volume_with_read_cache_reads_a_file_once_from_the_store() {
+    let _turn = one_at_a_time();
     use common::csi::{Driver, publish_req, static_context, unpublish_req};
     let s3 = s3();
     let prefix = unique("csi-cache");
