@@ -502,3 +502,22 @@ async fn a_client_sending_the_socket_path_as_authority_is_answered() {
     let body = String::from_utf8_lossy(&payload);
     assert!(body.contains("s3.csi.pail.dev"), "answer: {body:?}");
 }
+
+#[test]
+fn an_endpoint_in_a_missing_directory_is_refused_and_nothing_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing/dir");
+    let out = std::process::Command::new(pail_bin())
+        .args(["csi", "--mode", "controller", "--endpoint"])
+        .arg(format!("unix://{}/csi.sock", missing.display()))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("does not exist") && err.contains(&missing.display().to_string()),
+        "{err}"
+    );
+    assert!(!dir.path().join("missing").exists(), "a directory was made");
+}
