@@ -139,6 +139,27 @@ pub struct Snapshot {
     pub staging_bytes: u64,
 }
 
+/// Series a snapshot may carry per family; more is not a mount process's doing.
+const MAX_SERIES: usize = 256;
+
+impl Snapshot {
+    /// A snapshot as read from a mount process, which is not trusted: series of the wrong
+    /// shape are dropped, and at most [`MAX_SERIES`] of each family are kept (label values
+    /// are escaped when rendered).
+    pub fn sane(mut self) -> Snapshot {
+        for family in [&mut self.store, &mut self.fuse] {
+            family.retain(|s| {
+                s.counts.len() == BOUNDS.len() + 1
+                    && s.sum_seconds.is_finite()
+                    && s.op.len() <= 64
+                    && s.status.len() <= 64
+            });
+            family.truncate(MAX_SERIES);
+        }
+        self
+    }
+}
+
 /// The process's counters now; the caller fills in the gauges it owns.
 pub fn snapshot() -> Snapshot {
     let r = registry();
@@ -310,7 +331,20 @@ mod tests {
             text.contains("pail_volume_cache_misses_total{volume_id=\"v\",namespace=\"ns\"} 2")
         );
         let back: Snapshot = serde_json::from_str(&serde_json::to_string(&snap).unwrap()).unwrap();
-        assert_eq!(back, snap);
+        assert_eq!(back.clone().sane(), snap);
+        // What a hostile process might write: wrong shapes and a flood of series go.
+        let mut bad = back;
+        bad.store[0].counts.push(1);
+        bad.fuse = (0..1000)
+            .map(|i| Series {
+                op: format!("op{i}"),
+                counts: vec![0; BOUNDS.len() + 1],
+                ..Default::default()
+            })
+            .collect();
+        let bad = bad.sane();
+        assert!(bad.store.iter().all(|s| s.counts.len() == BOUNDS.len() + 1));
+        assert_eq!(bad.fuse.len(), MAX_SERIES);
         assert_eq!(label("a\"b\\"), "a\\\"b\\\\");
     }
 }

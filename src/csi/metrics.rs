@@ -54,10 +54,8 @@ fn render(mounter: &dyn Mounter) -> String {
     let snapshots: Vec<(String, Snapshot)> = labelled
         .iter()
         .filter_map(|(l, v)| {
-            Some((
-                l.clone(),
-                serde_json::from_str(v.snapshot.as_deref()?).ok()?,
-            ))
+            let snap: Snapshot = serde_json::from_str(v.snapshot.as_deref()?).ok()?;
+            Some((l.clone(), snap.sane()))
         })
         .collect();
     let refs: Vec<(String, &Snapshot)> = snapshots.iter().map(|(l, s)| (l.clone(), s)).collect();

@@ -93,9 +93,43 @@ pub fn pick_token(
     Ok(token.token.clone())
 }
 
-/// The pod a publish is for: namespace, ServiceAccount, pod name.
+/// Whether `s` is a Kubernetes object name (a DNS-1123 subdomain: lowercase letters,
+/// digits, `-` and `.`, starting and ending with a letter or digit, at most 253 bytes), so
+/// that it is safe in an API path, a label or a log line.
+pub fn is_object_name(s: &str) -> bool {
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 253
+        && alnum(b[0])
+        && alnum(b[b.len() - 1])
+        && b.iter().all(|c| alnum(*c) || *c == b'-' || *c == b'.')
+}
+
+/// Refuse pod information that is not made of Kubernetes names (kubelet sets these keys; a
+/// volume that brings its own values gets them checked).
+pub fn check_pod_info(attrs: &HashMap<String, String>) -> Result<(), Status> {
+    for key in [NAMESPACE_KEY, SERVICE_ACCOUNT_KEY, POD_KEY] {
+        if let Some(v) = attrs.get(key).filter(|v| !v.is_empty())
+            && !is_object_name(v)
+        {
+            let shown: String = v.chars().take(64).flat_map(char::escape_debug).collect();
+            return Err(Status::invalid_argument(format!(
+                "{key}: \"{shown}\" is not a Kubernetes object name"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The pod a publish is for: namespace, ServiceAccount, pod name (only valid names).
 pub fn pod_of(attrs: &HashMap<String, String>) -> Option<(String, String, String)> {
-    let get = |k| attrs.get(k).filter(|v: &&String| !v.is_empty()).cloned();
+    let get = |k| {
+        attrs
+            .get(k)
+            .filter(|v: &&String| is_object_name(v))
+            .cloned()
+    };
     Some((
         get(NAMESPACE_KEY)?,
         get(SERVICE_ACCOUNT_KEY)?,

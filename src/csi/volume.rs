@@ -430,6 +430,7 @@ pub fn publish_request(
     policy: &DriverPolicy,
 ) -> Result<MountRequest, Status> {
     check_attributes(input.attrs, "volume attribute", VOLUME_ATTRIBUTES)?;
+    super::pod_identity::check_pod_info(input.attrs)?;
     let source = source(input.attrs)?;
     let target_of_pod = target.clone();
     let mut options = MountArgs::new(source.url(), target.clone());
@@ -503,10 +504,14 @@ fn pod_ref(attrs: &HashMap<String, String>, target: &std::path::Path) -> Option<
         .nth(1)?
         .to_str()?
         .to_string();
+    let name = |k| attr(attrs, k).filter(|v| super::pod_identity::is_object_name(v));
     Some(PodRef {
-        namespace: attr(attrs, NAMESPACE_KEY)?.to_string(),
-        name: attr(attrs, POD_KEY)?.to_string(),
-        uid,
+        namespace: name(NAMESPACE_KEY)?.to_string(),
+        name: name(POD_KEY)?.to_string(),
+        uid: uid
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+            .then_some(uid)?,
     })
 }
 

@@ -12,6 +12,11 @@ use super::{EventSink, MountEvent};
 
 /// A mount's log file is emptied once it grows past this (its lines were passed on).
 const MAX_LOG: u64 = 8 << 20;
+/// Longest line passed on (the rest is cut); a longer run without a newline is passed on
+/// in pieces of this size, so a process that never ends its line cannot stall the follower.
+const MAX_LINE: usize = 64 << 10;
+/// Longest message an event carries.
+const MAX_EVENT: usize = 1024;
 /// At most one event per volume in this interval.
 const EVENT_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -75,8 +80,13 @@ impl Follower {
             {
                 continue;
             }
-            // Whole lines only; a partial last one waits for the next poll.
-            let used = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            // Whole lines only; a partial last one waits for the next poll, unless it is
+            // already longer than any line may be.
+            let used = match text.iter().rposition(|b| *b == b'\n') {
+                Some(i) => i + 1,
+                None if text.len() >= MAX_LINE => text.len(),
+                None => 0,
+            };
             for line in text[..used].split(|b| *b == b'\n') {
                 if !line.is_empty() {
                     self.pass_on(&r, line);
@@ -93,27 +103,31 @@ impl Follower {
         }
     }
 
-    /// Write one JSON line of a mount process on our output, with its volume and pod.
+    /// Write one JSON line of a mount process on our output, with its volume and pod. The
+    /// process is not trusted: what it wrote is cut to size and its control characters are
+    /// escaped, so it can neither forge lines of ours nor flood an event.
     fn pass_on(&mut self, r: &Record, line: &[u8]) {
+        let line = &line[..line.len().min(MAX_LINE)];
         let v: serde_json::Value = match serde_json::from_slice(line) {
             Ok(v) => v,
             Err(_) => serde_json::Value::String(String::from_utf8_lossy(line).into_owned()),
         };
         let level = v["level"].as_str().unwrap_or("INFO").to_string();
         let fields = v["fields"].as_object();
-        let message = fields
-            .and_then(|f| f.get("message"))
-            .and_then(|m| m.as_str())
-            .or(v.as_str())
-            .unwrap_or("")
-            .to_string();
+        let message = clean(
+            fields
+                .and_then(|f| f.get("message"))
+                .and_then(|m| m.as_str())
+                .or(v.as_str())
+                .unwrap_or(""),
+        );
         let rest: String = fields
             .into_iter()
             .flatten()
             .filter(|(k, _)| *k != "message")
             .map(|(k, v)| match v.as_str() {
-                Some(s) => format!(" {k}={s:?}"),
-                None => format!(" {k}={v}"),
+                Some(s) => format!(" {}={s:?}", clean(k)),
+                None => format!(" {}={}", clean(k), clean(&v.to_string())),
             })
             .collect();
         let (ns, pod) = r
@@ -153,10 +167,86 @@ impl Follower {
                     } else {
                         "MountError"
                     },
-                    message: format!("{message}{rest}"),
+                    message: format!("{message}{rest}").chars().take(MAX_EVENT).collect(),
                     warning: true,
                 });
             }
         }
+    }
+}
+
+/// `s` with its control characters escaped (a newline becomes `\\n`).
+fn clean(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn a_hostile_log_is_cut_escaped_and_never_stalls_the_follower() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = StateDir::new(dir.path()).unwrap();
+        let target = dir.path().join("pods/u/volumes/v/mount");
+        records
+            .save(&Record {
+                volume_id: "v".into(),
+                target: target.clone(),
+                source: "s3://b/".into(),
+                pid: 1,
+                read_only: false,
+                cache_size: 0,
+                pod: Some(super::super::PodRef {
+                    namespace: "ns".into(),
+                    name: "p".into(),
+                    uid: "u".into(),
+                }),
+            })
+            .unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink: EventSink = {
+            let events = events.clone();
+            Arc::new(move |e| events.lock().unwrap().push(e))
+        };
+        let mut f = Follower {
+            records: records.clone(),
+            events: Some(sink),
+            offsets: HashMap::new(),
+            last_event: HashMap::new(),
+        };
+        let log = records.log_path(&target);
+        // A forged newline inside a message, a huge error, and 2 MiB without any newline.
+        let forged = r#"{"level":"ERROR","fields":{"message":"x\nFAKE plugin line"}}"#;
+        let huge = format!(
+            r#"{{"level":"ERROR","fields":{{"message":"{}"}}}}"#,
+            "e".repeat(200_000)
+        );
+        std::fs::write(&log, format!("{forged}\n{huge}\n{}", "z".repeat(2 << 20))).unwrap();
+        for _ in 0..4 {
+            f.poll(false);
+        }
+        assert_eq!(
+            f.offsets[&log],
+            std::fs::metadata(&log).unwrap().len(),
+            "the follower reached the end"
+        );
+        let events = events.lock().unwrap();
+        assert_eq!(events.len(), 1, "one event a minute per volume");
+        assert_eq!(events[0].message, "x\\nFAKE plugin line");
+        assert_eq!(clean("a\u{1b}[31mb"), "a\\u{1b}[31mb");
     }
 }

@@ -76,6 +76,24 @@ pub struct ProcessMounter {
     supervised: Mutex<HashMap<PathBuf, Arc<Supervised>>>,
 }
 
+/// At most `max` bytes of the regular file at `path`, written by a mount process in its
+/// own directory (not trusted: a symlink or a FIFO there is never followed or waited on).
+fn read_capped(path: &Path, max: u64) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut out = String::new();
+    file.take(max).read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
 fn pid_alive(pid: u32) -> bool {
     // A zombie still "exists": look at its state.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -528,7 +546,7 @@ impl Mounter for ProcessMounter {
                         .as_ref()
                         .map_or(0, |s| s.restarts.load(Ordering::Relaxed)),
                     restarting: sup.as_ref().is_some_and(|s| s.down.load(Ordering::Acquire)),
-                    snapshot: std::fs::read_to_string(self.records.metrics_path(&r.target)).ok(),
+                    snapshot: read_capped(&self.records.metrics_path(&r.target), 1 << 20),
                     volume_id: r.volume_id,
                     pod: r.pod,
                 }
@@ -548,5 +566,28 @@ impl Mounter for ProcessMounter {
                 .map(|s| s.restarts.load(std::sync::atomic::Ordering::Relaxed))
                 .sum(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_capped;
+
+    #[test]
+    fn a_mount_processs_snapshot_is_read_capped_and_never_through_a_link_or_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.json");
+        std::fs::write(&p, "x".repeat(5000)).unwrap();
+        assert_eq!(read_capped(&p, 100).unwrap().len(), 100);
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "root only").unwrap();
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        assert_eq!(read_capped(&link, 100), None);
+        let fifo = dir.path().join("fifo.json");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(read_capped(&fifo, 100), None, "and it did not block");
     }
 }

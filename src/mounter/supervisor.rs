@@ -351,8 +351,28 @@ fn fingerprint(path: &str) -> Option<(u64, u64)> {
 /// content, since a restarted container sees the same image under another mount.
 pub fn runs_other_binary(pid: u32) -> bool {
     static OURS: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
+    // Mounts started by one build share its file: read each file once.
+    type Fingerprint = Option<(u64, u64)>;
+    static SEEN: Mutex<Vec<((u64, u64), Fingerprint)>> = Mutex::new(Vec::new());
     let ours = *OURS.get_or_init(|| fingerprint("/proc/self/exe"));
-    match (fingerprint(&format!("/proc/{pid}/exe")), ours) {
+    let exe = format!("/proc/{pid}/exe");
+    let theirs = match std::fs::metadata(&exe) {
+        Ok(m) => {
+            use std::os::unix::fs::MetadataExt;
+            let id = (m.dev(), m.ino());
+            let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+            match seen.iter().find(|(k, _)| *k == id) {
+                Some((_, f)) => *f,
+                None => {
+                    let f = fingerprint(&exe);
+                    seen.push((id, f));
+                    f
+                }
+            }
+        }
+        Err(_) => None,
+    };
+    match (theirs, ours) {
         (Some(theirs), Some(ours)) => theirs != ours,
         _ => true,
     }

@@ -314,3 +314,54 @@ fn secrets_as_aws_tools_write_them_and_write_settings_are_accepted() {
     let e = publish(&[("bucketName", "b-1")], &[("AWS_REGION", "not a region!")]).unwrap_err();
     assert!(e.message().contains("region"), "{}", e.message());
 }
+
+#[test]
+fn pod_information_must_be_kubernetes_names() {
+    let keys = [("AWS_ACCESS_KEY_ID", "id"), ("AWS_SECRET_ACCESS_KEY", "s")];
+    for (key, bad) in [
+        (
+            "csi.storage.k8s.io/pod.namespace",
+            "../../api/v1/namespaces/kube-system",
+        ),
+        ("csi.storage.k8s.io/pod.name", "p\nINFO forged line"),
+        ("csi.storage.k8s.io/serviceAccount.name", "Upper"),
+        ("csi.storage.k8s.io/pod.name", &"a".repeat(254)),
+    ] {
+        let e = publish(&[("bucketName", "data"), (key, bad)], &keys).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{key}");
+        assert!(
+            e.message().contains(key) && !e.message().contains('\n'),
+            "{}",
+            e.message()
+        );
+    }
+    // Valid names become the pod of the mount, with the uid from the target path.
+    let attrs = map(&[
+        ("bucketName", "data"),
+        ("csi.storage.k8s.io/pod.namespace", "ml"),
+        ("csi.storage.k8s.io/pod.name", "trainer-0"),
+    ]);
+    let secrets = map(&keys);
+    let r = publish_request(
+        &PublishInput {
+            volume_id: "v",
+            attrs: &attrs,
+            secrets: &secrets,
+            readonly: false,
+            cap_read_only: false,
+            mount_flags: &[],
+            mount_group: None,
+        },
+        "/var/lib/kubelet/pods/0a1b-2c/volumes/kubernetes.io~csi/v/mount".into(),
+        &DriverPolicy::strict(),
+    )
+    .unwrap();
+    assert_eq!(
+        r.pod,
+        Some(PodRef {
+            namespace: "ml".into(),
+            name: "trainer-0".into(),
+            uid: "0a1b-2c".into()
+        })
+    );
+}
