@@ -142,6 +142,22 @@ note_host_state() {
   sysctl -n vm.overcommit_memory kernel.panic kernel.panic_on_oops >"$LAB/sysctl-before"
 }
 
+# A user of the API server: a random token in tokens.csv (user, groups) and a kubeconfig.
+identity() { # user, groups (CSV-quoted), kubeconfig path
+  local token
+  token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  echo "$token,$1,$1,$2" >>"$LAB/pki/tokens.csv"
+  cat >"$3" <<EOF
+apiVersion: v1
+kind: Config
+clusters: [{name: e2e, cluster: {server: "$APISERVER", insecure-skip-tls-verify: true}}]
+users: [{name: user, user: {token: "$token"}}]
+contexts: [{name: e2e, context: {cluster: e2e, user: user}}]
+current-context: e2e
+EOF
+  chmod 600 "$3"
+}
+
 start_cluster() {
   ip netns add "$NETNS"
   ip -n "$NETNS" link set lo up
@@ -151,32 +167,11 @@ start_cluster() {
   mkdir -p "$LAB/pki" "$LAB/cni" "$LAB/containerd" "$LAB/kubelet" "$LAB/logs" "$LAB/helm-home"
   openssl genrsa -out "$LAB/pki/sa.key" 2048 2>/dev/null
   openssl rsa -in "$LAB/pki/sa.key" -pubout -out "$LAB/pki/sa.pub" 2>/dev/null
-  local token
-  token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
-  echo "$token,admin,admin,\"system:masters\"" >"$LAB/pki/tokens.csv"
+  : >"$LAB/pki/tokens.csv"
+  identity admin '"system:masters"' "$LAB/kubeconfig"
   # The kubelet has its own identity, as a node: with Node,RBAC authorization the node
   # authorizer bounds it, and everything pail does goes through the chart's RBAC.
-  local ktoken
-  ktoken=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
-  echo "$ktoken,system:node:127.0.0.1,kubelet-127-0-0-1,\"system:nodes\"" >>"$LAB/pki/tokens.csv"
-  cat >"$LAB/kubelet.kubeconfig" <<EOF
-apiVersion: v1
-kind: Config
-clusters: [{name: e2e, cluster: {server: "$APISERVER", insecure-skip-tls-verify: true}}]
-users: [{name: kubelet, user: {token: "$ktoken"}}]
-contexts: [{name: e2e, context: {cluster: e2e, user: kubelet}}]
-current-context: e2e
-EOF
-  chmod 600 "$LAB/kubelet.kubeconfig"
-  cat >"$LAB/kubeconfig" <<EOF
-apiVersion: v1
-kind: Config
-clusters: [{name: e2e, cluster: {server: "$APISERVER", insecure-skip-tls-verify: true}}]
-users: [{name: admin, user: {token: "$token"}}]
-contexts: [{name: e2e, context: {cluster: e2e, user: admin}}]
-current-context: e2e
-EOF
-  chmod 600 "$LAB/kubeconfig"
+  identity system:node:127.0.0.1 '"system:nodes"' "$LAB/kubelet.kubeconfig"
   echo '{"cniVersion": "0.4.0", "name": "e2e-lo-only", "plugins": [{"type": "loopback"}]}' >"$LAB/cni/10-lo.conflist"
   sed -e "s#@LAB@#$LAB#g" "$REPO/tests/e2e/containerd.toml" >"$LAB/containerd.toml"
 
