@@ -35,6 +35,13 @@ fn free_base() -> u16 {
     panic!("no free ports")
 }
 
+/// The last lines of a log file.
+fn tail(path: &std::path::Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
+}
+
 fn rand_u16() -> u16 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -100,9 +107,14 @@ impl Server {
         fs::create_dir_all(d.join("data")).unwrap();
         self.child = Some(child);
         let store = self.store();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // A restarted SeaweedFS replays its volumes first: slow on a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(120);
         while block_on(store.check("")).is_err() {
-            assert!(Instant::now() < deadline, "SeaweedFS did not come up");
+            assert!(
+                Instant::now() < deadline,
+                "SeaweedFS did not come up; the end of its log:\n{}",
+                tail(&d.join("weed.log"))
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
