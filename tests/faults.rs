@@ -104,6 +104,45 @@ fn a_hung_server_does_not_hang_the_reader() {
 }
 
 #[test]
+fn a_program_started_while_a_read_waits_for_the_store_starts_at_once() {
+    // exec() closes the new program's copy of every descriptor (O_CLOEXEC), which reaches
+    // pail as a close of the file: it must not wait for the read on the same file.
+    use std::os::unix::fs::FileExt;
+    let s3 = s3();
+    let prefix = unique("exec");
+    put(&s3, &format!("{prefix}big"), data(8 << 20, 3));
+    let proxy = Proxy::start(&s3.endpoint);
+    let m = mount_via(&proxy, &s3, &prefix, &["--request-timeout", "60"]).unwrap();
+    let f = std::sync::Arc::new(fs::File::open(m.join("big")).unwrap());
+    let mut first = vec![0u8; 4096];
+    f.read_exact_at(&mut first, 0).unwrap();
+    proxy.add(
+        Some("GET"),
+        "big",
+        Fault::Delay(Duration::from_secs(12)),
+        None,
+    );
+    let reader = {
+        let f = f.clone();
+        std::thread::spawn(move || {
+            let mut far = vec![0u8; 4096];
+            f.read_exact_at(&mut far, 7 << 20).map(|()| far)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    let status = std::process::Command::new("true").status().unwrap();
+    let took = start.elapsed();
+    assert!(status.success());
+    assert!(
+        took < Duration::from_secs(5),
+        "starting a program took {took:?}: its exec waited behind the read"
+    );
+    let far = reader.join().unwrap().unwrap();
+    assert_eq!(far, data(8 << 20, 3)[7 << 20..(7 << 20) + 4096]);
+}
+
+#[test]
 fn a_failed_upload_fails_close_and_leaves_no_object() {
     let s3 = s3();
     let prefix = unique("upfail");

@@ -7,7 +7,7 @@ mod common;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::IntoRawFd;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -70,14 +70,25 @@ impl Server {
         format!("http://127.0.0.1:{}", self.base)
     }
 
+    /// Start SeaweedFS on this server's ports and data, and wait until its bucket answers.
     fn spawn(&mut self) {
+        self.launch();
+        self.wait_until_ready();
+    }
+
+    fn log(&self) -> std::path::PathBuf {
+        self.dir.path().join("weed.log")
+    }
+
+    fn launch(&mut self) {
         let b = self.base;
         let d = self.dir.path();
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(d.join("weed.log"))
+            .open(self.log())
             .unwrap();
+        fs::create_dir_all(d.join("data")).unwrap();
         let child = Command::new("weed")
             .arg("mini")
             .arg(format!("-dir={}", d.join("data").display()))
@@ -100,20 +111,30 @@ impl Server {
                 "-master.telemetry=false",
                 "-bucket=restart-test",
             ])
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        fs::create_dir_all(d.join("data")).unwrap();
         self.child = Some(child);
+    }
+
+    fn wait_until_ready(&mut self) {
         let store = self.store();
-        // A restarted SeaweedFS replays its volumes first: slow on a loaded machine.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while block_on(store.check("")).is_err() {
+        let started = Instant::now();
+        // It is started by this process while files of the mount are open here, so its exec
+        // closes copies of them: a close that once waited behind the reads stuck on the
+        // server that was down, and so kept the server from ever starting.
+        let deadline = started + Duration::from_secs(120);
+        while let Err(e) = block_on(store.check("")) {
+            let exited = self.child.as_mut().unwrap().try_wait().unwrap();
             assert!(
-                Instant::now() < deadline,
-                "SeaweedFS did not come up; the end of its log:\n{}",
-                tail(&d.join("weed.log"))
+                exited.is_none() && Instant::now() < deadline,
+                "SeaweedFS did not come up ({}: {e}); the end of its log:\n{}",
+                match exited {
+                    Some(status) => format!("it exited, {status}"),
+                    None => "still not answering after 120 s".into(),
+                },
+                tail(&self.log())
             );
             std::thread::sleep(Duration::from_millis(200));
         }

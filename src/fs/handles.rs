@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use tokio::sync::Mutex as AsyncMutex;
 
 use super::open::{Content, How};
 use super::read::Reader;
@@ -40,17 +39,17 @@ impl Fs {
             Handle::Dir(_) => journal::DIR,
         };
         self.journal(vec![journal::Record::Open { fh, ino, kind }]);
-        lock(&self.handles).insert(fh, Arc::new(AsyncMutex::new(handle)));
+        lock(&self.handles).insert(fh, Slot::new(handle));
     }
 
-    pub(super) fn handle(&self, fh: u64) -> FsResult<Arc<AsyncMutex<Handle>>> {
+    pub(super) fn handle(&self, fh: u64) -> FsResult<Arc<Slot>> {
         lock(&self.handles)
             .get(&fh)
             .cloned()
             .ok_or_else(|| FsError::new(libc::EBADF, format!("unknown file handle {fh}")))
     }
 
-    fn take_handle(&self, fh: u64) -> Option<Arc<AsyncMutex<Handle>>> {
+    fn take_handle(&self, fh: u64) -> Option<Arc<Slot>> {
         let h = lock(&self.handles).remove(&fh);
         if h.is_some() {
             self.journal(vec![journal::Record::Close { fh }]);
@@ -282,6 +281,9 @@ impl Fs {
         let Ok(h) = self.handle(fh) else {
             return Ok(());
         };
+        if !h.write {
+            return Ok(());
+        }
         let h = h.lock().await;
         let w = match &*h {
             Handle::Write(w) => w,
@@ -303,6 +305,9 @@ impl Fs {
     /// fsync(): store what the file holds now.
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
+        if !h.write {
+            return Ok(());
+        }
         let h = h.lock().await;
         match &*h {
             Handle::Write(w) => {

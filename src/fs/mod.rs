@@ -205,6 +205,32 @@ enum Handle {
     },
 }
 
+/// A handle in the table: whether it writes is fixed when it is made, and known without its
+/// lock, so that a close() of a reading descriptor (every fork+exec of a process holding the
+/// file closes one) never waits behind a read that is waiting for the store.
+struct Slot {
+    write: bool,
+    handle: AsyncMutex<Handle>,
+}
+
+impl Slot {
+    fn new(handle: Handle) -> Arc<Slot> {
+        let write = matches!(handle, Handle::Write(_) | Handle::Lost { write: true, .. });
+        Arc::new(Slot {
+            write,
+            handle: AsyncMutex::new(handle),
+        })
+    }
+}
+
+impl std::ops::Deref for Slot {
+    type Target = AsyncMutex<Handle>;
+
+    fn deref(&self) -> &AsyncMutex<Handle> {
+        &self.handle
+    }
+}
+
 /// The object version (ETag, size, mtime) a file's kernel pages were read from.
 type PagesOf = (Option<String>, u64, SystemTime);
 
@@ -222,7 +248,7 @@ pub struct Fs {
     store: SharedBucket,
     cfg: FsConfig,
     inodes: Mutex<Inodes>,
-    handles: Mutex<HashMap<u64, Arc<AsyncMutex<Handle>>>>,
+    handles: Mutex<HashMap<u64, Arc<Slot>>>,
     /// Files open for writing, by inode: one state shared by all their writing handles.
     open_files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     /// Access and change times set during the mount, by key (they outlive the inodes).
@@ -340,7 +366,7 @@ impl Fs {
         started: SystemTime,
     ) -> (
         Inodes,
-        HashMap<u64, Arc<AsyncMutex<Handle>>>,
+        HashMap<u64, Arc<Slot>>,
         Option<Mutex<journal::Journal>>,
         u64,
     ) {
@@ -375,7 +401,7 @@ impl Fs {
                     write: k == journal::WRITE,
                 },
             };
-            handles.insert(fh, Arc::new(AsyncMutex::new(h)));
+            handles.insert(fh, Slot::new(h));
         }
         let next_fh = t.handles.keys().max().map_or(1, |m| m + 1);
         tracing::info!(

@@ -189,3 +189,31 @@ async fn a_staged_edit_whose_upload_fails_keeps_the_old_object_and_can_be_retrie
     fs.release(fh).await.unwrap();
     assert_eq!(&mem.object("log").unwrap()[..], b"line1\nline2\n");
 }
+
+#[tokio::test]
+async fn closing_a_reading_descriptor_never_waits_behind_a_read_stuck_in_the_store() {
+    // Every fork+exec of a process that holds a file open closes a copy of its descriptor:
+    // that close must not wait until a read on the same handle gets its answer (seen as
+    // a new program hanging in exec while the store was down).
+    let (mem, f) = faulty();
+    put(mem.as_ref(), "f", &data(100_000)).await;
+    let fs = fs_on(&f);
+    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
+    let fh = fs.open(a.ino, OpenMode::default()).await.unwrap();
+    f.add(Rule {
+        op: Some(Op::Get),
+        key: String::new(),
+        action: Action::Delay(std::time::Duration::from_secs(600)),
+        times: None,
+    });
+    let read = fs.read(fh, 0, 4096);
+    tokio::pin!(read);
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(300), &mut read).await;
+    assert!(waited.is_err(), "the read is waiting for the store");
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), fs.flush(fh, 4242)).await;
+    assert!(closed.is_ok(), "close() waited behind the read");
+    closed.unwrap().unwrap();
+    let synced = tokio::time::timeout(std::time::Duration::from_secs(5), fs.fsync(fh)).await;
+    assert!(synced.is_ok(), "fsync() waited behind the read");
+    synced.unwrap().unwrap();
+}
