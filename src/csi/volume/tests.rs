@@ -12,6 +12,15 @@ fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 }
 
 fn publish(attrs: &[(&str, &str)], secrets: &[(&str, &str)]) -> Result<MountRequest, Status> {
+    publish_at(attrs, secrets, "/t")
+}
+
+/// [`publish`] to a given target path (the pod uid comes from it).
+fn publish_at(
+    attrs: &[(&str, &str)],
+    secrets: &[(&str, &str)],
+    target: &str,
+) -> Result<MountRequest, Status> {
     let attrs = map(attrs);
     let secrets = map(secrets);
     publish_request(
@@ -24,7 +33,7 @@ fn publish(attrs: &[(&str, &str)], secrets: &[(&str, &str)]) -> Result<MountRequ
             mount_flags: &[],
             mount_group: None,
         },
-        "/t".into(),
+        target.into(),
         &DriverPolicy::strict(),
     )
 }
@@ -336,24 +345,14 @@ fn pod_information_must_be_kubernetes_names() {
         );
     }
     // Valid names become the pod of the mount, with the uid from the target path.
-    let attrs = map(&[
-        ("bucketName", "data"),
-        ("csi.storage.k8s.io/pod.namespace", "ml"),
-        ("csi.storage.k8s.io/pod.name", "trainer-0"),
-    ]);
-    let secrets = map(&keys);
-    let r = publish_request(
-        &PublishInput {
-            volume_id: "v",
-            attrs: &attrs,
-            secrets: &secrets,
-            readonly: false,
-            cap_read_only: false,
-            mount_flags: &[],
-            mount_group: None,
-        },
-        "/var/lib/kubelet/pods/0a1b-2c/volumes/kubernetes.io~csi/v/mount".into(),
-        &DriverPolicy::strict(),
+    let r = publish_at(
+        &[
+            ("bucketName", "data"),
+            ("csi.storage.k8s.io/pod.namespace", "ml"),
+            ("csi.storage.k8s.io/pod.name", "trainer-0"),
+        ],
+        &keys,
+        "/var/lib/kubelet/pods/0a1b-2c/volumes/kubernetes.io~csi/v/mount",
     )
     .unwrap();
     assert_eq!(
