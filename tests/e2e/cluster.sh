@@ -202,6 +202,9 @@ start_cluster() {
   # AWS_EC2_METADATA_DISABLED: the kubelet's built-in ECR credential provider probes
   # 169.254.169.254 at start otherwise (the namespace would refuse it anyway).
   # The node starts tainted until pail serves on it (pail removes the taint itself).
+  # Eviction and image GC only when the disk is all but full: the images were imported, not
+  # pulled, so a kubelet reclaiming space on a crowded disk (a percentage threshold did, at
+  # 1.6% free of a 252 GB disk) would delete them for good and the plugin could not start.
   in_ns env AWS_EC2_METADATA_DISABLED=true "$B/kubelet" --kubeconfig="$LAB/kubelet.kubeconfig" \
     --register-with-taints="$DRIVER/agent-not-ready:NoExecute" \
     --container-runtime=remote --container-runtime-endpoint="unix://$LAB/containerd/containerd.sock" \
@@ -211,7 +214,7 @@ start_cluster() {
     --feature-gates=CSIServiceAccountToken=true --sync-frequency=10s \
     --address=127.0.0.1 --healthz-bind-address=127.0.0.1 --read-only-port=0 --hostname-override=127.0.0.1 \
     --cloud-provider= --make-iptables-util-chains=false --anonymous-auth=true --authorization-mode=AlwaysAllow \
-    --eviction-hard='memory.available<1Mi,nodefs.available<1%,imagefs.available<1%' \
+    --eviction-hard='memory.available<1Mi,nodefs.available<100Mi,imagefs.available<100Mi' \
     --image-gc-high-threshold=100 --image-gc-low-threshold=99 \
     --v=2 >"$L/kubelet.log" 2>&1 &
   wait_until "node 127.0.0.1 Ready" 120 kc wait --for=condition=Ready node/127.0.0.1 --timeout=2s
