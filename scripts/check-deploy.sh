@@ -37,7 +37,7 @@ expect_refusal nodee --set nodee.resources.x=1
 expect_refusal registration --set node.registration=maybe
 expect_refusal driverName --set driverName=-bad-
 expect_refusal colour --set storageClass.parameters.colour=blue
-expect_refusal mountUser --set node.mountUser=0:0
+expect_refusal mountUids --set node.mountUids=0-100
 expect_refusal maxMemoryLimit --set node.maxMemoryLimit=lots
 
 for f in "$work"/default.yaml "$work"/nondefault.yaml "$work"/node-only.yaml deploy/kubernetes/pail.yaml deploy/examples/*.yaml; do

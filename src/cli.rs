@@ -26,6 +26,13 @@ enum Command {
     Mount(Box<MountArgs>),
     /// Run the CSI driver (node plugin and/or controller) on a unix socket.
     Csi(Box<csi::CsiArgs>),
+    /// A mount process of the CSI driver: serves the mount its spec describes.
+    #[command(hide = true)]
+    MountWorker {
+        /// The descriptor the spec is read from.
+        #[arg(long, default_value_t = pail::options::SPEC_FD)]
+        spec_fd: i32,
+    },
 }
 
 /// Run the parsed command.
@@ -33,5 +40,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Mount(args) => mount::run(*args),
         Command::Csi(args) => csi::run(*args),
+        Command::MountWorker { spec_fd } => mount::run_worker(spec_fd),
     }
 }

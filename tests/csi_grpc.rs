@@ -420,7 +420,7 @@ async fn a_volume_can_have_its_own_bucket() {
         &pail::store::Source::parse(&format!("s3://{name}/")).unwrap(),
         &pail::store::StoreOptions {
             endpoint_url: Some(s3.endpoint.clone()),
-            credentials: Some(pail::store::Credentials {
+            auth: pail::store::Auth::Keys(pail::store::Credentials {
                 access_key_id: s3.access_key.clone(),
                 secret_access_key: s3.secret_key.clone(),
                 session_token: None,

@@ -132,6 +132,14 @@ async fn secrets_stay_out_of_argv_logs_and_state_files() {
             );
         }
     }
+    // Nor in its environment (the mount process reads its spec from a descriptor).
+    let pids = mount_pids(&t);
+    assert_eq!(pids.len(), 1);
+    let env = fs::read(format!("/proc/{}/environ", pids[0])).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&env).contains(SECRET),
+        "the mount process has the secret in its environment"
+    );
     // No log line (the driver's, the mount process's at debug level) and no state file has it;
     // the state directory can be crossed (to each mount's private directory), not read; its
     // records and logs are root-only.
@@ -152,6 +160,18 @@ async fn secrets_stay_out_of_argv_logs_and_state_files() {
             } else {
                 files += 1;
                 let text = String::from_utf8_lossy(&fs::read(e.path()).unwrap()).into_owned();
+                // The mount's spec (what a successor starts from) is the one file that
+                // holds it: root's, in the root-only records directory.
+                let spec = d
+                    .state()
+                    .join("mounts")
+                    .join(format!("{}.spec", pail::mounter::state::slug(&t)));
+                if e.path() == spec {
+                    let meta = fs::metadata(&spec).unwrap();
+                    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+                    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
+                    continue;
+                }
                 assert!(
                     !text.contains(SECRET),
                     "{} holds the secret",

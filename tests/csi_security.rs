@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::csi::*;
@@ -302,14 +303,11 @@ async fn the_mount_process_runs_unprivileged_with_no_capabilities_and_a_filter()
     let d = Driver::start();
     let mut node = d.node().await;
     let t = d.target("pod-priv");
-    node.node_publish_volume(publish_req(
-        &s3,
-        "v",
-        &t,
-        static_context(&s3, &unique("priv")),
-    ))
-    .await
-    .unwrap();
+    let mut ctx = static_context(&s3, &unique("priv"));
+    ctx.insert("mountOptions".into(), "memory-limit=200M".into());
+    node.node_publish_volume(publish_req(&s3, "v", &t, ctx))
+        .await
+        .unwrap();
     fs::write(t.join("f"), b"still works").unwrap();
     assert_eq!(fs::read(t.join("f")).unwrap(), b"still works");
     let pids = mount_pids(&t);
@@ -325,13 +323,37 @@ async fn the_mount_process_runs_unprivileged_with_no_capabilities_and_a_filter()
             .unwrap()
             .to_string()
     };
-    assert_eq!(field("Uid:"), "65534");
-    assert_eq!(field("Gid:"), "65534");
+    let uid = field("Uid:").parse::<u32>().unwrap();
+    assert!(
+        (d.first_uid..d.first_uid + 1000).contains(&uid),
+        "{uid} is not one of the driver's mount users"
+    );
+    assert_eq!(Some(uid), mount_uid(&t));
+    assert_eq!(field("Gid:"), uid.to_string());
     assert_eq!(field("CapEff:"), "0000000000000000");
     assert_eq!(field("CapPrm:"), "0000000000000000");
     assert_eq!(field("CapBnd:"), "0000000000000000");
     assert_eq!(field("NoNewPrivs:"), "1");
     assert_eq!(field("Seccomp:"), "2");
+    // In a cgroup of its own whose memory limit is the volume's memory-limit.
+    let cgroups = fs::read_to_string(format!("/proc/{}/cgroup", pids[0])).unwrap();
+    let limit = cgroups
+        .lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once(':')?;
+            let (controllers, path) = rest.split_once(':')?;
+            let file = match controllers {
+                "" => format!("/sys/fs/cgroup{path}/memory.max"),
+                c if c.split(',').any(|c| c == "memory") => {
+                    format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+                }
+                _ => return None,
+            };
+            assert!(path.contains("pail.slice/mount-"), "{cgroups}");
+            Some(fs::read_to_string(file).unwrap().trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no memory cgroup in {cgroups}"));
+    assert_eq!(limit, (200u64 << 20).to_string());
     node.node_unpublish_volume(unpublish_req("v", &t))
         .await
         .unwrap();
@@ -394,4 +416,199 @@ async fn a_stopped_mount_does_not_stall_the_plugin() {
             .unwrap();
         assert!(!is_mounted(t));
     }
+}
+
+/// The peak resident memory of a process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+#[tokio::test]
+async fn a_store_sending_more_than_asked_cannot_grow_a_mount_past_its_limit() {
+    let s3 = s3();
+    let d = Driver::start();
+    let mut node = d.node().await;
+    // 1 GiB answers to every ranged GET of a 64 MiB object: announced, then streamed.
+    for declared in [true, false] {
+        let greedy = common::http::Greedy::start(64 << 20, 1 << 30, declared);
+        let mut ctx = static_context(&s3, "g/");
+        ctx.insert("endpointUrl".into(), greedy.endpoint.clone());
+        ctx.insert("mountOptions".into(), "memory-limit=64M".into());
+        let t = d.target(&format!("pod-greedy-{declared}"));
+        node.node_publish_volume(publish_req(&s3, "greedy", &t, inline(ctx)))
+            .await
+            .unwrap();
+        let pid = mount_pids(&t)[0];
+        let e = fs::read(t.join("big")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+        let peak = peak_rss(pid);
+        assert!(
+            peak < 160 << 20,
+            "declared {declared}: the mount process peaked at {} MiB",
+            peak >> 20
+        );
+        assert!(
+            (greedy.written() as u64) < 512 << 20,
+            "declared {declared}: the mount kept reading ({} MiB)",
+            greedy.written() >> 20
+        );
+        node.node_unpublish_volume(unpublish_req("greedy", &t))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn publishes_beyond_the_nodes_budgets_are_refused_and_leave_nothing() {
+    let s3 = s3();
+    let d = Driver::start_with(
+        &[
+            "--allowed-endpoints=127.0.0.1",
+            "--max-volumes-per-node=2",
+            "--node-memory-limit=400M",
+        ],
+        &[],
+    );
+    let mut node = d.node().await;
+    let ctx = |memory: &str| {
+        let mut c = static_context(&s3, &unique("budget"));
+        c.insert("mountOptions".into(), format!("memory-limit={memory}"));
+        c
+    };
+    let (a, b, c) = (d.target("pod-a"), d.target("pod-b"), d.target("pod-c"));
+    node.node_publish_volume(publish_req(&s3, "a", &a, ctx("256M")))
+        .await
+        .unwrap();
+    // 256M + 256M is more than the node's 400M for mounts.
+    let e = node
+        .node_publish_volume(publish_req(&s3, "b", &b, ctx("256M")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("memory-limit"), "{}", e.message());
+    assert!(!is_mounted(&b));
+    node.node_publish_volume(publish_req(&s3, "b", &b, ctx("64M")))
+        .await
+        .unwrap();
+    // A third volume is one more than --max-volumes-per-node.
+    let e = node
+        .node_publish_volume(publish_req(&s3, "c", &c, ctx("64M")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("--max-volumes-per-node"),
+        "{}",
+        e.message()
+    );
+    assert!(!is_mounted(&c));
+    assert!(mount_pids(&c).is_empty());
+    node.node_unpublish_volume(unpublish_req("a", &a))
+        .await
+        .unwrap();
+    node.node_publish_volume(publish_req(&s3, "c", &c, ctx("64M")))
+        .await
+        .unwrap();
+    for (id, t) in [("b", &b), ("c", &c)] {
+        node.node_unpublish_volume(unpublish_req(id, t))
+            .await
+            .unwrap();
+    }
+}
+
+/// Whether any process but `except` has `needle` in its environment.
+fn environ_holds(needle: &str, except: u32) -> Vec<u32> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|&pid| pid != except)
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_process_that_takes_a_dead_mounts_pid_is_never_adopted_nor_copied() {
+    use std::os::unix::process::CommandExt;
+    let s3 = s3();
+    let mut d = Driver::start();
+    let mut node = d.node().await;
+    let t = d.target("pod-reused");
+    node.node_publish_volume(publish_req(
+        &s3,
+        "v",
+        &t,
+        static_context(&s3, &unique("reuse")),
+    ))
+    .await
+    .unwrap();
+    let pid = mount_pids(&t)[0];
+    // The plugin dies, then its mount process; the pid is free again.
+    let mut plugin = d.child.take().unwrap();
+    plugin.kill().unwrap();
+    plugin.wait().unwrap();
+    // SAFETY: killing the mount process this test started through the driver.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "{pid} did not go away");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A stand-in takes the pid (the kernel's next pid set just below it): named like a
+    // mount being resumed, with a library to preload and a mark in its environment.
+    let mark = format!("PAIL_STAND_IN_{}=1", std::process::id());
+    let (key, _) = mark.split_once('=').unwrap();
+    let mut stand_in = None;
+    for _ in 0..500 {
+        fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let mut child = Command::new("sleep")
+            .arg0(format!("pail mount s3://evil/ {} --resume", t.display()))
+            .arg("600")
+            .env("LD_PRELOAD", "/nonexistent/evil.so")
+            .env(key, "1")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        if child.id() == pid {
+            stand_in = Some(child);
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let mut stand_in = stand_in.expect("no process got the dead mount's pid");
+    d.spawn();
+    let _ = d.node().await;
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        d.log().contains("not adopting this mount's process"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(
+        environ_holds(&mark, pid),
+        Vec::<u32>::new(),
+        "a process was started with the stand-in's environment"
+    );
+    let mut node = d.node().await;
+    node.node_unpublish_volume(unpublish_req("v", &t))
+        .await
+        .unwrap();
+    assert!(!is_mounted(&t));
+    assert!(
+        stand_in.try_wait().unwrap().is_none(),
+        "the plugin signalled a process that is not its own"
+    );
+    stand_in.kill().unwrap();
+    stand_in.wait().unwrap();
 }

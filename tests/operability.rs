@@ -31,7 +31,11 @@ async fn a_volumes_log_lines_and_counters_reach_the_node_plugins_output_and_metr
         .await
         .unwrap();
     let d = Driver::start_with(
-        &["--allowed-endpoints=127.0.0.1", "--max-volumes-per-node=17"],
+        &[
+            "--allowed-endpoints=127.0.0.1",
+            "--max-volumes-per-node=17",
+            "--metrics-namespace-labels",
+        ],
         &[],
     );
     let mut node = d.node().await;

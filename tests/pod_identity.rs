@@ -37,7 +37,7 @@ fn moto_bucket(name: &str) -> String {
         &StoreOptions {
             endpoint_url: Some(moto()),
             region: Some("us-east-1".into()),
-            credentials: Some(Credentials {
+            auth: pail::store::Auth::Keys(Credentials {
                 access_key_id: "setup".into(),
                 secret_access_key: "setup".into(),
                 session_token: None,
@@ -300,16 +300,16 @@ async fn the_driver_assumes_the_service_accounts_role_and_a_republish_hands_over
     assert_eq!(proxy.web_tokens(), [jwt(5)]);
     signed_by_sts(&proxy);
 
-    // The token sits in the mount's private directory, readable by the mount user only.
-    let token_file = std::fs::read_dir(driver.state().join("private"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path().join("token"))
-        .find(|p| p.exists())
-        .expect("a token file");
-    let meta = std::fs::metadata(&token_file).unwrap();
-    assert_eq!(meta.mode() & 0o777, 0o600);
-    assert_eq!(meta.uid(), 65534);
+    // The token sits in the root-owned tokens/ directory, readable by the mount's group only.
+    let token_file = driver
+        .state()
+        .join("tokens")
+        .join(pail::mounter::state::slug(&target));
+    let meta = std::fs::symlink_metadata(&token_file).expect("a token file");
+    assert!(meta.is_file());
+    assert_eq!(meta.mode() & 0o777, 0o640);
+    assert_eq!(meta.uid(), 0);
+    assert_eq!(Some(meta.gid()), common::csi::mount_uid(&target));
     assert_eq!(std::fs::read_to_string(&token_file).unwrap(), jwt(5));
 
     // kubelet's republish with a fresh token: same mount process, new token in use.
@@ -328,4 +328,148 @@ async fn the_driver_assumes_the_service_accounts_role_and_a_republish_hands_over
         .await
         .unwrap();
     assert!(!token_file.exists(), "the token goes with the mount");
+}
+
+/// Two tenants' pod-identity mounts on one node: the state directory as each sees it.
+struct Tenants {
+    driver: Driver,
+    api: Fake,
+    _dir: tempfile::TempDir,
+    bucket: String,
+}
+
+async fn tenants() -> Tenants {
+    let bucket = tokio::task::spawn_blocking(|| moto_bucket("tenants"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (api, kubeconfig) = fake_api(dir.path());
+    let driver = Driver::start_with(
+        &["--allowed-endpoints=127.0.0.1"],
+        &[("KUBECONFIG", &kubeconfig)],
+    );
+    Tenants {
+        driver,
+        api,
+        _dir: dir,
+        bucket,
+    }
+}
+
+#[tokio::test]
+async fn another_mounts_user_reads_nothing_of_a_tenants_token_spec_or_files() {
+    let t = tenants().await;
+    let mut node = t.driver.node().await;
+    let (a, b) = (t.driver.target("tenant-a"), t.driver.target("tenant-b"));
+    for (target, n) in [(&a, 21), (&b, 22)] {
+        node.node_publish_volume(pod_publish(&t.bucket, &moto(), target, &jwt(n)))
+            .await
+            .unwrap();
+    }
+    std::fs::write(a.join("a.txt"), b"tenant a's data").unwrap();
+    let (ua, ub) = (
+        common::csi::mount_uid(&a).unwrap(),
+        common::csi::mount_uid(&b).unwrap(),
+    );
+    assert_ne!(ua, ub, "each mount a user of its own");
+    let state = t.driver.state();
+    let all = common::csi::walk(&state);
+    let slug_a = pail::mounter::state::slug(&a);
+    assert!(
+        all.iter()
+            .any(|p| p.display().to_string().contains(&slug_a)),
+        "tenant a has files in {}",
+        state.display()
+    );
+    // What b's user can open or list, of every path the state directory holds.
+    let can_read = r#"for f; do if [ -d "$f" ]; then ls "$f" >/dev/null 2>&1 && echo "$f"; else head -c1 "$f" >/dev/null 2>&1 && echo "$f"; fi; done"#;
+    let readable = common::csi::run_as(ub, can_read, &all);
+    let own_token = state.join("tokens").join(pail::mounter::state::slug(&b));
+    assert!(
+        readable.lines().any(|l| Path::new(l) == own_token),
+        "b's user reads its own token: {readable}"
+    );
+    for l in readable.lines() {
+        assert!(
+            !l.contains(&slug_a),
+            "{l} (tenant a's) is readable by another mount's user"
+        );
+    }
+    // Every file, by name (the user cannot list tokens/, only open what it is named).
+    let files: Vec<_> = all.iter().filter(|p| p.is_file()).cloned().collect();
+    let grep =
+        |uid, token: &str| common::csi::run_as(uid, &format!("grep -lF '{token}' \"$@\""), &files);
+    assert_eq!(grep(ub, &jwt(21)), "", "a's token is read by b's user");
+    assert_ne!(grep(ub, &jwt(22)), "", "b's user finds its own token");
+    assert_eq!(grep(ua, &jwt(22)), "", "b's token is read by a's user");
+    for (target, _) in [(&a, 21), (&b, 22)] {
+        node.node_unpublish_volume(unpublish_req("pod-vol", target))
+            .await
+            .unwrap();
+    }
+    // A normal unmount is no failure: no Warning Event for either pod.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let requests = t.api.requests();
+    for r in requests.iter().filter(|r| r.contains("/events")) {
+        assert!(
+            !r.contains("Warning") && !r.contains("MountProcessDied"),
+            "an unwanted warning: {r}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_symlink_a_mount_plants_in_its_directory_never_turns_a_root_file_over() {
+    let t = tenants().await;
+    let mut node = t.driver.node().await;
+    let target = t.driver.target("planter");
+    node.node_publish_volume(pod_publish(&t.bucket, &moto(), &target, &jwt(31)))
+        .await
+        .unwrap();
+    let uid = common::csi::mount_uid(&target).unwrap();
+    let private = t
+        .driver
+        .state()
+        .join("private")
+        .join(pail::mounter::state::slug(&target));
+    // A root-only file, and links to it under every name the plugin has ever written in
+    // the mount's directory, planted by the mount's own user.
+    let victim = t._dir.path().join("victim");
+    std::fs::write(&victim, b"root only").unwrap();
+    std::fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let names = [
+        "token",
+        "token.tmp",
+        "key.json",
+        "key.json.tmp",
+        "spec",
+        "record",
+    ];
+    let planted = common::csi::run_as(
+        uid,
+        &format!(
+            "cd \"$1\" && for n in {}; do rm -f \"$n\"; ln -s \"$2\" \"$n\" && echo \"$n\"; done",
+            names.join(" ")
+        ),
+        &[private.clone(), victim.clone()],
+    );
+    assert_eq!(planted.lines().count(), names.len(), "planted: {planted}");
+    // kubelet's republish with a fresh token, then the unpublish.
+    node.node_publish_volume(pod_publish(&t.bucket, &moto(), &target, &jwt(32)))
+        .await
+        .unwrap();
+    let token = t
+        .driver
+        .state()
+        .join("tokens")
+        .join(pail::mounter::state::slug(&target));
+    assert_eq!(std::fs::read_to_string(&token).unwrap(), jwt(32));
+    std::fs::write(target.join("after.txt"), b"still signs").unwrap();
+    node.node_unpublish_volume(unpublish_req("pod-vol", &target))
+        .await
+        .unwrap();
+    let meta = std::fs::symlink_metadata(&victim).unwrap();
+    assert!(meta.is_file());
+    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (0, 0, 0o600));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root only");
 }

@@ -152,7 +152,7 @@ impl Server {
             &pail::store::Source::parse("s3://restart-test/").unwrap(),
             &pail::store::StoreOptions {
                 endpoint_url: Some(self.endpoint()),
-                credentials: Some(pail::store::Credentials {
+                auth: pail::store::Auth::Keys(pail::store::Credentials {
                     access_key_id: "restartkey".into(),
                     secret_access_key: "restartsecret".into(),
                     session_token: None,

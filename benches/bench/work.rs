@@ -49,7 +49,7 @@ impl Env {
             &Source::parse(&format!("s3://{}/", self.bucket)).unwrap(),
             &StoreOptions {
                 endpoint_url: Some(self.endpoint.clone()),
-                credentials: Some(Credentials {
+                auth: pail::store::Auth::Keys(Credentials {
                     access_key_id: self.key.clone(),
                     secret_access_key: self.secret.clone(),
                     session_token: None,

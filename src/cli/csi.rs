@@ -12,7 +12,7 @@ use pail::csi::pod_identity::KubeAnnotations;
 use pail::csi::policy::DriverPolicy;
 use pail::csi::registration::RegistrationService;
 use pail::csi::{DEFAULT_DRIVER_NAME, Mode, Services};
-use pail::mounter::{Mounter, ProcessMounter};
+use pail::mounter::{Mounter, NodeBudget, ProcessMounter, UidRange};
 use pail::options::LogFormat;
 use pail::store::net::NetPolicy;
 
@@ -55,7 +55,8 @@ pub struct CsiArgs {
     /// Serve Prometheus metrics of the node plugin on this address (e.g. 127.0.0.1:9812).
     #[arg(long)]
     pub metrics_address: Option<std::net::SocketAddr>,
-    /// Node plugin: most pail volumes the scheduler places on this node; 0: no limit.
+    /// Node plugin: most pail volumes on this node (the scheduler places no more, and a
+    /// publish past it is refused with RESOURCE_EXHAUSTED); 0: no limit.
     #[arg(long, default_value_t = 0)]
     pub max_volumes_per_node: u32,
     /// Node plugin: a mount process that dies is replaced on the same FUSE connection;
@@ -87,9 +88,13 @@ pub struct CsiArgs {
     #[arg(long, default_value = "10G", value_parser = pail::options::parse_size)]
     pub max_cache_size: u64,
     /// Node plugin: most staging space all mounts of the node reserve together (each its
-    /// `max-cache-size`); unlimited when unset.
+    /// `max-cache-size`; also never more than the state directory has free).
+    #[arg(long, default_value = "50G", value_parser = pail::options::parse_size)]
+    pub node_cache_size: u64,
+    /// Node plugin: most memory all mounts of the node reserve together (each its
+    /// `memory-limit`, which its cgroup enforces); default: half of the node's memory.
     #[arg(long, value_parser = pail::options::parse_size)]
-    pub node_cache_size: Option<u64>,
+    pub node_memory_limit: Option<u64>,
     /// Node plugin: allow `provider: memory` volumes of at most this size (off when unset).
     #[arg(long, value_parser = pail::options::parse_size)]
     pub memory_volume_size: Option<u64>,
@@ -101,9 +106,14 @@ pub struct CsiArgs {
     /// in-cluster store or of an egress proxy); readable by the mount user.
     #[arg(long)]
     pub ca_bundle: Option<PathBuf>,
-    /// Node plugin: user and group mount processes run as once started.
-    #[arg(long, default_value = "65534:65534", value_parser = pail::options::parse_ids)]
-    pub mount_user: (u32, u32),
+    /// Node plugin: the user ids mount processes run as, one of its own each (its group has
+    /// the same id), first-last; no other process of the node may use them.
+    #[arg(long, default_value = "900000000-900999999", value_parser = UidRange::parse)]
+    pub mount_uids: UidRange,
+    /// Node plugin: label per-volume metrics with the pod's namespace (off: anyone who
+    /// reaches the metrics port would learn the tenants' namespaces).
+    #[arg(long)]
+    pub metrics_namespace_labels: bool,
     /// Node plugin: memory limit of all mount processes together (pail.slice, with
     /// --host-cgroup-root).
     #[arg(long, value_parser = pail::options::parse_size)]
@@ -119,6 +129,21 @@ pub struct CsiArgs {
     pub debug: bool,
 }
 
+/// The node's memory, from /proc/meminfo (1 GiB if it cannot be read).
+fn node_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(1 << 30, |kib| kib * 1024)
+}
+
 /// The node service: a process mounter with its records, and its metrics endpoint.
 fn node_service(args: &CsiArgs) -> anyhow::Result<NodeService> {
     if args.node_id.is_empty() {
@@ -127,17 +152,27 @@ fn node_service(args: &CsiArgs) -> anyhow::Result<NodeService> {
     let pail_bin = std::env::current_exe().context("locating the pail binary")?;
     let mut mounter = ProcessMounter::new(pail_bin, &args.state_dir, args.kubelet_dir.join("pods"))
         .with_context(|| format!("state directory {}", args.state_dir.display()))?;
-    mounter.host_cgroup_root = args.host_cgroup_root.clone();
     mounter.max_failed_restarts = args.max_failed_restarts;
-    mounter.cgroup_limits = pail::mounter::cgroup::Limits {
-        memory: args.mounts_memory_max,
-        pids: args.mounts_pids_max,
+    let node_memory = args
+        .node_memory_limit
+        .unwrap_or_else(|| node_memory_bytes() / 2);
+    mounter.cgroups = Some(pail::mounter::cgroup::Placement {
+        root: args
+            .host_cgroup_root
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")),
+        host: args.host_cgroup_root.is_some(),
+        limits: pail::mounter::cgroup::Limits {
+            memory: Some(args.mounts_memory_max.unwrap_or(node_memory)),
+            pids: args.mounts_pids_max,
+        },
+    });
+    mounter.uids = args.mount_uids;
+    mounter.budget = NodeBudget {
+        max_volumes: args.max_volumes_per_node as usize,
+        memory: Some(node_memory),
+        staging: Some(args.node_cache_size),
     };
-    if args.mount_user.0 == 0 {
-        bail!("--mount-user: mount processes must not run as root");
-    }
-    mounter.run_as = Some(args.mount_user);
-    mounter.node_cache_size = args.node_cache_size;
     if let Some(ca) = &args.ca_bundle {
         std::fs::read(ca).with_context(|| format!("--ca-bundle {}", ca.display()))?;
         mounter.ca_bundle = Some(ca.clone());
@@ -159,8 +194,9 @@ fn node_service(args: &CsiArgs) -> anyhow::Result<NodeService> {
     let mounter: Arc<dyn Mounter> = Arc::new(mounter);
     if let Some(addr) = args.metrics_address {
         let m = mounter.clone();
+        let namespaces = args.metrics_namespace_labels;
         tokio::spawn(async move {
-            if let Err(e) = pail::csi::metrics::serve(addr, m).await {
+            if let Err(e) = pail::csi::metrics::serve(addr, m, namespaces).await {
                 tracing::error!(%addr, error = %e, "metrics endpoint failed");
             }
         });

@@ -1,5 +1,7 @@
 //! `pail mount`: flags (named after mount-s3's where a user would look for them), start-up
-//! checks with clear errors, the FUSE session, and clean unmount on SIGTERM/SIGINT.
+//! checks with clear errors, the FUSE session, and clean unmount on SIGTERM/SIGINT. The CSI
+//! driver's mount processes run the same code from a [`MountSpec`] read from a descriptor
+//! (`pail mount-worker`), never from flags.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use anyhow::{Context, bail};
 
 use pail::fs::{Fs, FsConfig, ReadConfig, WriteConfig};
 use pail::fuse::{MountConfig, lazy_unmount};
-use pail::options::MountArgs;
+use pail::options::{Auth, MountArgs, MountSpec};
 use pail::store::net::NetPolicy;
 use pail::store::{BucketExt, Source, StoreError, StoreOptions, WebIdentity};
 
@@ -17,15 +19,52 @@ use super::daemon;
 
 /// Run `pail mount`.
 pub fn run(args: MountArgs) -> anyhow::Result<()> {
+    let auth = args
+        .credentials
+        .auth(&args.store)
+        .map_err(anyhow::Error::msg)?;
     if args.background && !daemon::is_child() {
         return daemon::spawn_and_wait(&args.log_file);
     }
+    let spec = MountSpec {
+        args,
+        auth,
+        net: None,
+        env: Vec::new(),
+    };
+    serve(&spec, false)
+}
+
+/// Run a mount process of the CSI driver: everything comes from the spec on `spec_fd`.
+pub fn run_worker(spec_fd: i32) -> anyhow::Result<()> {
+    let spec = MountSpec::read_fd(spec_fd).and_then(|s| {
+        // A mount process of the driver never serves as root, nor without its descriptor.
+        match (s.args.run_as, s.args.fuse_fd) {
+            (Some((uid, _)), Some(_)) if uid != 0 => Ok(s),
+            _ => Err("the mount spec names no unprivileged user or no FUSE descriptor".into()),
+        }
+    });
+    let spec = match spec {
+        Ok(s) => s,
+        Err(e) => {
+            daemon::report_failure(&e);
+            bail!(e);
+        }
+    };
+    serve(&spec, true)
+}
+
+fn serve(spec: &MountSpec, csi: bool) -> anyhow::Result<()> {
+    let args = &spec.args;
     super::logging::init(args.log_format, args.volume.debug, args.log_file.as_deref())?;
-    match mount_and_serve(&args) {
+    match mount_and_serve(spec) {
         Ok(()) => Ok(()),
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "mount failed");
-            daemon::report_failure(&report(&e, args.fuse_fd.is_some()));
+            // In the foreground on a terminal the error is printed once, by main.
+            if csi || args.log_file.is_some() || daemon::is_child() {
+                tracing::error!(error = %format!("{e:#}"), "mount failed");
+            }
+            daemon::report_failure(&report(&e, csi));
             Err(e)
         }
     }
@@ -68,22 +107,26 @@ fn validate(args: &MountArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How to reach the store, from the flags.
-fn store_options(args: &MountArgs) -> anyhow::Result<StoreOptions> {
-    let s = &args.store;
-    let net = NetPolicy::from_env()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", NetPolicy::ENV))?
-        .map(Arc::new);
+/// How to reach the store, from the spec.
+fn store_options(spec: &MountSpec) -> anyhow::Result<StoreOptions> {
+    let (args, s) = (&spec.args, &spec.args.store);
+    let net = match &spec.net {
+        Some(n) => Some(Arc::new(
+            NetPolicy::new(
+                std::slice::from_ref(&n.allowed_endpoints),
+                n.metadata_credentials,
+            )
+            .map_err(|e| anyhow::anyhow!("the endpoint allow-list: {e}"))?
+            .with_proxies_from_env(),
+        )),
+        None => None,
+    };
     Ok(StoreOptions {
         region: s.region.clone(),
         endpoint_url: s.endpoint_url.clone(),
         force_path_style: s.force_path_style,
         requester_pays: s.requester_pays,
-        no_sign_request: s.no_sign_request,
-        service_account_file: s.service_account_file.clone(),
-        service_account_key: None,
-        credentials: None,
-        profile: s.profile.clone(),
+        auth: store_auth(&spec.auth, s),
         request_timeout: Some(Duration::from_secs(args.volume.request_timeout)),
         max_retries: Some(args.volume.max_retries as usize),
         net,
@@ -97,31 +140,37 @@ fn store_options(args: &MountArgs) -> anyhow::Result<StoreOptions> {
             }
             None => None,
         },
-        web_identity: web_identity(s)?,
     })
 }
 
-/// The workload identity the flags name, if any.
-fn web_identity(s: &pail::options::StoreArgs) -> anyhow::Result<Option<WebIdentity>> {
-    let Some(token_file) = &s.web_identity_token_file else {
-        return Ok(None);
-    };
-    if s.role_arn.is_none() && s.workload_identity_provider.is_none() {
-        bail!(
-            "--web-identity-token-file {}: also name --role-arn (AWS) or \
-             --workload-identity-provider (Google)",
-            token_file.display()
-        );
+/// The store's credential source of a spec's `auth` (every variant has its own).
+fn store_auth(auth: &Auth, s: &pail::options::StoreArgs) -> pail::store::Auth {
+    use pail::store::Auth as A;
+    match auth {
+        Auth::Chain => A::Chain,
+        Auth::Profile { name } => A::Profile(name.clone()),
+        Auth::Keys {
+            access_key_id,
+            secret_access_key,
+            session_token,
+        } => A::Keys(pail::store::Credentials {
+            access_key_id: access_key_id.clone(),
+            secret_access_key: secret_access_key.clone(),
+            session_token: session_token.clone(),
+        }),
+        Auth::GcsKey { json } => A::GcsKey(json.clone()),
+        Auth::GcsKeyFile { path } => A::GcsKeyFile(path.clone()),
+        Auth::Token { file } => A::WebIdentity(WebIdentity {
+            token_file: file.clone(),
+            role_arn: s.role_arn.clone(),
+            session_name: s.role_session_name.clone(),
+            sts_endpoint: s.sts_endpoint.clone(),
+            gcp_audience: s.workload_identity_provider.clone(),
+            gcp_service_account: s.gcp_service_account.clone(),
+            iam_endpoint: s.iam_credentials_endpoint.clone(),
+        }),
+        Auth::Anonymous => A::Anonymous,
     }
-    Ok(Some(WebIdentity {
-        token_file: token_file.clone(),
-        role_arn: s.role_arn.clone(),
-        session_name: s.role_session_name.clone(),
-        sts_endpoint: s.sts_endpoint.clone(),
-        gcp_audience: s.workload_identity_provider.clone(),
-        gcp_service_account: s.gcp_service_account.clone(),
-        iam_endpoint: s.iam_credentials_endpoint.clone(),
-    }))
 }
 
 /// The file system's settings, from the flags.
@@ -151,7 +200,7 @@ fn fs_config(args: &MountArgs, prefix: &str) -> FsConfig {
         }),
         max_cache_size: v.max_cache_size,
         rename_dir_limit: v.rename_dir_limit,
-        memory_limit: v.memory_limit,
+        memory_limit: v.buffer_budget(),
         persist_metadata: v.persist_metadata,
         read_cache: v.read_cache,
         journal: args.journal.clone(),
@@ -175,7 +224,8 @@ fn write_metrics(path: &std::path::Path, fs: &Fs) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-fn mount_and_serve(args: &MountArgs) -> anyhow::Result<()> {
+fn mount_and_serve(spec: &MountSpec) -> anyhow::Result<()> {
+    let args = &spec.args;
     validate(args)?;
     // A take-over needs socket buffers past the system default: made before privileges go.
     let resume_pair = if args.resume {
@@ -184,7 +234,7 @@ fn mount_and_serve(args: &MountArgs) -> anyhow::Result<()> {
         None
     };
     // Files only root may read (the CA bundle) are read before privileges go.
-    let opts = store_options(args)?;
+    let opts = store_options(spec)?;
     if let Some((uid, gid)) = args.run_as {
         if args.fuse_fd.is_none() {
             bail!("--run-as needs --fuse-fd (an unprivileged process cannot mount)");

@@ -22,7 +22,7 @@ use super::volume::{
 };
 use crate::store::source::{normalize_prefix, validate_bucket};
 use crate::store::{
-    Bucket, BucketExt, Payload, Provider, PutOptions, SharedBucket, Source, StoreError,
+    Auth, Bucket, BucketExt, Payload, Provider, PutOptions, SharedBucket, Source, StoreError,
     StoreErrorKind, StoreOptions,
 };
 
@@ -68,8 +68,11 @@ impl BucketOpener for StoreOpener {
             region: t.region.clone(),
             endpoint_url: t.endpoint.clone(),
             requester_pays: t.requester_pays,
-            credentials: secrets.s3.clone(),
-            service_account_key: secrets.gcs_key.clone(),
+            auth: match (&secrets.s3, &secrets.gcs_key) {
+                (Some(keys), _) => Auth::Keys(keys.clone()),
+                (None, Some(key)) => Auth::GcsKey(key.clone()),
+                (None, None) => Auth::Chain,
+            },
             ..Default::default()
         };
         crate::store::open(&source, &opts).map_err(store_status)

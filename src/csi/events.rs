@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference};
 use k8s_openapi::api::storage::v1::CSINode;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use crate::mounter::{EventSink, MountEvent};
 
@@ -157,9 +157,14 @@ impl Cluster {
         if taints.len() == before {
             return Ok(false);
         }
-        // The resourceVersion makes this a compare-and-swap: a concurrent change retries.
+        // A merge patch of the taints alone (RBAC: nodes patch, not update); the
+        // resourceVersion makes it a compare-and-swap: a concurrent change retries.
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": node.metadata.resource_version },
+            "spec": { "taints": taints },
+        });
         nodes
-            .replace(&self.node, &PostParams::default(), &node)
+            .patch(&self.node, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
         Ok(true)
     }

@@ -86,6 +86,7 @@ pub fn check_volume_id(id: &str) -> Result<(), Status> {
 fn status_of(e: MountError) -> Status {
     match e {
         MountError::Busy(m) => Status::failed_precondition(m),
+        MountError::Conflict(m) => Status::already_exists(m),
         MountError::Exhausted(m) => Status::resource_exhausted(m),
         MountError::Refused(m) => Status::invalid_argument(m),
         MountError::Failed(m) => Status::internal(format!("mount failed: {m}")),
@@ -133,7 +134,7 @@ impl Node for NodeService {
                 .await?;
         }
         // The endpoints, and every address their names resolve to, before any connection.
-        let store = &mount.options.store;
+        let store = &mount.spec.args.store;
         for (field, e) in [
             ("endpointUrl", &store.endpoint_url),
             ("stsEndpoint", &store.sts_endpoint),
@@ -142,27 +143,7 @@ impl Node for NodeService {
                 self.check_endpoint(&req.volume_id, field, e).await?;
             }
         }
-        let mounter = self.mounter.clone();
-        let state = blocking("publish", move || mounter.state(&target)).await?;
-        if let MountState::Live(live) = state {
-            if live.volume_id != mount.volume_id || live.read_only != mount.read_only {
-                return Err(Status::already_exists(format!(
-                    "{} is already published with another volume or read-only flag",
-                    req.target_path
-                )));
-            }
-            // A republish (requiresRepublish): a fresh token reaches the running mount.
-            if let Some(token) = mount.token.take() {
-                let mounter = self.mounter.clone();
-                let target = mount.target.clone();
-                blocking("republish", move || mounter.refresh_token(&target, &token))
-                    .await?
-                    .map_err(status_of)?;
-                tracing::debug!(volume_id = %req.volume_id, target = %req.target_path, "pod token refreshed");
-            }
-            return Ok(Response::new(NodePublishVolumeResponse {}));
-        }
-        tracing::info!(volume_id = %req.volume_id, target = %req.target_path, source = %mount.options.source, read_only = mount.read_only, "NodePublishVolume");
+        tracing::info!(volume_id = %req.volume_id, target = %req.target_path, source = %mount.spec.args.source, read_only = mount.read_only, "NodePublishVolume");
         let mounter = self.mounter.clone();
         blocking("publish", move || mounter.publish(&mount))
             .await?
@@ -343,11 +324,12 @@ impl NodeService {
         attrs: &std::collections::HashMap<String, String>,
     ) -> Result<(), Status> {
         let gcs = mount
-            .options
+            .spec
+            .args
             .source
             .strip_prefix(Provider::Gcs.scheme())
             .is_some_and(|r| r.starts_with("://"));
-        let store = &mut mount.options.store;
+        let store = &mut mount.spec.args.store;
         if gcs && store.workload_identity_provider.is_none() {
             return Err(Status::failed_precondition(
                 "authenticationSource: pod: a gcs volume needs workloadIdentityProvider (or the \

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tonic::Status;
 
-use crate::options::VolumeOptions;
+use crate::options::{NetSpec, VolumeOptions};
 use crate::store::Provider;
 use crate::store::net::NetPolicy;
 
@@ -50,6 +50,10 @@ pub struct DriverPolicy {
     /// The Google workload identity provider of pod tokens, for GCS volumes that name none.
     pub gcp_workload_identity_provider: Option<String>,
 }
+
+/// The staging space (`max-cache-size`) of a volume that names none (`pail mount`'s own
+/// default is larger: it reserves nothing on a shared node).
+pub const DEFAULT_CACHE_SIZE: u64 = 2 << 30;
 
 impl DriverPolicy {
     /// A policy allowing the public endpoints only, no node credentials, default limits.
@@ -96,6 +100,11 @@ impl DriverPolicy {
             defaults.memory_limit,
             self.max_memory_limit,
         )?;
+        // Each mount reserves its staging space on the node: one that does not ask for
+        // more takes a share that lets many volumes fit the node's budget.
+        if v.max_cache_size == defaults.max_cache_size {
+            v.max_cache_size = DEFAULT_CACHE_SIZE;
+        }
         limit(
             "max-cache-size",
             &mut v.max_cache_size,
@@ -122,16 +131,22 @@ impl DriverPolicy {
         self.node_credentials && (persistent || self.node_credentials_inline)
     }
 
-    /// The environment of a mount process: the endpoint policy, and the metadata
-    /// addresses and the driver's identity only for `driver_identity`.
-    pub fn mount_env(&self, driver_identity: bool) -> Vec<(String, String)> {
-        let mut env = vec![(NetPolicy::ENV.to_string(), self.net.admin_list())];
-        if driver_identity {
-            env.push((NetPolicy::METADATA_ENV.to_string(), "true".into()));
-            env.extend(self.driver_env.iter().cloned());
-        } else {
-            env.push(("AWS_EC2_METADATA_DISABLED".into(), "true".into()));
+    /// Where a mount process may connect: the admin's endpoints, and the metadata
+    /// addresses (for credentials) only for `driver_identity`.
+    pub fn net_spec(&self, driver_identity: bool) -> NetSpec {
+        NetSpec {
+            allowed_endpoints: self.net.admin_list(),
+            metadata_credentials: driver_identity && self.net.metadata,
         }
-        env
+    }
+
+    /// The credential environment of a mount process: the driver's identity for
+    /// `driver_identity`, else none (and no instance metadata).
+    pub fn identity_env(&self, driver_identity: bool) -> Vec<(String, String)> {
+        if driver_identity {
+            self.driver_env.clone()
+        } else {
+            vec![("AWS_EC2_METADATA_DISABLED".into(), "true".into())]
+        }
     }
 }

@@ -11,7 +11,9 @@ use super::pb::volume_capability::AccessType;
 use super::pb::volume_capability::access_mode::Mode;
 use super::policy::DriverPolicy;
 use crate::mounter::{MountRequest, PodRef};
-use crate::options::{MountArgs, StoreArgs, VolumeOptions, parse_storage_class, parse_word};
+use crate::options::{
+    Auth, MountArgs, MountSpec, StoreArgs, VolumeOptions, parse_storage_class, parse_word,
+};
 use crate::store::source::{Credentials, normalize_prefix, validate_bucket};
 use crate::store::{Provider, Source};
 
@@ -108,6 +110,9 @@ pub mod secret_keys {
 pub fn is_kubernetes_key(key: &str) -> bool {
     key.starts_with("csi.storage.k8s.io/") || key == "storage.kubernetes.io/csiProvisionerIdentity"
 }
+
+/// The owner files of a volume show by default.
+const NOBODY: u32 = 65534;
 
 const MAX_VALUE_LEN: usize = 1024;
 const MAX_KEY_LEN: usize = 256;
@@ -433,61 +438,78 @@ pub fn publish_request(
     super::pod_identity::check_pod_info(input.attrs)?;
     let source = source(input.attrs)?;
     let target_of_pod = target.clone();
-    let mut options = MountArgs::new(source.url(), target.clone());
-    options.store = store_args(input.attrs)?;
-    options.volume = volume_options(input.attrs, input.mount_flags)?;
-    policy.apply_limits(&mut options.volume, source.provider)?;
+    let mut args = MountArgs::new(source.url(), target.clone());
+    args.store = store_args(input.attrs)?;
+    args.volume = volume_options(input.attrs, input.mount_flags)?;
+    policy.apply_limits(&mut args.volume, source.provider)?;
     if source.provider == Provider::Memory {
-        options.memory_capacity = policy.memory_volume_size;
+        args.memory_capacity = policy.memory_volume_size;
     }
-    let read_only = input.readonly || input.cap_read_only || options.volume.read_only;
-    options.volume.read_only = read_only;
-    // The pods that use a volume run as any user: let them in.
-    options.volume.allow_other = true;
+    let read_only = input.readonly || input.cap_read_only || args.volume.read_only;
+    args.volume.read_only = read_only;
+    // The pods that use a volume run as any user: let them in. Files show as nobody's unless
+    // the volume says otherwise (the mount process's own user is private to it).
+    args.volume.allow_other = true;
+    args.volume.uid.get_or_insert(NOBODY);
+    args.volume.gid.get_or_insert(NOBODY);
     if let Some(g) = input.mount_group {
         // The pod's fsGroup (VOLUME_MOUNT_GROUP): its files are the group's, group-writable.
-        options.volume.gid = Some(g);
-        options.volume.file_mode |= 0o060;
-        options.volume.dir_mode |= 0o070;
+        args.volume.gid = Some(g);
+        args.volume.file_mode |= 0o060;
+        args.volume.dir_mode |= 0o070;
     }
     let secrets = secrets(input.secrets, source.provider)?;
-    if options.store.region.is_none() {
-        options.store.region = secrets.region.clone();
+    if args.store.region.is_none() {
+        args.store.region = secrets.region.clone();
     }
-    let auth = auth_source(input.attrs, &secrets, source.provider, policy)?;
-    options.store.no_sign_request = auth == AuthSource::Anonymous;
-    let mut env = policy.mount_env(auth == AuthSource::Driver);
-    if auth == AuthSource::Secret {
-        env.extend(secrets.env());
-    }
-    let token = if auth == AuthSource::Pod {
-        let gcs = source.provider == Provider::Gcs;
-        let token = super::pod_identity::pick_token(
-            input.attrs,
-            attr(input.attrs, keys::TOKEN_AUDIENCE),
-            gcs,
-        )?;
-        if gcs && options.store.workload_identity_provider.is_none() {
-            options.store.workload_identity_provider =
-                policy.gcp_workload_identity_provider.clone();
+    let source_of_auth = auth_source(input.attrs, &secrets, source.provider, policy)?;
+    let mut token = None;
+    let auth = match source_of_auth {
+        AuthSource::Secret => secrets.auth(source.provider).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "authenticationSource: secret: the Secret has no {} for provider {}",
+                if source.provider == Provider::Gcs {
+                    secret_keys::GCS_KEY
+                } else {
+                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                },
+                source.provider.scheme()
+            ))
+        })?,
+        AuthSource::Pod => {
+            let gcs = source.provider == Provider::Gcs;
+            token = Some(super::pod_identity::pick_token(
+                input.attrs,
+                attr(input.attrs, keys::TOKEN_AUDIENCE),
+                gcs,
+            )?);
+            if gcs && args.store.workload_identity_provider.is_none() {
+                args.store.workload_identity_provider =
+                    policy.gcp_workload_identity_provider.clone();
+            }
+            if let Some((ns, _, pod)) = super::pod_identity::pod_of(input.attrs) {
+                args.store.role_session_name = Some(crate::store::identity::session_name(
+                    &format!("pail-{ns}-{pod}"),
+                ));
+            }
+            // The mounter names the file it keeps the token in.
+            Auth::Token {
+                file: PathBuf::new(),
+            }
         }
-        if let Some((ns, _, pod)) = super::pod_identity::pod_of(input.attrs) {
-            options.store.role_session_name = Some(crate::store::identity::session_name(&format!(
-                "pail-{ns}-{pod}"
-            )));
-        }
-        Some(token)
-    } else {
-        None
+        AuthSource::Driver => Auth::Chain,
+        AuthSource::Anonymous => Auth::Anonymous,
     };
+    let driver = source_of_auth == AuthSource::Driver;
     Ok(MountRequest {
         volume_id: input.volume_id.to_string(),
         target,
-        options,
-        env,
-        gcs_key: (auth == AuthSource::Secret)
-            .then_some(secrets.gcs_key)
-            .flatten(),
+        spec: MountSpec {
+            args,
+            auth,
+            net: Some(policy.net_spec(driver)),
+            env: policy.identity_env(driver),
+        },
         token,
         read_only,
         pod: pod_ref(input.attrs, &target_of_pod),
@@ -529,20 +551,19 @@ pub struct Secrets {
 }
 
 impl Secrets {
-    /// The environment that gives a mount process the S3 keys.
-    pub fn env(&self) -> Vec<(String, String)> {
-        let mut env = Vec::new();
-        if let Some(c) = &self.s3 {
-            env.push((secret_keys::ACCESS_KEY_ID.into(), c.access_key_id.clone()));
-            env.push((
-                secret_keys::SECRET_ACCESS_KEY.into(),
-                c.secret_access_key.clone(),
-            ));
-            if let Some(t) = &c.session_token {
-                env.push((secret_keys::SESSION_TOKEN.into(), t.clone()));
-            }
+    /// The credentials these secrets give a mount of `provider`, if any.
+    pub fn auth(&self, provider: Provider) -> Option<Auth> {
+        match provider {
+            Provider::Gcs => self
+                .gcs_key
+                .as_ref()
+                .map(|json| Auth::GcsKey { json: json.clone() }),
+            _ => self.s3.as_ref().map(|c| Auth::Keys {
+                access_key_id: c.access_key_id.clone(),
+                secret_access_key: c.secret_access_key.clone(),
+                session_token: c.session_token.clone(),
+            }),
         }
-        env
     }
 }
 

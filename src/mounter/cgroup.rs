@@ -1,11 +1,15 @@
-//! Moving a mount process out of the node plugin's container, so that stopping or
-//! replacing the plugin's container (a restart, an upgrade) does not kill the processes
-//! serving live mounts: into pail's own cgroup, `pail.slice/mount-<id>`, whose node-wide
-//! memory and pids limits (chart values) bound all mount processes together, in the memory
-//! and pids hierarchies (or the unified one, cgroup v2); into the root cgroup of every other
-//! hierarchy (cgroup v1). With host PIDs, the restarted plugin finds them again through its
-//! mount records.
+//! A cgroup of its own for each mount process, `pail.slice/mount-<id>`, in the memory and
+//! pids hierarchies (or the unified one), whose memory limit is the mount's `--memory-limit`
+//! (its whole memory: buffers, FUSE threads and the process itself), below `pail.slice`
+//! with the node-wide limits of all mounts together. The process joins it before it runs
+//! (its `cgroup.procs` is written between fork and exec), so everything it allocates is
+//! charged there.
+//!
+//! Where `pail.slice` lives: with `--host-cgroup-root` (keepMountsOnRestart) in the host's
+//! root cgroups, out of the plugin's container, so that mounts outlive it (into the root
+//! cgroup of every other hierarchy on cgroup v1); otherwise below the plugin's own cgroup.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 /// The cgroup of pail's mount processes.
@@ -20,6 +24,17 @@ pub struct Limits {
     pub pids: Option<u64>,
 }
 
+/// Where mount processes get their cgroups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The cgroup file system (`/sys/fs/cgroup`, or the host's as the plugin sees it).
+    pub root: PathBuf,
+    /// Out of the plugin's container, into the host's root cgroups.
+    pub host: bool,
+    /// Node-wide limits of `pail.slice`.
+    pub limits: Limits,
+}
+
 fn write(path: &Path, value: &str) -> Result<(), String> {
     std::fs::write(path, value).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -30,6 +45,15 @@ fn mkdir(path: &Path) -> Result<(), String> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(format!("{}: {e}", path.display())),
     }
+}
+
+fn open_procs(dir: &Path) -> Result<OwnedFd, String> {
+    let path = dir.join("cgroup.procs");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map(Into::into)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The hierarchies under `root`: `None` for cgroup v2 (`root` itself), else each mounted
@@ -54,84 +78,135 @@ fn hierarchies(root: &Path) -> Result<Option<Vec<(PathBuf, String)>>, String> {
     Ok(Some(found))
 }
 
-/// Place `pid` in `pail.slice/mount-<name>` (created with `limits` on the slice). Returns
-/// how many hierarchies took it; an error names those that refused.
-pub fn place(root: &Path, pid: u32, name: &str, limits: &Limits) -> Result<usize, String> {
-    let child = format!("mount-{name}");
-    let mut failed = Vec::new();
-    let mut placed = 0;
-    match hierarchies(root)? {
-        None => {
-            let slice = root.join(SLICE);
-            let r = (|| {
+/// This process's cgroup in the hierarchy of `controllers` (`""`: the unified one), from
+/// `/proc/self/cgroup`, relative to the hierarchy's root.
+fn own_path(proc_cgroup: &str, controllers: &str) -> PathBuf {
+    let wanted: Vec<&str> = controllers.split(',').collect();
+    proc_cgroup
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+            let names: Vec<&str> = ctl.split(',').collect();
+            let hit = if controllers.is_empty() {
+                ctl.is_empty()
+            } else {
+                wanted.iter().all(|w| names.contains(w))
+            };
+            hit.then(|| PathBuf::from(path.trim_start_matches('/')))
+        })
+        .next()
+        .unwrap_or_default()
+}
+
+impl Placement {
+    fn own(&self, controllers: &str) -> PathBuf {
+        if self.host {
+            return PathBuf::new();
+        }
+        own_path(
+            &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+            controllers,
+        )
+    }
+
+    /// Make `pail.slice/mount-<name>` with its memory limit (and the slice with the node's
+    /// limits); the `cgroup.procs` files a new process writes to join it.
+    pub fn prepare(&self, name: &str, memory_max: u64) -> Result<Vec<OwnedFd>, String> {
+        let child = format!("mount-{name}");
+        let mut files = Vec::new();
+        match hierarchies(&self.root)? {
+            None => {
+                let base = self.root.join(self.own(""));
+                let slice = base.join(SLICE);
                 mkdir(&slice)?;
                 // Delegate memory and pids to the slice's children (already on under systemd).
-                let _ = write(&root.join("cgroup.subtree_control"), "+memory +pids");
+                let _ = write(&base.join("cgroup.subtree_control"), "+memory +pids");
                 let _ = write(&slice.join("cgroup.subtree_control"), "+memory +pids");
-                if let Some(m) = limits.memory {
+                if let Some(m) = self.limits.memory {
                     write(&slice.join("memory.max"), &m.to_string())?;
                 }
-                if let Some(p) = limits.pids {
+                if let Some(p) = self.limits.pids {
                     write(&slice.join("pids.max"), &p.to_string())?;
                 }
-                mkdir(&slice.join(&child))?;
-                write(&slice.join(&child).join("cgroup.procs"), &pid.to_string())
-            })();
-            match r {
-                Ok(()) => placed += 1,
-                Err(e) => failed.push(e),
+                let dir = slice.join(&child);
+                mkdir(&dir)?;
+                write(&dir.join("memory.max"), &memory_max.to_string())?;
+                files.push(open_procs(&dir)?);
             }
-        }
-        Some(list) => {
-            for (dir, controllers) in list {
-                let has = |c: &str| controllers.split(',').any(|x| x == c);
-                let r = if has("memory") || has("pids") {
-                    (|| {
-                        let slice = dir.join(SLICE);
+            Some(list) => {
+                for (dir, controllers) in list {
+                    let has = |c: &str| controllers.split(',').any(|x| x == c);
+                    if has("memory") || has("pids") {
+                        let slice = dir.join(self.own(&controllers)).join(SLICE);
                         mkdir(&slice)?;
                         if has("memory")
-                            && let Some(m) = limits.memory
+                            && let Some(m) = self.limits.memory
                         {
                             write(&slice.join("memory.limit_in_bytes"), &m.to_string())?;
                         }
                         if has("pids")
-                            && let Some(p) = limits.pids
+                            && let Some(p) = self.limits.pids
                         {
                             write(&slice.join("pids.max"), &p.to_string())?;
                         }
-                        mkdir(&slice.join(&child))?;
-                        write(&slice.join(&child).join("cgroup.procs"), &pid.to_string())
-                    })()
-                } else {
-                    write(&dir.join("cgroup.procs"), &pid.to_string())
-                };
-                match r {
-                    Ok(()) => placed += 1,
-                    Err(e) => failed.push(e),
+                        let mine = slice.join(&child);
+                        mkdir(&mine)?;
+                        if has("memory") {
+                            write(&mine.join("memory.limit_in_bytes"), &memory_max.to_string())?;
+                        }
+                        files.push(open_procs(&mine)?);
+                    } else if self.host {
+                        files.push(open_procs(&dir)?);
+                    }
                 }
             }
         }
+        Ok(files)
     }
-    if failed.is_empty() {
-        Ok(placed)
-    } else {
-        Err(failed.join("; "))
-    }
-}
 
-/// Remove the (empty) cgroup of the mount `name`.
-pub fn remove(root: &Path, name: &str) {
-    let child = format!("mount-{name}");
-    match hierarchies(root) {
-        Ok(None) => {
-            let _ = std::fs::remove_dir(root.join(SLICE).join(&child));
-        }
-        Ok(Some(list)) => {
-            for (dir, _) in list {
-                let _ = std::fs::remove_dir(dir.join(SLICE).join(&child));
+    /// Remove the (empty) cgroup of the mount `name`.
+    pub fn remove(&self, name: &str) {
+        let child = format!("mount-{name}");
+        match hierarchies(&self.root) {
+            Ok(None) => {
+                let _ = std::fs::remove_dir(self.root.join(self.own("")).join(SLICE).join(&child));
             }
+            Ok(Some(list)) => {
+                for (dir, controllers) in list {
+                    let _ = std::fs::remove_dir(
+                        dir.join(self.own(&controllers)).join(SLICE).join(&child),
+                    );
+                }
+            }
+            Err(_) => {}
         }
-        Err(_) => {}
+    }
+
+    /// The memory limit of the mount `name`'s cgroup, as the kernel holds it.
+    pub fn memory_limit(&self, name: &str) -> Option<u64> {
+        let child = format!("mount-{name}");
+        let read = |p: PathBuf| std::fs::read_to_string(p).ok()?.trim().parse().ok();
+        match hierarchies(&self.root).ok()? {
+            None => read(
+                self.root
+                    .join(self.own(""))
+                    .join(SLICE)
+                    .join(&child)
+                    .join("memory.max"),
+            ),
+            Some(list) => list
+                .into_iter()
+                .find(|(_, c)| c.split(',').any(|x| x == "memory"))
+                .and_then(|(dir, c)| {
+                    read(
+                        dir.join(self.own(&c))
+                            .join(SLICE)
+                            .join(&child)
+                            .join("memory.limit_in_bytes"),
+                    )
+                }),
+        }
     }
 }
 
@@ -144,33 +219,56 @@ mod tests {
         std::fs::write(root.join(name).join("cgroup.procs"), "").unwrap();
     }
 
+    /// Make the files a real cgroup file system makes itself in a new cgroup.
+    fn procs(dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), "").unwrap();
+    }
+
     #[test]
-    fn v1_memory_and_pids_go_to_the_slice_others_to_the_root() {
+    fn v1_on_the_host_memory_and_pids_go_to_the_slice_others_to_the_root() {
         let dir = tempfile::tempdir().unwrap();
         for h in ["memory", "pids", "cpu,cpuacct", "unified"] {
             hierarchy(dir.path(), h);
         }
         std::fs::create_dir(dir.path().join("not-a-hierarchy")).unwrap();
         std::os::unix::fs::symlink("cpu,cpuacct", dir.path().join("cpu")).unwrap();
-        let limits = Limits {
-            memory: Some(1 << 30),
-            pids: Some(4096),
+        for h in ["memory", "pids"] {
+            procs(&dir.path().join(h).join("pail.slice/mount-abc"));
+        }
+        let p = Placement {
+            root: dir.path().to_path_buf(),
+            host: true,
+            limits: Limits {
+                memory: Some(1 << 30),
+                pids: Some(4096),
+            },
         };
-        // A real cgroup file system makes these files itself.
-        assert_eq!(place(dir.path(), 42, "abc", &limits), Ok(4));
+        let files = p.prepare("abc", 64 << 20).unwrap();
+        assert_eq!(files.len(), 4);
         let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
-        assert_eq!(read("memory/pail.slice/mount-abc/cgroup.procs"), "42");
         assert_eq!(
             read("memory/pail.slice/memory.limit_in_bytes"),
             "1073741824"
         );
-        assert_eq!(read("pids/pail.slice/mount-abc/cgroup.procs"), "42");
+        assert_eq!(
+            read("memory/pail.slice/mount-abc/memory.limit_in_bytes"),
+            "67108864"
+        );
         assert_eq!(read("pids/pail.slice/pids.max"), "4096");
-        assert_eq!(read("cpu,cpuacct/cgroup.procs"), "42");
-        assert_eq!(read("unified/cgroup.procs"), "42");
+        assert_eq!(p.memory_limit("abc"), Some(64 << 20));
         assert!(!dir.path().join("not-a-hierarchy/cgroup.procs").exists());
-        std::fs::remove_file(dir.path().join("memory/pail.slice/mount-abc/cgroup.procs")).unwrap();
-        remove(dir.path(), "abc");
+        for h in ["memory", "pids"] {
+            std::fs::remove_file(dir.path().join(h).join("pail.slice/mount-abc/cgroup.procs"))
+                .unwrap();
+            std::fs::remove_file(
+                dir.path()
+                    .join(h)
+                    .join("pail.slice/mount-abc/memory.limit_in_bytes"),
+            )
+            .ok();
+        }
+        p.remove("abc");
         assert!(!dir.path().join("memory/pail.slice/mount-abc").exists());
     }
 
@@ -179,26 +277,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("cgroup.controllers"), "memory pids").unwrap();
         std::fs::write(dir.path().join("cgroup.procs"), "").unwrap();
-        let limits = Limits {
-            memory: Some(1 << 20),
-            pids: None,
+        procs(&dir.path().join("pail.slice/mount-x"));
+        let p = Placement {
+            root: dir.path().to_path_buf(),
+            host: true,
+            limits: Limits {
+                memory: Some(1 << 20),
+                pids: None,
+            },
         };
-        assert_eq!(place(dir.path(), 7, "x", &limits), Ok(1));
+        assert_eq!(p.prepare("x", 5 << 20).unwrap().len(), 1);
         let slice = dir.path().join(SLICE);
         assert_eq!(
             std::fs::read_to_string(slice.join("memory.max")).unwrap(),
             "1048576"
         );
-        assert_eq!(
-            std::fs::read_to_string(slice.join("mount-x/cgroup.procs")).unwrap(),
-            "7"
-        );
+        assert_eq!(p.memory_limit("x"), Some(5 << 20));
         let empty = tempfile::tempdir().unwrap();
+        let q = Placement {
+            root: empty.path().to_path_buf(),
+            ..p.clone()
+        };
         assert!(
-            place(empty.path(), 7, "x", &limits)
+            q.prepare("x", 1)
                 .unwrap_err()
                 .contains("no cgroup hierarchy")
         );
-        assert!(place(&empty.path().join("nope"), 7, "x", &limits).is_err());
+    }
+
+    #[test]
+    fn the_plugins_own_cgroup_is_read_per_hierarchy() {
+        let text = "4:memory:/process_api/abc\n3:cpu,cpuacct:/x\n0::/kubepods/pod1\n";
+        assert_eq!(own_path(text, "memory"), PathBuf::from("process_api/abc"));
+        assert_eq!(own_path(text, "cpu,cpuacct"), PathBuf::from("x"));
+        assert_eq!(own_path(text, ""), PathBuf::from("kubepods/pod1"));
+        assert_eq!(own_path(text, "pids"), PathBuf::new());
     }
 }

@@ -16,8 +16,8 @@ pub struct FakeMounter {
     pub published: Mutex<Vec<(String, String)>>,
     /// Every pod token handed to a mount (target, token), in order.
     pub tokens: Mutex<Vec<(PathBuf, String)>>,
-    /// The options of the last publish that reached the mounter.
-    pub last: Mutex<Option<crate::options::MountArgs>>,
+    /// The spec of the last publish that reached the mounter.
+    pub last: Mutex<Option<crate::options::MountSpec>>,
 }
 
 impl FakeMounter {
@@ -40,11 +40,26 @@ impl FakeMounter {
 
 impl Mounter for FakeMounter {
     fn publish(&self, req: &MountRequest) -> Result<(), MountError> {
+        if let Some((live, true)) = self.lock().get(&req.target) {
+            if live.volume_id != req.volume_id || live.read_only != req.read_only {
+                return Err(MountError::Conflict(format!(
+                    "{} is already published with another volume or read-only flag",
+                    req.target.display()
+                )));
+            }
+            if let Some(t) = &req.token {
+                self.tokens
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((req.target.clone(), t.clone()));
+            }
+            return Ok(());
+        }
         self.published
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((req.volume_id.clone(), req.options.source.clone()));
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(req.options.clone());
+            .push((req.volume_id.clone(), req.spec.args.source.clone()));
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(req.spec.clone());
         if let Some(why) = self
             .fail_next
             .lock()
@@ -65,17 +80,6 @@ impl Mounter for FakeMounter {
                 .unwrap_or_else(|p| p.into_inner())
                 .push((req.target.clone(), t.clone()));
         }
-        Ok(())
-    }
-
-    fn refresh_token(&self, target: &Path, token: &str) -> Result<(), MountError> {
-        if !self.lock().contains_key(target) {
-            return Err(MountError::Io("not mounted".into()));
-        }
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((target.to_path_buf(), token.to_string()));
         Ok(())
     }
 

@@ -16,7 +16,7 @@ const MAX_LOG: u64 = 8 << 20;
 /// in pieces of this size, so a process that never ends its line cannot stall the follower.
 const MAX_LINE: usize = 64 << 10;
 /// Longest message an event carries.
-const MAX_EVENT: usize = 1024;
+const MAX_EVENT: usize = 200;
 /// At most one event per volume in this interval.
 const EVENT_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -167,7 +167,12 @@ impl Follower {
                     } else {
                         "MountError"
                     },
-                    message: format!("{message}{rest}").chars().take(MAX_EVENT).collect(),
+                    // The message alone (what pail's code says happened), never its fields:
+                    // an error field can quote a store's response body.
+                    message: format!(
+                        "{} (volume {volume_id}; details in the node plugin's log)",
+                        message.chars().take(MAX_EVENT).collect::<String>()
+                    ),
                     warning: true,
                 });
             }
@@ -208,8 +213,13 @@ mod tests {
                 target: target.clone(),
                 source: "s3://b/".into(),
                 pid: 1,
+                start_time: 0,
+                exe: None,
+                uid: 900_000_000,
+                gid: 900_000_000,
                 read_only: false,
                 cache_size: 0,
+                memory: 0,
                 pod: Some(super::super::PodRef {
                     namespace: "ns".into(),
                     name: "p".into(),
@@ -230,7 +240,7 @@ mod tests {
         };
         let log = records.log_path(&target);
         // A forged newline inside a message, a huge error, and 2 MiB without any newline.
-        let forged = r#"{"level":"ERROR","fields":{"message":"x\nFAKE plugin line"}}"#;
+        let forged = r#"{"level":"ERROR","fields":{"message":"x\nFAKE plugin line","error":"<Error>secret body</Error>"}}"#;
         let huge = format!(
             r#"{{"level":"ERROR","fields":{{"message":"{}"}}}}"#,
             "e".repeat(200_000)
@@ -246,7 +256,10 @@ mod tests {
         );
         let events = events.lock().unwrap();
         assert_eq!(events.len(), 1, "one event a minute per volume");
-        assert_eq!(events[0].message, "x\\nFAKE plugin line");
+        assert_eq!(
+            events[0].message, "x\\nFAKE plugin line (volume v; details in the node plugin's log)",
+            "the message alone, never a field that may quote a response body"
+        );
         assert_eq!(clean("a\u{1b}[31mb"), "a\\u{1b}[31mb");
     }
 }

@@ -1,24 +1,27 @@
 //! How a published volume becomes a running FUSE mount: the node plugin mounts `/dev/fuse`
-//! at the target itself and hands the descriptor to a separate `pail mount --fuse-fd`
-//! process, waits until it serves, and keeps a state record per mount so that a restarted
-//! plugin can still unmount what its predecessor mounted. [`Mounter`] is the seam the CSI
-//! node service drives; [`FakeMounter`] stands in for it in unit tests.
+//! at the target itself and hands the descriptor and a typed spec to a separate, confined
+//! `pail mount-worker` process running as a user of its own, waits until it serves, and
+//! keeps a root-only record per mount (who its process is, its spec) so that a restarted
+//! plugin can still supervise and unmount what its predecessor mounted. [`Mounter`] is the
+//! seam the CSI node service drives; [`FakeMounter`] stands in for it in unit tests.
 
 pub mod cgroup;
 mod fake;
+pub mod identity;
 pub mod kernel;
 pub mod logs;
 pub mod process;
 pub mod ready;
-mod state;
+pub mod state;
 pub mod supervisor;
 
 use std::path::{Path, PathBuf};
 
-use crate::options::MountArgs;
+use crate::options::MountSpec;
 
 pub use fake::FakeMounter;
-pub use process::{MountError, ProcessMounter};
+pub use identity::UidRange;
+pub use process::{DEFAULT_UIDS, MountError, NodeBudget, ProcessMounter};
 
 /// One mount to start.
 pub struct MountRequest {
@@ -26,14 +29,12 @@ pub struct MountRequest {
     pub volume_id: String,
     /// Where to mount.
     pub target: PathBuf,
-    /// The checked options of the mount process (source, store and volume options).
-    pub options: MountArgs,
-    /// Credentials for the environment of the mount process (secret).
-    pub env: Vec<(String, String)>,
-    /// GCS service account JSON (secret), written to a root-only file.
-    pub gcs_key: Option<String>,
-    /// The pod's service account token (secret), written to a file only the mount process
-    /// may read; a republish rewrites it.
+    /// What the mount process is told: the checked options, where its credentials come
+    /// from (secrets included), its network policy. The mounter adds where its descriptor,
+    /// user and files are (with `Auth::Token`, the token file).
+    pub spec: MountSpec,
+    /// The pod's service account token (secret, with `Auth::Token`), written to a file only
+    /// the mount process may read; a republish rewrites it.
     pub token: Option<String>,
     /// Mount read-only.
     pub read_only: bool,
@@ -92,9 +93,7 @@ impl std::fmt::Debug for MountRequest {
         f.debug_struct("MountRequest")
             .field("volume_id", &self.volume_id)
             .field("target", &self.target)
-            .field("options", &self.options)
-            .field("env", &format_args!("<{} redacted>", self.env.len()))
-            .field("gcs_key", &self.gcs_key.as_ref().map(|_| "<redacted>"))
+            .field("spec", &self.spec)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("read_only", &self.read_only)
             .finish()
@@ -140,11 +139,11 @@ pub struct MounterStats {
 
 /// Starts, stops and inspects mounts. Calls block: run them off the async workers.
 pub trait Mounter: Send + Sync {
-    /// Mount `req` at its target. Publishing the same volume again succeeds.
+    /// Mount `req` at its target. Publishing the same volume again succeeds, handing a live
+    /// mount the request's fresh pod token (a republish) without remounting; a target live
+    /// with another volume or read-only flag is [`MountError::Conflict`]. Checked and done
+    /// under the target's lock.
     fn publish(&self, req: &MountRequest) -> Result<(), MountError>;
-
-    /// Hand the live mount at `target` a fresh pod token (a republish), without remounting.
-    fn refresh_token(&self, target: &Path, token: &str) -> Result<(), MountError>;
 
     /// Unmount `target` and stop what serves it. Already gone is success.
     fn unpublish(&self, target: &Path) -> Result<(), MountError>;

@@ -1,26 +1,30 @@
-//! One `pail mount` process per target path. Publish mounts `/dev/fuse` at the target,
-//! starts `pail mount --fuse-fd 4` in its own session with the descriptor, waits until it
-//! serves, and records it; unpublish unmounts (also a dead, "transport endpoint is not
-//! connected" mount), stops the process and removes the target. Both are idempotent and
-//! serialised per target.
+//! One `pail mount-worker` process per target path. Publish checks the node's budgets,
+//! gives the mount a user of its own, mounts `/dev/fuse` at the target, starts the process
+//! with the descriptor and its spec, waits until it serves, and records who it is;
+//! unpublish unmounts (also a dead, "transport endpoint is not connected" mount), stops
+//! every process of the mount's user and removes the target. Both are idempotent and
+//! serialised per target; budgets and users are given out one publish at a time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::identity::{self, UidRange};
 use super::kernel;
 use super::state::{Record, StateDir};
-use super::supervisor::{self, FUSE_FD, Launch, Spawner, Supervised};
+use super::supervisor::{self, FUSE_FD, Spawner, Supervised};
 use super::{MountInfo, MountRequest, MountState, Mounter, MounterStats};
-use crate::options::LogFormat;
+use crate::options::{Auth, LogFormat};
 
 /// Why a mount operation failed.
 #[derive(Debug)]
 pub enum MountError {
     /// Something else is mounted at the target.
     Busy(String),
+    /// The target is published already, with another volume or read-only flag.
+    Conflict(String),
     /// The node's staging space (or another node-wide budget) is spent.
     Exhausted(String),
     /// The target cannot be used (a symlink on the way).
@@ -35,6 +39,7 @@ impl std::fmt::Display for MountError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             MountError::Busy(m)
+            | MountError::Conflict(m)
             | MountError::Exhausted(m)
             | MountError::Refused(m)
             | MountError::Failed(m)
@@ -45,28 +50,44 @@ impl std::fmt::Display for MountError {
 
 impl std::error::Error for MountError {}
 
+/// What one node gives all its mounts together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeBudget {
+    /// Most mounts (0: no limit).
+    pub max_volumes: usize,
+    /// Most `--memory-limit` all mounts reserve together.
+    pub memory: Option<u64>,
+    /// Most staging space (`--max-cache-size`) all mounts reserve together.
+    pub staging: Option<u64>,
+}
+
+/// The default users of mount processes.
+pub const DEFAULT_UIDS: UidRange = UidRange {
+    first: 900_000_000,
+    last: 900_999_999,
+};
+
 /// Starts and stops mount processes.
 pub struct ProcessMounter {
     root: PathBuf,
     pail_bin: PathBuf,
     records: StateDir,
     locks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
+    /// Budgets and users are given out under this lock; the last uid given.
+    giving: Mutex<u32>,
     /// Mount processes found dead (for metrics), each counted once.
     dead_mounts: std::sync::atomic::AtomicU64,
-    noticed_dead: Mutex<std::collections::HashSet<PathBuf>>,
+    noticed_dead: Mutex<HashSet<PathBuf>>,
     /// How long to wait for a mount process to serve.
     pub ready_timeout: Duration,
-    /// The host's cgroup file system: mount processes move to pail's own cgroup there, out
-    /// of the plugin's container, so that they outlive it (see [`super::cgroup`]).
-    pub host_cgroup_root: Option<PathBuf>,
-    /// Node-wide limits of that cgroup.
-    pub cgroup_limits: super::cgroup::Limits,
+    /// Where mount processes get a cgroup of their own (see [`super::cgroup`]).
+    pub cgroups: Option<super::cgroup::Placement>,
     /// Extra certificates mount processes trust (the admin's PEM file).
     pub ca_bundle: Option<PathBuf>,
-    /// Mount processes run as this user and group once started (unprivileged).
-    pub run_as: Option<(u32, u32)>,
-    /// Most staging space all mounts of the node may reserve together.
-    pub node_cache_size: Option<u64>,
+    /// The users mount processes run as, one each.
+    pub uids: UidRange,
+    /// What the node gives all mounts together.
+    pub budget: NodeBudget,
     /// Successors that may fail to start in a row before a mount is given up (0: a dead
     /// mount process is not replaced; its mount fails with ENOTCONN).
     pub max_failed_restarts: u32,
@@ -94,87 +115,40 @@ fn read_capped(path: &Path, max: u64) -> Option<String> {
     Some(out)
 }
 
-fn pid_alive(pid: u32) -> bool {
-    // A zombie still "exists": look at its state.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
+/// Bytes free for unprivileged users on the file system of `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: `st` is plain data that statvfs fills; `c` is a valid path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
     }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-/// Whether `pid` is the pail mount process of `target` (not a reused pid).
-fn is_our_process(pid: u32, target: &Path) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let t = target.as_os_str().as_encoded_bytes();
-    args.contains(&&b"mount"[..]) && args.contains(&t) && pid_alive(pid)
-}
-
-/// Every live pail mount process of `target` (found by its command line), including one
-/// whose record was never written because the plugin died during the publish.
-fn processes_of(target: &Path) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| is_our_process(*pid, target))
-        .collect()
-}
-
-fn reap(pid: u32) {
-    // SAFETY: waitpid with WNOHANG on a pid; harmless if it is not our child.
-    unsafe {
-        libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG);
-    }
-}
-
-fn stop_process(pid: u32, target: &Path) {
-    if !is_our_process(pid, target) {
-        return;
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut signalled = false;
-    while is_our_process(pid, target) {
-        reap(pid);
-        if Instant::now() > deadline {
-            if signalled {
-                // SAFETY: signalling a process we verified is our mount process.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                reap(pid);
-                return;
-            }
-            // SAFETY: as above.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-            signalled = true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    reap(pid);
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ProcessMounter {
     /// A mounter running `pail_bin`, keeping records in `state_dir`, mounting only below
     /// `root` (kubelet's `pods/` directory).
     pub fn new(pail_bin: PathBuf, state_dir: &Path, root: PathBuf) -> std::io::Result<Self> {
+        let records = StateDir::new(state_dir)?;
+        let last = records.all().iter().map(|r| r.uid).max().unwrap_or(0);
         Ok(ProcessMounter {
             root,
             pail_bin,
-            records: StateDir::new(state_dir)?,
+            records,
             locks: Mutex::new(HashMap::new()),
+            giving: Mutex::new(last),
             dead_mounts: Default::default(),
             noticed_dead: Default::default(),
             ready_timeout: Duration::from_secs(60),
-            host_cgroup_root: None,
-            cgroup_limits: Default::default(),
+            cgroups: None,
             ca_bundle: None,
-            run_as: None,
-            node_cache_size: None,
+            uids: DEFAULT_UIDS,
+            budget: NodeBudget::default(),
             max_failed_restarts: supervisor::MAX_FAILED_STARTS,
             events: None,
             supervised: Mutex::new(HashMap::new()),
@@ -185,8 +159,7 @@ impl ProcessMounter {
         Spawner {
             bin: self.pail_bin.clone(),
             ready_timeout: self.ready_timeout,
-            host_cgroup_root: self.host_cgroup_root.clone(),
-            cgroup_limits: self.cgroup_limits,
+            cgroups: self.cgroups.clone(),
             records: self.records.clone(),
             max_failed_starts: self.max_failed_restarts,
             events: self.events.clone(),
@@ -194,49 +167,46 @@ impl ProcessMounter {
     }
 
     fn supervised(&self, target: &Path) -> Option<Arc<Supervised>> {
-        self.supervised
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(target)
-            .cloned()
+        lock(&self.supervised).get(target).cloned()
     }
 
     /// Keep `sup` alive for `target`.
     fn supervise(&self, target: &Path, sup: Arc<Supervised>) {
-        self.supervised
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(target.to_path_buf(), sup.clone());
+        lock(&self.supervised).insert(target.to_path_buf(), sup.clone());
         supervisor::watch(self.spawner(), target.to_path_buf(), sup, self.lock(target));
     }
 
-    /// Adopt the live mount processes a predecessor plugin started: hold their connections,
-    /// watch them, and hand each over to a process of this binary when theirs differs (an
-    /// upgrade). Returns how many were adopted.
+    /// Adopt the live mount processes a predecessor plugin started (those their records
+    /// name, confirmed by who they are): hold their connections, watch them, and hand each
+    /// over to a process of this binary when theirs differs (an upgrade). Returns how many
+    /// were adopted.
     pub fn adopt_live(&self) -> usize {
         let mut adopted = 0;
         for r in self.records.all() {
-            if !is_our_process(r.pid, &r.target) {
+            if r.pid == 0 {
                 continue;
             }
-            match supervisor::adopt(r.pid) {
-                Ok((fuse, launch)) => {
-                    let sup = Supervised::new(fuse, launch, r.pid);
+            let Some(spec) = self.records.load_spec(&r.target) else {
+                tracing::warn!(target = %r.target.display(), "no spec for this mount: it will not survive its process");
+                continue;
+            };
+            match supervisor::adopt(&r) {
+                Ok((pidfd, fuse)) => {
+                    let sup = Supervised::new(fuse, spec, r.pid, pidfd);
                     let other = supervisor::runs_other_binary(r.pid);
                     if other {
                         sup.handing_over
                             .store(true, std::sync::atomic::Ordering::Release);
                     }
-                    self.supervise(&r.target, sup);
+                    self.supervise(&r.target, sup.clone());
                     if other {
                         tracing::info!(target = %r.target.display(), pid = r.pid, "handing the mount over to this version");
-                        // SAFETY: signalling a process we verified is our mount process.
-                        unsafe { libc::kill(r.pid as i32, libc::SIGTERM) };
+                        sup.signal(libc::SIGTERM);
                     }
                     adopted += 1;
                 }
                 Err(e) => {
-                    tracing::warn!(target = %r.target.display(), pid = r.pid, error = %e, "cannot hold the connection of this mount: it will not survive its process");
+                    tracing::warn!(target = %r.target.display(), pid = r.pid, error = %e, "not adopting this mount's process");
                 }
             }
         }
@@ -244,7 +214,7 @@ impl ProcessMounter {
     }
 
     fn lock(&self, target: &Path) -> Arc<Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut locks = lock(&self.locks);
         if locks.len() > 10_000 {
             locks.retain(|_, l| Arc::strong_count(l) > 1);
         }
@@ -256,40 +226,121 @@ impl ProcessMounter {
         matches!(self.state(target), MountState::Live(_))
     }
 
-    /// How the mount process of `req` starts: its arguments (the checked options, and
-    /// where its log, staging space, secrets, journal and counters live) and environment.
-    fn launch(&self, req: &MountRequest) -> Result<Launch, MountError> {
-        let target = &req.target;
-        let mut options = req.options.clone();
-        options.mountpoint = target.clone();
-        options.fuse_fd = Some(FUSE_FD);
-        options.log_format = LogFormat::Json;
-        options.run_as = self.run_as;
-        if options.store.ca_bundle.is_none() {
-            options.store.ca_bundle = self.ca_bundle.clone();
-        }
-        let cache = self
+    /// Check the node's budgets for `req` and give it a user of its own: its record, saved
+    /// before anything starts (so that a plugin dying now leaves nothing untracked).
+    fn reserve(&self, req: &MountRequest) -> Result<Record, MountError> {
+        let mut last = lock(&self.giving);
+        let others: Vec<Record> = self
             .records
-            .make_cache(target, self.run_as)
-            .map_err(|e| MountError::Io(format!("making the staging directory: {e}")))?;
-        options.cache_dir = Some(cache);
-        options.log_file = Some(self.records.log_path(target));
-        if let Some(key) = &req.gcs_key {
-            let path = self
-                .records
-                .save_key(target, key, self.run_as)
-                .map_err(|e| MountError::Io(format!("saving the GCS key: {e}")))?;
-            options.store.service_account_file = Some(path);
+            .all()
+            .into_iter()
+            .filter(|r| r.target != req.target)
+            .collect();
+        let v = &req.spec.args.volume;
+        let b = &self.budget;
+        if b.max_volumes > 0 && others.len() >= b.max_volumes {
+            return Err(MountError::Exhausted(format!(
+                "this node already serves {} pail volumes, its most (--max-volumes-per-node)",
+                others.len()
+            )));
         }
-        if let Some(token) = &req.token {
-            let path = self
-                .records
-                .save_token(target, token, self.run_as)
-                .map_err(|e| MountError::Io(format!("saving the pod token: {e}")))?;
-            options.store.web_identity_token_file = Some(path);
+        if let Some(cap) = b.staging {
+            let reserved: u64 = others.iter().map(|r| r.cache_size).sum();
+            if reserved + v.max_cache_size > cap {
+                return Err(MountError::Exhausted(format!(
+                    "the node's staging space is spent: {reserved} of {cap} bytes reserved by other mounts, this one asks {} (mountOptions max-cache-size)",
+                    v.max_cache_size
+                )));
+            }
+        }
+        if let Some(free) = free_bytes(self.records.root())
+            && v.max_cache_size > free
+        {
+            return Err(MountError::Exhausted(format!(
+                "the node's state directory has {free} bytes free, this mount asks {} of staging space (mountOptions max-cache-size)",
+                v.max_cache_size
+            )));
+        }
+        if let Some(cap) = b.memory {
+            let reserved: u64 = others.iter().map(|r| r.memory).sum();
+            if reserved + v.memory_limit > cap {
+                return Err(MountError::Exhausted(format!(
+                    "the node's memory for mounts is spent: {reserved} of {cap} bytes reserved by other mounts, this one asks {} (mountOptions memory-limit)",
+                    v.memory_limit
+                )));
+            }
+        }
+        let taken: HashSet<u32> = others.iter().map(|r| r.uid).collect();
+        let uid = self.uids.pick(&taken, *last).ok_or_else(|| {
+            MountError::Exhausted(format!(
+                "every user of the mount range {}-{} is taken (--mount-uids)",
+                self.uids.first, self.uids.last
+            ))
+        })?;
+        *last = uid;
+        let record = Record {
+            volume_id: req.volume_id.clone(),
+            target: req.target.clone(),
+            source: req.spec.args.source.clone(),
+            pid: 0,
+            start_time: 0,
+            exe: None,
+            uid,
+            gid: uid,
+            read_only: req.read_only,
+            cache_size: v.max_cache_size,
+            memory: v.memory_limit,
+            pod: req.pod.clone(),
+        };
+        self.records
+            .save(&record)
+            .map_err(|e| MountError::Io(format!("saving the mount record: {e}")))?;
+        Ok(record)
+    }
+
+    /// The spec of `req`'s mount process: its options, and where its descriptor, user,
+    /// files and secrets are.
+    fn spec_of(
+        &self,
+        req: &MountRequest,
+        r: &Record,
+    ) -> Result<crate::options::MountSpec, MountError> {
+        let target = &req.target;
+        let mut spec = req.spec.clone();
+        let a = &mut spec.args;
+        a.mountpoint = target.clone();
+        a.fuse_fd = Some(FUSE_FD);
+        a.log_format = LogFormat::Json;
+        a.run_as = Some((r.uid, r.gid));
+        a.resume = false;
+        if a.store.ca_bundle.is_none() {
+            a.store.ca_bundle = self.ca_bundle.clone();
+        }
+        let private = self
+            .records
+            .make_private(target, r.uid, r.gid)
+            .map_err(|e| MountError::Io(format!("making the mount's directory: {e}")))?;
+        debug_assert!(private.ends_with(super::state::slug(target)));
+        a.cache_dir = Some(self.records.cache_path(target));
+        a.log_file = Some(self.records.log_path(target));
+        a.journal = Some(self.records.journal_path(target));
+        a.metrics_file = Some(self.records.metrics_path(target));
+        match (&req.token, &mut spec.auth) {
+            (Some(token), Auth::Token { file }) => {
+                *file = self
+                    .records
+                    .save_token(target, token, r.gid)
+                    .map_err(|e| MountError::Io(format!("saving the pod token: {e}")))?;
+            }
+            (None, Auth::Token { .. }) | (Some(_), _) => {
+                return Err(MountError::Io(
+                    "a pod token goes with authenticationSource pod only".into(),
+                ));
+            }
+            _ => {}
         }
         // Only logging and the admin's proxy pass from the plugin; credentials and the endpoint
-        // policy come with the request (the driver's identity only when the admin allows it).
+        // policy are in the spec.
         let mut env = vec![(
             "PATH".to_string(),
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
@@ -299,18 +350,30 @@ impl ProcessMounter {
                 env.push((var.to_string(), v));
             }
         }
-        env.extend(req.env.iter().cloned());
-        options.journal = Some(self.records.journal_path(target));
-        options.metrics_file = Some(self.records.metrics_path(target));
-        let mut args = vec!["mount".to_string()];
-        args.extend(options.to_args());
-        Ok(Launch { args, env })
+        env.append(&mut spec.env);
+        spec.env = env;
+        self.records
+            .save_spec(target, &spec)
+            .map_err(|e| MountError::Io(format!("saving the mount's spec: {e}")))?;
+        Ok(spec)
     }
 
     fn publish_locked(&self, req: &MountRequest) -> Result<(), MountError> {
         let target = &req.target;
         match self.state(target) {
-            MountState::Live(_) => return Ok(()),
+            MountState::Live(live) => {
+                if live.volume_id != req.volume_id || live.read_only != req.read_only {
+                    return Err(MountError::Conflict(format!(
+                        "{} is already published with another volume or read-only flag",
+                        target.display()
+                    )));
+                }
+                // A republish (requiresRepublish): a fresh token reaches the running mount.
+                if let Some(token) = &req.token {
+                    self.refresh_token_locked(target, token)?;
+                }
+                return Ok(());
+            }
             MountState::Dead => {
                 tracing::warn!(target = %target.display(), "replacing a dead pail mount");
                 self.cleanup(target);
@@ -321,71 +384,84 @@ impl ProcessMounter {
                     target.display()
                 )));
             }
-            MountState::None => {}
-        }
-        if let Some(cap) = self.node_cache_size {
-            let reserved: u64 = self.records.all().iter().map(|r| r.cache_size).sum();
-            let asked = req.options.volume.max_cache_size;
-            if reserved + asked > cap {
-                return Err(MountError::Exhausted(format!(
-                    "the node's staging space is spent: {reserved} of {cap} bytes reserved by other mounts, this one asks {asked} (mountOptions max-cache-size)"
-                )));
+            MountState::None => {
+                // A record without a mount: a publish interrupted before it mounted.
+                if self.records.load(target).is_some() {
+                    self.cleanup(target);
+                }
             }
         }
-        let fsname = format!("pail:{}", req.options.source);
-        let fuse = kernel::mount_fuse_beneath(&self.root, target, &fsname, req.read_only).map_err(
-            |e| match e.raw_os_error() {
-                Some(libc::ELOOP | libc::ENOTDIR) => MountError::Refused(format!(
-                    "target_path {}: a symlink or a file on the way (it is never followed)",
-                    target.display()
-                )),
-                _ => MountError::Io(format!("mounting FUSE at {}: {e}", target.display())),
-            },
-        )?;
-
-        let launch = match self.launch(req) {
-            Ok(l) => l,
+        let mut record = self.reserve(req)?;
+        let fsname = format!("pail:{}", req.spec.args.source);
+        let fuse = match kernel::mount_fuse_beneath(&self.root, target, &fsname, req.read_only) {
+            Ok(f) => f,
+            Err(e) => {
+                self.cleanup(target);
+                return Err(match e.raw_os_error() {
+                    Some(libc::ELOOP | libc::ENOTDIR) => MountError::Refused(format!(
+                        "target_path {}: a symlink or a file on the way (it is never followed)",
+                        target.display()
+                    )),
+                    _ => MountError::Io(format!("mounting FUSE at {}: {e}", target.display())),
+                });
+            }
+        };
+        let started = self.spec_of(req, &record).and_then(|spec| {
+            self.spawner()
+                .start(target, &spec, fuse.as_fd(), false)
+                .map(|s| (spec, s))
+                .map_err(MountError::Failed)
+        });
+        let (spec, started) = match started {
+            Ok(s) => s,
             Err(e) => {
                 drop(fuse);
                 self.cleanup(target);
                 return Err(e);
             }
         };
-        let pid = match self.spawner().start(target, &launch, fuse.as_fd(), false) {
-            Ok(pid) => pid,
-            Err(why) => {
-                drop(fuse);
-                self.cleanup(target);
-                return Err(MountError::Failed(why));
-            }
-        };
-        if req.options.volume.read_ahead > 0
-            && let Err(e) =
-                kernel::set_read_ahead_beneath(&self.root, target, req.options.volume.read_ahead)
+        let v = &spec.args.volume;
+        if v.read_ahead > 0
+            && let Err(e) = kernel::set_read_ahead_beneath(&self.root, target, v.read_ahead)
         {
             tracing::warn!(target = %target.display(), error = %e, "could not raise the kernel's read-ahead of the mount");
         }
-        let record = Record {
-            volume_id: req.volume_id.clone(),
-            target: target.clone(),
-            source: req.options.source.clone(),
-            pid,
-            read_only: req.read_only,
-            cache_size: req.options.volume.max_cache_size,
-            pod: req.pod.clone(),
-        };
-        self.records
-            .save(&record)
-            .map_err(|e| MountError::Io(format!("saving the mount record: {e}")))?;
+        record.pid = started.pid;
+        record.start_time = started.start_time;
+        record.exe = started.exe;
+        if let Err(e) = self.records.save(&record) {
+            drop(fuse);
+            self.cleanup(target);
+            return Err(MountError::Io(format!("saving the mount record: {e}")));
+        }
         // The plugin keeps the connection and replaces the process if it dies.
-        self.supervise(target, Supervised::new(fuse, launch, pid));
-        tracing::info!(volume_id = %req.volume_id, target = %target.display(), pid = record.pid, "published");
+        let pid = started.pid;
+        self.supervise(
+            target,
+            Supervised::new(fuse, spec, started.pid, started.pidfd),
+        );
+        tracing::info!(volume_id = %req.volume_id, target = %target.display(), pid, uid = record.uid, "published");
         Ok(())
+    }
+
+    fn refresh_token_locked(&self, target: &Path, token: &str) -> Result<(), MountError> {
+        let r = self.records.load(target).ok_or_else(|| {
+            MountError::Io(format!(
+                "{}: no mount of pail's to refresh",
+                target.display()
+            ))
+        })?;
+        self.records
+            .save_token(target, token, r.gid)
+            .map(|_| ())
+            .map_err(|e| MountError::Io(format!("saving the pod token: {e}")))
     }
 
     fn unpublish_locked(&self, target: &Path) -> Result<(), MountError> {
         if let Some(r) = self.records.load(target)
-            && !is_our_process(r.pid, target)
+            && r.pid != 0
+            && self.supervised(target).is_none_or(|s| !s.alive())
+            && identity::verify(&r).is_none()
         {
             self.notice_dead(target);
             tracing::warn!(target = %target.display(), pid = r.pid, "the mount process had died; cleaning up its mount");
@@ -400,26 +476,16 @@ impl ProcessMounter {
             }
         }
         self.cleanup(target);
-        match kernel::remove_beneath(&self.root, target) {
-            Ok(()) => {}
-            Err(e) => {
-                return Err(MountError::Io(format!(
-                    "removing {}: {e}",
-                    target.display()
-                )));
-            }
-        }
+        kernel::remove_beneath(&self.root, target)
+            .map_err(|e| MountError::Io(format!("removing {}: {e}", target.display())))?;
         tracing::info!(target = %target.display(), "unpublished");
         Ok(())
     }
 
-    /// Unmount whatever pail mount is at `target`, stop its process, drop the record.
+    /// Unmount whatever pail mount is at `target`, stop every process of its user, drop
+    /// the record.
     fn cleanup(&self, target: &Path) {
-        let sup = self
-            .supervised
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(target);
+        let sup = lock(&self.supervised).remove(target);
         if let Some(sup) = &sup {
             sup.stopping
                 .store(true, std::sync::atomic::Ordering::Release);
@@ -430,32 +496,36 @@ impl ProcessMounter {
         {
             tracing::warn!(target = %target.display(), error = %e, "unmount failed");
         }
-        if let Some(r) = record {
-            stop_process(r.pid, target);
+        // The process ends by itself once its mount is gone.
+        let grace = Duration::from_secs(5);
+        match (&sup, &record) {
+            (Some(sup), _) => sup.stop(grace),
+            (None, Some(r)) => {
+                if let Some(pidfd) = identity::verify(r) {
+                    identity::stop(&pidfd, grace);
+                }
+            }
+            (None, None) => {}
         }
-        for pid in processes_of(target) {
-            tracing::warn!(target = %target.display(), pid, "stopping a mount process with no record (its publish was interrupted)");
-            stop_process(pid, target);
-        }
-        if let Some(sup) = &sup {
-            stop_process(sup.pid.load(std::sync::atomic::Ordering::Acquire), target);
+        // And whatever else runs as the mount's user (forked, or started by a plugin that
+        // died during the publish).
+        if let Some(r) = &record
+            && self.uids.contains(r.uid)
+        {
+            identity::kill_all_of(r.uid);
         }
         // Our hold on the connection goes last.
         drop(sup);
         self.records.remove(target);
-        if let Some(root) = &self.host_cgroup_root {
-            super::cgroup::remove(root, &super::state::slug(target));
+        if let Some(p) = &self.cgroups {
+            p.remove(&super::state::slug(target));
         }
-        self.noticed_dead
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(target);
+        lock(&self.noticed_dead).remove(target);
     }
 
     /// Count the mount at `target` as found dead, once.
     fn notice_dead(&self, target: &Path) {
-        let mut noticed = self.noticed_dead.lock().unwrap_or_else(|p| p.into_inner());
-        if noticed.insert(target.to_path_buf()) {
+        if lock(&self.noticed_dead).insert(target.to_path_buf()) {
             self.dead_mounts
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -480,21 +550,6 @@ impl Mounter for ProcessMounter {
         self.publish_locked(req)
     }
 
-    fn refresh_token(&self, target: &Path, token: &str) -> Result<(), MountError> {
-        let lock = self.lock(target);
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        if self.records.load(target).is_none() {
-            return Err(MountError::Io(format!(
-                "{}: no mount of pail's to refresh",
-                target.display()
-            )));
-        }
-        self.records
-            .save_token(target, token, self.run_as)
-            .map(|_| ())
-            .map_err(|e| MountError::Io(format!("saving the pod token: {e}")))
-    }
-
     fn unpublish(&self, target: &Path) -> Result<(), MountError> {
         let lock = self.lock(target);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -502,22 +557,21 @@ impl Mounter for ProcessMounter {
     }
 
     fn state(&self, target: &Path) -> MountState {
+        use std::sync::atomic::Ordering;
         match kernel::mount_type(target) {
             None => MountState::None,
             Some(t) if t != "fuse.pail" => MountState::Foreign(t),
             Some(_) => match (self.records.load(target), self.supervised(target)) {
                 // Kept alive: live, or between a dead process and its successor.
-                (Some(r), Some(sup)) if !sup.gave_up.load(std::sync::atomic::Ordering::Acquire) => {
-                    use std::sync::atomic::Ordering;
+                (Some(r), Some(sup)) if !sup.gave_up.load(Ordering::Acquire) => {
                     MountState::Live(MountInfo {
                         volume_id: r.volume_id,
                         read_only: r.read_only,
                         restarts: sup.restarts.load(Ordering::Relaxed),
-                        restarting: sup.down.load(Ordering::Acquire)
-                            || !is_our_process(sup.pid.load(Ordering::Acquire), target),
+                        restarting: sup.down.load(Ordering::Acquire) || !sup.alive(),
                     })
                 }
-                (Some(r), None) if is_our_process(r.pid, target) => MountState::Live(MountInfo {
+                (Some(r), None) if identity::verify(&r).is_some() => MountState::Live(MountInfo {
                     volume_id: r.volume_id,
                     read_only: r.read_only,
                     ..Default::default()
@@ -558,10 +612,7 @@ impl Mounter for ProcessMounter {
         MounterStats {
             mounts: self.mount_count(),
             dead_mounts: self.dead_mounts.load(std::sync::atomic::Ordering::Relaxed),
-            restarts: self
-                .supervised
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+            restarts: lock(&self.supervised)
                 .values()
                 .map(|s| s.restarts.load(std::sync::atomic::Ordering::Relaxed))
                 .sum(),

@@ -39,7 +39,7 @@ fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Spawn `cmd` with a readiness pipe and wait up to `timeout` for its report.
 pub fn spawn_and_wait(cmd: &mut Command, timeout: Duration) -> io::Result<(Child, Readiness)> {
-    spawn_and_wait_with(cmd, &[], false, timeout)
+    spawn_and_wait_with(cmd, &SpawnOptions::default(), timeout)
 }
 
 /// Duplicate `fd` to a close-on-exec descriptor numbered 10 or more, out of the way of the
@@ -54,13 +54,25 @@ fn high_dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
-/// Like [`spawn_and_wait`], also giving the child each `(descriptor, number)` of `extra`
-/// (numbers above [`CHILD_FD`]) and, with `new_session`, its own session, so that signals
-/// to the parent's process group do not reach it.
+/// How a child is started besides its command.
+#[derive(Default)]
+pub struct SpawnOptions<'a> {
+    /// Descriptors the child gets, each at its number (above [`CHILD_FD`]).
+    pub fds: Vec<(BorrowedFd<'a>, i32)>,
+    /// Its own session, so that signals to the parent's process group do not reach it, and
+    /// SIGKILL should the thread that started it end before it drops its privileges (the
+    /// kernel clears that setting then): a start interrupted by a dying parent leaves
+    /// nothing running as root.
+    pub new_session: bool,
+    /// `cgroup.procs` files (open for writing) the child joins before it runs a single
+    /// instruction of its program, so that everything it allocates is charged there.
+    pub cgroups: Vec<BorrowedFd<'a>>,
+}
+
+/// Like [`spawn_and_wait`], with `opts`.
 pub fn spawn_and_wait_with(
     cmd: &mut Command,
-    extra: &[(BorrowedFd<'_>, i32)],
-    new_session: bool,
+    opts: &SpawnOptions<'_>,
     timeout: Duration,
 ) -> io::Result<(Child, Readiness)> {
     let (read_end, write_end) = cloexec_pipe()?;
@@ -68,7 +80,7 @@ pub fn spawn_and_wait_with(
     drop(write_end);
     let mut plan: Vec<(i32, i32)> = vec![(write_high.as_raw_fd(), CHILD_FD)];
     let mut keep = Vec::new();
-    for (fd, number) in extra {
+    for (fd, number) in &opts.fds {
         assert!(
             *number > CHILD_FD,
             "descriptor numbers above {CHILD_FD} only"
@@ -77,13 +89,33 @@ pub fn spawn_and_wait_with(
         plan.push((high.as_raw_fd(), *number));
         keep.push(high);
     }
+    let mut joins = Vec::new();
+    for fd in &opts.cgroups {
+        let high = high_dup(*fd)?;
+        joins.push(high.as_raw_fd());
+        keep.push(high);
+    }
+    let new_session = opts.new_session;
     cmd.env(READY_FD_ENV, CHILD_FD.to_string());
-    // SAFETY: only async-signal-safe calls (setsid, dup2) run between fork and exec; every
-    // source descriptor is 10 or more, so no dup2 clobbers a later source.
+    // SAFETY: only async-signal-safe calls (setsid, prctl, write, dup2) run between fork and
+    // exec; every source descriptor is 10 or more, so no dup2 clobbers a later source.
     unsafe {
         cmd.pre_exec(move || {
             if new_session {
                 libc::setsid();
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+            }
+            for fd in &joins {
+                // "0": the writing process itself.
+                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             for (from, to) in &plan {
                 if libc::dup2(*from, *to) < 0 {

@@ -1,49 +1,27 @@
 //! Keeping a mount alive when its process dies. The node plugin holds a duplicate of each
 //! mount's FUSE connection (so the kernel never aborts it while a mount process is gone) and
-//! watches the process; when it exits without being asked to, a successor is started on the
-//! same connection with `--resume` (it takes over the inode and handle tables from the
-//! mount's journal), with backoff when it keeps dying. A restarted node plugin adopts the
-//! live mount processes of its predecessor: it takes a duplicate of their connection from
-//! them (`pidfd_getfd`), reads how they were started from `/proc`, and hands each mount over
-//! to a process of its own binary (an upgrade replaces the code serving every mount).
+//! a pidfd of its process; when the process exits without being asked to, a successor is
+//! started on the same connection with the same spec and `resume` (it takes over the inode
+//! and handle tables from the mount's journal), with backoff when it keeps dying. A
+//! restarted node plugin adopts the live mount processes of its predecessor: those its
+//! records name and [`identity::verify`] confirms; it takes a duplicate of their connection
+//! (`pidfd_getfd`) and starts their successors from the spec in the record, never from
+//! anything the process could have written (`/proc/<pid>/cmdline`, `environ`).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::ready::{Readiness, spawn_and_wait_with};
-use super::state::StateDir;
+use super::identity;
+use super::ready::{Readiness, SpawnOptions, spawn_and_wait_with};
+use super::state::{Record, StateDir};
+use crate::options::{MountSpec, SPEC_FD};
 
 /// Descriptor number of the FUSE connection in the mount process.
 pub const FUSE_FD: i32 = 4;
-
-/// How a mount process is started: its arguments (after `pail`) and environment.
-#[derive(Clone)]
-pub struct Launch {
-    /// Arguments, from `mount` on.
-    pub args: Vec<String>,
-    /// Environment (holds credentials: never logged).
-    pub env: Vec<(String, String)>,
-}
-
-impl Launch {
-    fn command(&self, bin: &Path, resume: bool) -> Command {
-        let mut cmd = Command::new(bin);
-        cmd.args(&self.args)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if resume && !self.args.iter().any(|a| a == "--resume") {
-            cmd.arg("--resume");
-        }
-        cmd
-    }
-}
 
 /// What starts mount processes (a copy of the mounter's settings, for watcher threads).
 #[derive(Clone)]
@@ -52,16 +30,42 @@ pub struct Spawner {
     pub bin: PathBuf,
     /// How long a process may take to serve.
     pub ready_timeout: Duration,
-    /// The host's cgroup file system, when processes move to `pail.slice`.
-    pub host_cgroup_root: Option<PathBuf>,
-    /// Limits of `pail.slice`.
-    pub cgroup_limits: super::cgroup::Limits,
+    /// Where each mount process gets a cgroup of its own.
+    pub cgroups: Option<super::cgroup::Placement>,
     /// The records.
     pub records: StateDir,
     /// Successors that may fail to start in a row before the mount is given up.
     pub max_failed_starts: u32,
     /// Where events go.
     pub events: Option<super::EventSink>,
+}
+
+/// A mount process that serves.
+pub struct Started {
+    /// Its pid.
+    pub pid: u32,
+    /// Its pidfd.
+    pub pidfd: OwnedFd,
+    /// Its start time (see [`Record::start_time`]).
+    pub start_time: u64,
+    /// The binary it runs.
+    pub exe: Option<(u64, u64)>,
+}
+
+/// A memory file holding `bytes`, read from its start.
+fn memfd(bytes: &[u8]) -> std::io::Result<OwnedFd> {
+    use std::io::{Seek, Write};
+    let name = c"pail-mount-spec";
+    // SAFETY: memfd_create with a valid C string; the descriptor returned is ours.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor we own.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.write_all(bytes)?;
+    f.rewind()?;
+    Ok(f.into())
 }
 
 impl Spawner {
@@ -80,21 +84,47 @@ impl Spawner {
             });
         }
     }
-}
 
-impl Spawner {
-    /// Start a mount process serving `fuse` for `target`; its pid once it serves.
+    /// Start a mount process serving `fuse` for `target` as `spec` says (`resume`: taking
+    /// over a live connection); it once it serves.
     pub fn start(
         &self,
         target: &Path,
-        launch: &Launch,
+        spec: &MountSpec,
         fuse: BorrowedFd<'_>,
         resume: bool,
-    ) -> Result<u32, String> {
-        let mut cmd = launch.command(&self.bin, resume);
-        let (mut child, readiness) =
-            spawn_and_wait_with(&mut cmd, &[(fuse, FUSE_FD)], true, self.ready_timeout)
-                .map_err(|e| format!("starting the mount process: {e}"))?;
+    ) -> Result<Started, String> {
+        let mut spec = spec.clone();
+        spec.args.resume = resume;
+        let spec_fd =
+            memfd(&spec.to_json()).map_err(|e| format!("handing over the mount spec: {e}"))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["mount-worker", &format!("--spec-fd={SPEC_FD}")])
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // Its own cgroup, joined before it runs, with its memory limit.
+        let name = super::state::slug(target);
+        let cgroups = match &self.cgroups {
+            Some(p) => match p.prepare(&name, spec.args.volume.memory_limit) {
+                Ok(files) => files,
+                Err(e) => {
+                    tracing::warn!(target = %target.display(), error = %e, "could not make the mount process's cgroup");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        let opts = SpawnOptions {
+            fds: vec![(fuse, FUSE_FD), (spec_fd.as_fd(), SPEC_FD)],
+            new_session: true,
+            cgroups: cgroups.iter().map(|f| f.as_fd()).collect(),
+        };
+        let (mut child, readiness) = spawn_and_wait_with(&mut cmd, &opts, self.ready_timeout)
+            .map_err(|e| format!("starting the mount process: {e}"))?;
+        drop(spec_fd);
         let failure = match readiness {
             Readiness::Ready => None,
             Readiness::Failed(why) => Some(why),
@@ -109,18 +139,27 @@ impl Spawner {
             return Err(why);
         }
         let pid = child.id();
-        if let Some(root) = &self.host_cgroup_root {
-            let name = super::state::slug(target);
-            if let Err(e) = super::cgroup::place(root, pid, &name, &self.cgroup_limits) {
-                tracing::warn!(target = %target.display(), error = %e, "could not move the mount process out of the plugin's cgroup: it will stop with the plugin's container");
-            }
-        }
+        // Our child, not reaped yet: its pid cannot have been reused.
+        let pidfd =
+            identity::pidfd_open(pid).map_err(|e| format!("watching the mount process: {e}"))?;
+        let started = Started {
+            pid,
+            start_time: identity::start_time(pid).unwrap_or(0),
+            exe: identity::exe(pid),
+            pidfd,
+        };
         // Its exit is seen through its pidfd; this only reaps it (no zombie).
         std::thread::spawn(move || {
             let _ = child.wait();
         });
-        Ok(pid)
+        Ok(started)
     }
+}
+
+/// The process serving a supervised mount now.
+struct Current {
+    pid: u32,
+    pidfd: Arc<OwnedFd>,
 }
 
 /// A mount the plugin keeps alive.
@@ -128,9 +167,8 @@ pub struct Supervised {
     /// Our duplicate of the FUSE connection.
     pub fuse: OwnedFd,
     /// How its processes start.
-    pub launch: Launch,
-    /// Its process now.
-    pub pid: AtomicU32,
+    pub spec: MountSpec,
+    current: Mutex<Current>,
     /// Unpublish under way: a dying process is not replaced.
     pub stopping: AtomicBool,
     /// Processes started to replace a dead one.
@@ -148,12 +186,15 @@ pub struct Supervised {
 pub const MAX_FAILED_STARTS: u32 = 8;
 
 impl Supervised {
-    /// A supervised mount served by `pid`.
-    pub fn new(fuse: OwnedFd, launch: Launch, pid: u32) -> Arc<Supervised> {
+    /// A supervised mount served by `pid` (whose pidfd is `pidfd`).
+    pub fn new(fuse: OwnedFd, spec: MountSpec, pid: u32, pidfd: OwnedFd) -> Arc<Supervised> {
         Arc::new(Supervised {
             fuse,
-            launch,
-            pid: AtomicU32::new(pid),
+            spec,
+            current: Mutex::new(Current {
+                pid,
+                pidfd: Arc::new(pidfd),
+            }),
             stopping: AtomicBool::new(false),
             restarts: AtomicU64::new(0),
             down: AtomicBool::new(false),
@@ -161,31 +202,30 @@ impl Supervised {
             gave_up: AtomicBool::new(false),
         })
     }
-}
 
-fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open(2) takes a pid and flags, returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
+    fn current(&self) -> (u32, Arc<OwnedFd>) {
+        let c = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        (c.pid, c.pidfd.clone())
     }
-    // SAFETY: a new descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
 
-/// Wait until the process behind `pidfd` exits.
-fn wait_exit(pidfd: &OwnedFd) {
-    let mut p = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    loop {
-        // SAFETY: polling one valid descriptor.
-        let r = unsafe { libc::poll(&mut p, 1, -1) };
-        if r > 0 || (r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)) {
-            return;
-        }
+    /// The pid of the process serving it now.
+    pub fn pid(&self) -> u32 {
+        self.current().0
+    }
+
+    /// Whether the process serving it now runs.
+    pub fn alive(&self) -> bool {
+        identity::signal(&self.current().1, 0)
+    }
+
+    /// Signal the process serving it now.
+    pub fn signal(&self, sig: i32) -> bool {
+        identity::signal(&self.current().1, sig)
+    }
+
+    /// Stop the process serving it now (see [`identity::stop`]).
+    pub fn stop(&self, grace: Duration) {
+        identity::stop(&self.current().1, grace);
     }
 }
 
@@ -196,15 +236,12 @@ pub fn watch(spawner: Spawner, target: PathBuf, sup: Arc<Supervised>, lock: Arc<
         .spawn(move || {
             let mut failures: u32 = 0;
             loop {
-                let pid = sup.pid.load(Ordering::Acquire);
+                let (pid, pidfd) = sup.current();
                 let started = Instant::now();
-                match pidfd_open(pid) {
-                    Ok(pidfd) => wait_exit(&pidfd),
-                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-                    Err(e) => {
-                        tracing::warn!(target = %target.display(), error = %e, "cannot watch the mount process");
-                        return;
-                    }
+                identity::wait_exit(&pidfd, None);
+                // An unpublish stops the process: nothing to tell, nothing to replace.
+                if sup.stopping.load(Ordering::Acquire) {
+                    return;
                 }
                 let handover = sup.handing_over.swap(false, Ordering::AcqRel);
                 let lived = started.elapsed();
@@ -220,15 +257,13 @@ pub fn watch(spawner: Spawner, target: PathBuf, sup: Arc<Supervised>, lock: Arc<
                     return;
                 }
                 if !handover {
+                    tracing::warn!(target = %target.display(), pid, restarts = sup.restarts.load(Ordering::Relaxed), "the mount process died; starting a successor on its connection");
                     spawner.event(
                         &target,
                         "MountProcessDied",
                         true,
                         format!("the mount process (pid {pid}) died; a successor is starting on the same connection (calls wait meanwhile)"),
                     );
-                }
-                if !handover {
-                    tracing::warn!(target = %target.display(), pid, restarts = sup.restarts.load(Ordering::Relaxed), "the mount process died; starting a successor on its connection");
                 }
                 loop {
                     if sup.stopping.load(Ordering::Acquire) {
@@ -246,25 +281,31 @@ pub fn watch(spawner: Spawner, target: PathBuf, sup: Arc<Supervised>, lock: Arc<
                         return;
                     }
                     let began = Instant::now();
-                    match spawner.start(&target, &sup.launch, sup.fuse.as_fd(), true) {
+                    match spawner.start(&target, &sup.spec, sup.fuse.as_fd(), true) {
                         Ok(new) => {
-                            sup.pid.store(new, Ordering::Release);
+                            if let Some(mut r) = spawner.records.load(&target) {
+                                r.pid = new.pid;
+                                r.start_time = new.start_time;
+                                r.exe = new.exe;
+                                let _ = spawner.records.save(&r);
+                            }
+                            let new_pid = new.pid;
+                            *sup.current.lock().unwrap_or_else(|p| p.into_inner()) = Current {
+                                pid: new.pid,
+                                pidfd: Arc::new(new.pidfd),
+                            };
                             sup.down.store(false, Ordering::Release);
                             if !handover {
                                 sup.restarts.fetch_add(1, Ordering::Relaxed);
                             }
-                            if let Some(mut r) = spawner.records.load(&target) {
-                                r.pid = new;
-                                let _ = spawner.records.save(&r);
-                            }
-                            tracing::info!(target = %target.display(), pid = new, took = ?began.elapsed(), handover, "a successor serves the mount");
+                            tracing::info!(target = %target.display(), pid = new_pid, took = ?began.elapsed(), handover, "a successor serves the mount");
                             if !handover {
                                 spawner.event(
                                     &target,
                                     "MountProcessReplaced",
                                     false,
                                     format!(
-                                        "a successor (pid {new}) serves the volume, {} ms after the death; replaced {} times so far",
+                                        "a successor (pid {new_pid}) serves the volume, {} ms after the death; replaced {} times so far",
                                         died.elapsed().as_millis(),
                                         sup.restarts.load(Ordering::Relaxed)
                                     ),
@@ -301,10 +342,25 @@ fn give_up(spawner: &Spawner, target: &Path, sup: &Supervised, why: &str) {
     );
 }
 
-/// Take over the supervision of `pid`, a mount process a predecessor plugin started: a
-/// duplicate of its FUSE connection and how it was started.
-pub fn adopt(pid: u32) -> std::io::Result<(OwnedFd, Launch)> {
-    let pidfd = pidfd_open(pid)?;
+/// Whether `fd` is a `/dev/fuse` connection (character device 10:229).
+fn is_fuse(fd: &OwnedFd) -> bool {
+    // SAFETY: fstat into plain data on a valid descriptor.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR
+        && libc::major(st.st_rdev) == 10
+        && libc::minor(st.st_rdev) == 229
+}
+
+/// Take over the supervision of the mount process `r` names, started by a predecessor
+/// plugin, once [`identity::verify`] confirms it is that process: its pidfd and a
+/// duplicate of its FUSE connection.
+pub fn adopt(r: &Record) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let pidfd = identity::verify(r).ok_or_else(|| {
+        std::io::Error::other("the recorded process is gone, or another process has its pid")
+    })?;
     // SAFETY: pidfd_getfd(2) duplicates descriptor FUSE_FD of the process into ours.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), FUSE_FD, 0) };
     if fd < 0 {
@@ -312,30 +368,12 @@ pub fn adopt(pid: u32) -> std::io::Result<(OwnedFd, Launch)> {
     }
     // SAFETY: a new descriptor we own.
     let fuse = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let split = |bytes: Vec<u8>| -> Vec<String> {
-        bytes
-            .split(|b| *b == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect()
-    };
-    let cmdline = split(std::fs::read(format!("/proc/{pid}/cmdline"))?);
-    let args: Vec<String> = cmdline
-        .iter()
-        .skip_while(|a| a.as_str() != "mount")
-        .cloned()
-        .collect();
-    if args.is_empty() {
-        return Err(std::io::Error::other("not a pail mount process"));
+    if !is_fuse(&fuse) {
+        return Err(std::io::Error::other(
+            "its descriptor 4 is not a FUSE connection",
+        ));
     }
-    let env = split(std::fs::read(format!("/proc/{pid}/environ"))?)
-        .into_iter()
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            Some((k.to_string(), v.to_string()))
-        })
-        .collect();
-    Ok((fuse, Launch { args, env }))
+    Ok((pidfd, fuse))
 }
 
 /// A fingerprint of the program in `path`: its size and a CRC-64 of its bytes.
@@ -355,22 +393,19 @@ pub fn runs_other_binary(pid: u32) -> bool {
     type Fingerprint = Option<(u64, u64)>;
     static SEEN: Mutex<Vec<((u64, u64), Fingerprint)>> = Mutex::new(Vec::new());
     let ours = *OURS.get_or_init(|| fingerprint("/proc/self/exe"));
-    let exe = format!("/proc/{pid}/exe");
-    let theirs = match std::fs::metadata(&exe) {
-        Ok(m) => {
-            use std::os::unix::fs::MetadataExt;
-            let id = (m.dev(), m.ino());
+    let theirs = match identity::exe(pid) {
+        Some(id) => {
             let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
             match seen.iter().find(|(k, _)| *k == id) {
                 Some((_, f)) => *f,
                 None => {
-                    let f = fingerprint(&exe);
+                    let f = fingerprint(&format!("/proc/{pid}/exe"));
                     seen.push((id, f));
                     f
                 }
             }
         }
-        Err(_) => None,
+        None => None,
     };
     match (theirs, ours) {
         (Some(theirs), Some(ours)) => theirs != ours,

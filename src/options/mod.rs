@@ -2,23 +2,34 @@
 //! [`VolumeOptions`] is the part of it a CSI volume may set through `mountOptions` (being a
 //! field there is what allows it), [`StoreArgs`] the part volume attributes set. The CSI
 //! driver parses a volume into these structs, refuses bad values before mounting anything,
-//! and turns them back into the mount process's arguments with [`MountArgs::to_args`].
+//! and hands the mount process a [`MountSpec`] (these structs and where the credentials come
+//! from, [`Auth`]) through a descriptor: nothing is written as flags and parsed again.
 
 mod parse;
+mod spec;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
 
 pub use parse::{parse_ids, parse_mode, parse_size, parse_storage_class, parse_ttl, parse_word};
+pub use spec::{Auth, MountSpec, NetSpec, SPEC_FD};
 
 /// The environment variables of an egress proxy, which a mount process takes from the
-/// process that starts it (the admin's), as the store layer reads them.
-pub use crate::store::net::PROXY_ENV;
+/// process that starts it (the admin's).
+pub const PROXY_ENV: &[&str] = &[
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -27,7 +38,8 @@ pub enum LogFormat {
 }
 
 /// Where the bucket is and how to reach it (set by flags, or by a volume's attributes).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Store")]
 pub struct StoreArgs {
     /// Key prefix to mount (appended to the one in the URL).
     #[arg(long)]
@@ -44,15 +56,6 @@ pub struct StoreArgs {
     /// Agree to pay for requests on a requester-pays bucket.
     #[arg(long)]
     pub requester_pays: bool,
-    /// Send unsigned requests (public buckets).
-    #[arg(long)]
-    pub no_sign_request: bool,
-    /// AWS profile in the shared credentials file.
-    #[arg(long)]
-    pub profile: Option<String>,
-    /// GCS service account JSON key file.
-    #[arg(long)]
-    pub service_account_file: Option<PathBuf>,
     /// Server-side encryption of objects written (S3): AES256, aws:kms or aws:kms:dsse.
     #[arg(long, value_parser = ["AES256", "aws:kms", "aws:kms:dsse"])]
     pub sse: Option<String>,
@@ -65,100 +68,154 @@ pub struct StoreArgs {
     /// Extra PEM certificates to trust (a private CA of the store or of a proxy).
     #[arg(long)]
     pub ca_bundle: Option<PathBuf>,
-    /// The workload's own token (a JWT), exchanged at STS for credentials; read again
-    /// whenever they are renewed and as soon as it changes.
-    #[arg(long)]
-    pub web_identity_token_file: Option<PathBuf>,
-    /// AWS: the role to assume with that token (STS AssumeRoleWithWebIdentity).
-    #[arg(long, value_parser = parse_word, requires = "web_identity_token_file")]
+    /// AWS: the role to assume with the workload token (STS AssumeRoleWithWebIdentity).
+    #[arg(long, value_parser = parse_word, help_heading = "Credentials")]
     pub role_arn: Option<String>,
     /// AWS: the session name of the assumed role.
-    #[arg(long, value_parser = parse_word)]
+    #[arg(long, value_parser = parse_word, help_heading = "Credentials")]
     pub role_session_name: Option<String>,
     /// The STS endpoint of the exchange (default: the region's AWS STS, or Google's).
-    #[arg(long)]
+    #[arg(long, help_heading = "Credentials")]
     pub sts_endpoint: Option<String>,
     /// Google: the workload identity provider the token is exchanged at (the STS audience),
     /// e.g. //iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/P/providers/X.
-    #[arg(long, value_parser = parse_word, requires = "web_identity_token_file")]
+    #[arg(long, value_parser = parse_word, help_heading = "Credentials")]
     pub workload_identity_provider: Option<String>,
     /// Google: the service account to impersonate with the federated token.
-    #[arg(long, value_parser = parse_word, requires = "workload_identity_provider")]
+    #[arg(long, value_parser = parse_word, requires = "workload_identity_provider", help_heading = "Credentials")]
     pub gcp_service_account: Option<String>,
     /// Google: the IAM credentials endpoint of the impersonation.
-    #[arg(long)]
+    #[arg(long, help_heading = "Credentials")]
     pub iam_credentials_endpoint: Option<String>,
 }
 
+/// Where `pail mount` takes credentials from, when not from the environment's chain (at
+/// most one; the CSI driver says it in the spec's [`Auth`] instead).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+#[command(next_help_heading = "Credentials")]
+pub struct CredentialArgs {
+    /// Send unsigned requests (public buckets).
+    #[arg(long)]
+    pub no_sign_request: bool,
+    /// AWS profile in the shared credentials file.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// GCS service account JSON key file.
+    #[arg(long)]
+    pub service_account_file: Option<PathBuf>,
+    /// The workload's own token (a JWT), exchanged at STS for credentials (with --role-arn
+    /// or --workload-identity-provider); read again whenever they are renewed and as soon
+    /// as it changes.
+    #[arg(long)]
+    pub web_identity_token_file: Option<PathBuf>,
+}
+
+impl CredentialArgs {
+    /// The one source these flags name (the environment's chain when none).
+    pub fn auth(&self, store: &StoreArgs) -> Result<Auth, String> {
+        let mut named = Vec::new();
+        if self.no_sign_request {
+            named.push(Auth::Anonymous);
+        }
+        if let Some(p) = &self.profile {
+            named.push(Auth::Profile { name: p.clone() });
+        }
+        if let Some(f) = &self.service_account_file {
+            named.push(Auth::GcsKeyFile { path: f.clone() });
+        }
+        if let Some(f) = &self.web_identity_token_file {
+            if store.role_arn.is_none() && store.workload_identity_provider.is_none() {
+                return Err(format!(
+                    "--web-identity-token-file {}: also name --role-arn (AWS) or \
+                     --workload-identity-provider (Google)",
+                    f.display()
+                ));
+            }
+            named.push(Auth::Token { file: f.clone() });
+        } else if store.role_arn.is_some() || store.workload_identity_provider.is_some() {
+            return Err(
+                "--role-arn and --workload-identity-provider need --web-identity-token-file".into(),
+            );
+        }
+        match named.len() {
+            0 => Ok(Auth::Chain),
+            1 => Ok(named.remove(0)),
+            _ => Err("--no-sign-request, --profile, --service-account-file and \
+                 --web-identity-token-file each name where credentials come from: give one"
+                .into()),
+        }
+    }
+}
+
 /// What a volume's `mountOptions` may set: every field of this struct, and nothing else.
-#[derive(Debug, Clone, PartialEq, Args)]
+#[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
 pub struct VolumeOptions {
     /// Refuse every change with EROFS.
-    #[arg(long)]
+    #[arg(long, help_heading = "Permissions")]
     pub read_only: bool,
     /// Let other users (and root) use the mount.
-    #[arg(long)]
+    #[arg(long, help_heading = "Permissions")]
     pub allow_other: bool,
     /// Log debug details.
-    #[arg(long)]
+    #[arg(long, help_heading = "Logging")]
     pub debug: bool,
     /// Store mode, owner and mtime in object metadata (s3fs's x-amz-meta-mode/uid/gid/mtime)
     /// and show them; without it they come from --file-mode/--uid/--gid and chmod is a no-op.
-    #[arg(long)]
+    #[arg(long, help_heading = "Permissions")]
     pub persist_metadata: bool,
     /// Owner of files and directories (default: the mounting user).
-    #[arg(long)]
+    #[arg(long, help_heading = "Permissions")]
     pub uid: Option<u32>,
     /// Group of files and directories (default: the mounting group).
-    #[arg(long)]
+    #[arg(long, help_heading = "Permissions")]
     pub gid: Option<u32>,
     /// Permission bits of files, octal.
-    #[arg(long, default_value = "0644", value_parser = parse_mode)]
+    #[arg(long, default_value = "0644", value_parser = parse_mode, help_heading = "Permissions")]
     pub file_mode: u16,
     /// Permission bits of directories, octal.
-    #[arg(long, default_value = "0755", value_parser = parse_mode)]
+    #[arg(long, default_value = "0755", value_parser = parse_mode, help_heading = "Permissions")]
     pub dir_mode: u16,
     /// How long metadata is cached: seconds, "minimal" (0) or "indefinite".
-    #[arg(long, default_value = "1", value_parser = parse_ttl)]
+    #[arg(long, default_value = "1", value_parser = parse_ttl, help_heading = "Caching and performance")]
     pub metadata_ttl: Duration,
     /// Size of one ranged GET and one upload part, 5M to 5G (e.g. 8M).
-    #[arg(long, default_value = "8M", value_parser = parse_size)]
+    #[arg(long, default_value = "8M", value_parser = parse_size, help_heading = "Caching and performance")]
     pub part_size: u64,
     /// Most bytes read ahead of one sequential reader, at least --part-size (e.g. 32M).
-    #[arg(long, default_value = "32M", value_parser = parse_size)]
+    #[arg(long, default_value = "32M", value_parser = parse_size, help_heading = "Caching and performance")]
     pub max_prefetch: u64,
     /// How far the kernel reads ahead of a sequential reader, e.g. 4M (0: the kernel's
     /// 128 KiB); larger read-ahead means fewer, larger FUSE requests. Needs root to set.
-    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    #[arg(long, default_value = "4M", value_parser = parse_size, help_heading = "Caching and performance")]
     pub read_ahead: u64,
     /// Parts uploading at once per file being written (1 to 64).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "Caching and performance")]
     pub upload_concurrency: u16,
     /// FUSE threads reading requests from the kernel (1 to 64).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "Caching and performance")]
     pub max_threads: u16,
     /// Timeout of one request to the store, seconds (1 to 3600).
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), help_heading = "Caching and performance")]
     pub request_timeout: u64,
     /// Retries of a request on transient errors (0 to 100).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(0..=100))]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(0..=100), help_heading = "Caching and performance")]
     pub max_retries: u16,
     /// Most bytes staged at once; past it writes fail with ENOSPC.
-    #[arg(long, default_value = "10G", value_parser = parse_size)]
+    #[arg(long, default_value = "10G", value_parser = parse_size, help_heading = "Caching and performance")]
     pub max_cache_size: u64,
     /// Memory all prefetched and uploading parts of the mount may hold together, at least
     /// twice --part-size (e.g. 1G); readers stop prefetching and writers wait when it is
     /// spent.
-    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    #[arg(long, default_value = "1G", value_parser = parse_size, help_heading = "Caching and performance")]
     pub memory_limit: u64,
     /// Keep object data on local disk across opens (in the cache directory, within
     /// --max-cache-size with staged edits; least recently used objects give way): a second
     /// read of a file is a local read, through FUSE passthrough where the kernel and
     /// privileges allow.
-    #[arg(long)]
+    #[arg(long, help_heading = "Caching and performance")]
     pub read_cache: bool,
     /// Most keys a directory rename copies; past it rename fails with EXDEV.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, help_heading = "Caching and performance")]
     pub rename_dir_limit: usize,
 }
 
@@ -168,8 +225,9 @@ impl Default for VolumeOptions {
     }
 }
 
-/// The command line of `pail mount`.
-#[derive(Debug, Clone, PartialEq, Args)]
+/// The command line of `pail mount`, and (with the fields flags cannot set) what a mount
+/// process is told in its [`MountSpec`].
+#[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
 pub struct MountArgs {
     /// Bucket URL: s3://bucket[/prefix/], gs://bucket[/prefix/], file:///dir or memory://.
     pub source: String,
@@ -178,67 +236,52 @@ pub struct MountArgs {
     /// Where and how to reach the bucket.
     #[command(flatten)]
     pub store: StoreArgs,
+    /// Where credentials come from (flags only: a spec says it in its `auth`).
+    #[command(flatten)]
+    #[serde(skip)]
+    pub credentials: CredentialArgs,
     /// What the mount does.
     #[command(flatten)]
     pub volume: VolumeOptions,
     /// Where files edited in place (append, seek+write, truncate) are staged.
-    #[arg(long)]
+    #[arg(long, help_heading = "Caching and performance")]
     pub cache_dir: Option<PathBuf>,
-    /// Serve this already mounted /dev/fuse descriptor instead of mounting.
-    #[arg(long)]
-    pub fuse_fd: Option<i32>,
     /// Keep the tables a successor process needs to take the mount over in this file (the
-    /// CSI node plugin's mount processes).
-    #[arg(long)]
+    /// CSI node plugin's mount processes do).
+    #[arg(long, hide = true)]
     pub journal: Option<PathBuf>,
-    /// Write a snapshot of the mount's counters (JSON: store requests and latencies, FUSE
-    /// operation latencies, bytes, caches) to this file every few seconds (the CSI node
-    /// plugin serves them as per-volume Prometheus metrics).
-    #[arg(long)]
-    pub metrics_file: Option<PathBuf>,
-    /// Take over the already initialized connection of --fuse-fd from the process whose
-    /// --journal this is (it died or is being replaced).
-    #[arg(long, requires = "journal", requires = "fuse_fd")]
-    pub resume: bool,
-    /// After start-up, run as this user and group (`uid:gid`), with no capabilities,
-    /// no new privileges and a system-call filter (the CSI driver's mount processes).
-    #[arg(long, value_parser = parse_ids)]
-    pub run_as: Option<(u32, u32)>,
-    /// Most bytes a memory:// bucket holds (the CSI driver caps memory volumes).
-    #[arg(long, value_parser = parse_size)]
-    pub memory_capacity: Option<u64>,
     /// Stay in the foreground (the default).
     #[arg(long, conflicts_with = "background")]
+    #[serde(skip)]
     pub foreground: bool,
     /// Return once mounted, leaving a daemon serving the mount.
     #[arg(long)]
+    #[serde(skip)]
     pub background: bool,
     /// Write logs to this file instead of stderr.
-    #[arg(long)]
+    #[arg(long, help_heading = "Logging")]
     pub log_file: Option<PathBuf>,
     /// Log format.
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(long, value_enum, default_value = "text", help_heading = "Logging")]
     pub log_format: LogFormat,
-}
-
-fn flag(out: &mut Vec<String>, name: &str, on: bool) {
-    if on {
-        out.push(format!("--{name}"));
-    }
-}
-
-fn value(out: &mut Vec<String>, name: &str, v: impl std::fmt::Display) {
-    out.push(format!("--{name}={v}"));
-}
-
-/// A duration as `--metadata-ttl` takes it back exactly (whole seconds, or seconds with
-/// nanoseconds).
-fn seconds(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        d.as_secs().to_string()
-    } else {
-        format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
-    }
+    /// Serve this already mounted /dev/fuse descriptor instead of mounting (a spec only).
+    #[arg(skip)]
+    pub fuse_fd: Option<i32>,
+    /// Write a snapshot of the mount's counters (JSON) to this file every few seconds (the
+    /// CSI node plugin serves them as per-volume Prometheus metrics; a spec only).
+    #[arg(skip)]
+    pub metrics_file: Option<PathBuf>,
+    /// Take over the already initialized connection of `fuse_fd` from the process whose
+    /// `journal` this is (it died or is being replaced; a spec only).
+    #[arg(skip)]
+    pub resume: bool,
+    /// After start-up, run as this user and group, with no capabilities, no new privileges
+    /// and a system-call filter (the CSI driver's mount processes; a spec only).
+    #[arg(skip)]
+    pub run_as: Option<(u32, u32)>,
+    /// Most bytes a memory:// bucket holds (the CSI driver caps memory volumes; a spec only).
+    #[arg(skip)]
+    pub memory_capacity: Option<u64>,
 }
 
 impl VolumeOptions {
@@ -259,102 +302,37 @@ impl VolumeOptions {
         if self.read_ahead > 1 << 30 {
             return Err(format!("--read-ahead {}: at most 1G", self.read_ahead));
         }
-        if self.memory_limit < 2 * self.part_size {
+        if self.memory_limit < self.overhead() + 2 * self.part_size {
             return Err(format!(
-                "--memory-limit {}: must be at least twice --part-size {}",
-                self.memory_limit, self.part_size
+                "--memory-limit {}: must hold the process itself and its {} FUSE threads ({} \
+                 bytes) and twice --part-size {}",
+                self.memory_limit,
+                self.max_threads,
+                self.overhead(),
+                self.part_size
             ));
         }
         Ok(())
     }
 
-    /// The arguments that give these options back when parsed.
-    pub fn to_args(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        flag(&mut out, "read-only", self.read_only);
-        flag(&mut out, "allow-other", self.allow_other);
-        flag(&mut out, "debug", self.debug);
-        flag(&mut out, "persist-metadata", self.persist_metadata);
-        if let Some(u) = self.uid {
-            value(&mut out, "uid", u);
-        }
-        if let Some(g) = self.gid {
-            value(&mut out, "gid", g);
-        }
-        value(&mut out, "file-mode", format!("{:o}", self.file_mode));
-        value(&mut out, "dir-mode", format!("{:o}", self.dir_mode));
-        value(&mut out, "metadata-ttl", seconds(self.metadata_ttl));
-        value(&mut out, "part-size", self.part_size);
-        value(&mut out, "max-prefetch", self.max_prefetch);
-        value(&mut out, "read-ahead", self.read_ahead);
-        value(&mut out, "upload-concurrency", self.upload_concurrency);
-        value(&mut out, "max-threads", self.max_threads);
-        value(&mut out, "request-timeout", self.request_timeout);
-        value(&mut out, "max-retries", self.max_retries);
-        value(&mut out, "max-cache-size", self.max_cache_size);
-        value(&mut out, "memory-limit", self.memory_limit);
-        value(&mut out, "rename-dir-limit", self.rename_dir_limit);
-        flag(&mut out, "read-cache", self.read_cache);
-        out
+    /// Memory the mount process holds besides its data buffers: the process itself, and
+    /// each FUSE thread's request buffer and stack. Part of `--memory-limit`.
+    pub fn overhead(&self) -> u64 {
+        BASE_MEMORY + self.max_threads as u64 * THREAD_MEMORY
+    }
+
+    /// The part of `--memory-limit` prefetched and uploading parts may hold together.
+    pub fn buffer_budget(&self) -> u64 {
+        self.memory_limit.saturating_sub(self.overhead())
     }
 }
 
-impl StoreArgs {
-    /// The arguments that give these options back when parsed.
-    pub fn to_args(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if let Some(p) = &self.prefix {
-            value(&mut out, "prefix", p);
-        }
-        if let Some(r) = &self.region {
-            value(&mut out, "region", r);
-        }
-        if let Some(e) = &self.endpoint_url {
-            value(&mut out, "endpoint-url", e);
-        }
-        flag(&mut out, "force-path-style", self.force_path_style);
-        flag(&mut out, "requester-pays", self.requester_pays);
-        flag(&mut out, "no-sign-request", self.no_sign_request);
-        if let Some(p) = &self.profile {
-            value(&mut out, "profile", p);
-        }
-        if let Some(f) = &self.service_account_file {
-            value(&mut out, "service-account-file", f.display());
-        }
-        if let Some(s) = &self.sse {
-            value(&mut out, "sse", s);
-        }
-        if let Some(k) = &self.sse_kms_key_id {
-            value(&mut out, "sse-kms-key-id", k);
-        }
-        if let Some(c) = &self.storage_class {
-            value(&mut out, "storage-class", c);
-        }
-        if let Some(c) = &self.ca_bundle {
-            value(&mut out, "ca-bundle", c.display());
-        }
-        if let Some(f) = &self.web_identity_token_file {
-            value(&mut out, "web-identity-token-file", f.display());
-        }
-        let words = [
-            ("role-arn", &self.role_arn),
-            ("role-session-name", &self.role_session_name),
-            ("sts-endpoint", &self.sts_endpoint),
-            (
-                "workload-identity-provider",
-                &self.workload_identity_provider,
-            ),
-            ("gcp-service-account", &self.gcp_service_account),
-            ("iam-credentials-endpoint", &self.iam_credentials_endpoint),
-        ];
-        for (name, v) in words {
-            if let Some(v) = v {
-                value(&mut out, name, v);
-            }
-        }
-        out
-    }
-}
+/// Memory of a mount process beyond its data buffers and FUSE threads: the runtime, its
+/// tables, TLS and logging (measured idle: docs/SECURITY.md).
+pub const BASE_MEMORY: u64 = 24 << 20;
+/// Memory one FUSE thread may hold: its request buffer (up to 1 MiB requests are read into
+/// it) and its stack.
+pub const THREAD_MEMORY: u64 = 3 << 20;
 
 impl MountArgs {
     /// A mount of `source` at `mountpoint` with every other option at its default.
@@ -363,6 +341,7 @@ impl MountArgs {
             source: source.into(),
             mountpoint: mountpoint.into(),
             store: StoreArgs::default(),
+            credentials: CredentialArgs::default(),
             volume: VolumeOptions::default(),
             cache_dir: None,
             fuse_fd: None,
@@ -376,43 +355,6 @@ impl MountArgs {
             log_file: None,
             log_format: LogFormat::Text,
         }
-    }
-
-    /// The arguments of `pail mount` (after the subcommand) that give these back.
-    pub fn to_args(&self) -> Vec<String> {
-        let mut out = vec![self.source.clone(), self.mountpoint.display().to_string()];
-        out.extend(self.store.to_args());
-        out.extend(self.volume.to_args());
-        if let Some(d) = &self.cache_dir {
-            value(&mut out, "cache-dir", d.display());
-        }
-        if let Some(fd) = self.fuse_fd {
-            value(&mut out, "fuse-fd", fd);
-        }
-        if let Some(m) = &self.metrics_file {
-            value(&mut out, "metrics-file", m.display());
-        }
-        if let Some(j) = &self.journal {
-            value(&mut out, "journal", j.display());
-        }
-        flag(&mut out, "resume", self.resume);
-        if let Some((u, g)) = self.run_as {
-            value(&mut out, "run-as", format!("{u}:{g}"));
-        }
-        if let Some(n) = self.memory_capacity {
-            value(&mut out, "memory-capacity", n);
-        }
-        flag(&mut out, "foreground", self.foreground);
-        flag(&mut out, "background", self.background);
-        if let Some(f) = &self.log_file {
-            value(&mut out, "log-file", f.display());
-        }
-        let format = match self.log_format {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        };
-        value(&mut out, "log-format", format);
-        out
     }
 }
 

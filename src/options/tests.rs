@@ -1,4 +1,4 @@
-//! Unit tests of the mount options: parsing, checks, and the round trip to arguments.
+//! Unit tests of the mount options: parsing, checks, credential flags and help.
 
 use std::time::Duration;
 
@@ -68,51 +68,83 @@ fn mount_options_accept_every_spelling_and_name_what_they_refuse() {
 }
 
 #[test]
-fn options_round_trip_through_their_arguments() {
-    let mut x: u64 = 0x9e3779b97f4a7c15;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
+fn credential_flags_name_one_source_at_most() {
+    let parse = |args: &[&str]| {
+        let mut all = vec!["s3://b/".to_string(), "/mnt".to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let a = parse_mount(&all);
+        a.credentials.auth(&a.store)
     };
-    for _ in 0..500 {
-        let mut a = MountArgs::new("s3://bucket/p/", "/mnt/x");
-        let v = &mut a.volume;
-        v.read_only = next() % 2 == 0;
-        v.allow_other = next() % 2 == 0;
-        v.debug = next() % 2 == 0;
-        v.persist_metadata = next() % 2 == 0;
-        v.uid = (next() % 2 == 0).then(|| next() as u32);
-        v.gid = (next() % 2 == 0).then(|| next() as u32);
-        v.file_mode = (next() % 0o7777) as u16;
-        v.dir_mode = (next() % 0o7777) as u16;
-        v.metadata_ttl = Duration::from_millis(next() % 100_000);
-        v.part_size = (5 << 20) + next() % (1 << 30);
-        v.max_prefetch = v.part_size + next() % (1 << 30);
-        v.upload_concurrency = 1 + (next() % 64) as u16;
-        v.max_threads = 1 + (next() % 64) as u16;
-        v.request_timeout = 1 + next() % 3600;
-        v.max_retries = (next() % 101) as u16;
-        v.max_cache_size = 1 + next() % (1 << 40);
-        v.memory_limit = 2 * v.part_size + next() % (1 << 30);
-        v.rename_dir_limit = (next() % 100_000) as usize;
-        a.store.region = (next() % 2 == 0).then(|| "eu-west-1".into());
-        a.store.endpoint_url = (next() % 2 == 0).then(|| "http://127.0.0.1:9000".into());
-        a.store.force_path_style = next() % 2 == 0;
-        a.store.requester_pays = next() % 2 == 0;
-        a.cache_dir = (next() % 2 == 0).then(|| "/var/cache/x".into());
-        a.fuse_fd = (next() % 2 == 0).then_some(4);
-        a.run_as = (next() % 2 == 0).then_some((65534, 65534));
-        a.memory_capacity = (next() % 2 == 0).then_some(64 << 20);
-        a.log_format = if next() % 2 == 0 {
-            LogFormat::Json
-        } else {
-            LogFormat::Text
-        };
-        assert!(a.volume.validate().is_ok());
-        assert_eq!(parse_mount(&a.to_args()), a);
+    assert_eq!(parse(&[]).unwrap(), Auth::Chain);
+    assert_eq!(parse(&["--no-sign-request"]).unwrap(), Auth::Anonymous);
+    assert_eq!(
+        parse(&["--profile", "work"]).unwrap(),
+        Auth::Profile {
+            name: "work".into()
+        }
+    );
+    assert_eq!(
+        parse(&["--service-account-file", "/k.json"]).unwrap(),
+        Auth::GcsKeyFile {
+            path: "/k.json".into()
+        }
+    );
+    assert_eq!(
+        parse(&[
+            "--web-identity-token-file",
+            "/t",
+            "--role-arn",
+            "arn:aws:iam::1:role/r"
+        ])
+        .unwrap(),
+        Auth::Token { file: "/t".into() }
+    );
+    for bad in [
+        &["--no-sign-request", "--profile", "p"][..],
+        &["--web-identity-token-file", "/t"],
+        &["--role-arn", "arn:aws:iam::1:role/r"],
+    ] {
+        assert!(parse(bad).is_err(), "{bad:?}");
     }
+}
+
+#[test]
+fn internal_fields_are_not_flags_and_help_is_grouped() {
+    use clap::CommandFactory;
+    let mut cmd = Line::command();
+    let help = cmd.render_long_help().to_string();
+    for internal in [
+        "--fuse-fd",
+        "--resume",
+        "--run-as",
+        "--metrics-file",
+        "--memory-capacity",
+        "--journal",
+    ] {
+        assert!(!help.contains(internal), "{internal} in the help");
+    }
+    for heading in [
+        "Store:",
+        "Credentials:",
+        "Permissions:",
+        "Caching and performance:",
+        "Logging:",
+    ] {
+        assert!(help.contains(heading), "no {heading} heading in:\n{help}");
+    }
+    assert!(Line::try_parse_from(["s3://b/", "/m", "--fuse-fd", "4"]).is_err());
+}
+
+#[test]
+fn the_memory_limit_holds_the_process_and_its_threads() {
+    let v = VolumeOptions::from_mount_options(["memory-limit=64M"]).unwrap();
+    assert_eq!(v.buffer_budget(), (64 << 20) - v.overhead());
+    assert!(v.buffer_budget() >= 2 * v.part_size);
+    let e = VolumeOptions::from_mount_options(["memory-limit=32M max-threads=8"]).unwrap_err();
+    assert!(
+        e.contains("memory-limit") && e.contains("FUSE threads"),
+        "{e}"
+    );
 }
 
 #[test]

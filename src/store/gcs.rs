@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::objstore::Objects;
 use super::s3::{client_options, retry_config};
 use super::{
-    Bucket, Condition, CopyOptions, Features, ListOptions, Meta, ObjectInfo, Page, Payload,
+    Auth, Bucket, Condition, CopyOptions, Features, ListOptions, Meta, ObjectInfo, Page, Payload,
     PutOptions, PutResult, Result, Source, StoreError, StoreErrorKind, StoreOptions, Upload,
     check_key,
 };
@@ -65,13 +65,22 @@ impl GcsBucket {
     /// Open the bucket `source` names.
     pub fn open(source: &Source, opts: &StoreOptions) -> Result<GcsBucket> {
         let config = |m: String| StoreError::new(StoreErrorKind::Config, m);
-        let key_text = match &opts.service_account_file {
-            None => opts.service_account_key.clone(),
-            Some(path) => Some(
+        let key_text = match &opts.auth {
+            Auth::GcsKey(text) => Some(text.clone()),
+            Auth::GcsKeyFile(path) => Some(
                 std::fs::read_to_string(path)
                     .map_err(|e| config(format!("service account file {}: {e}", path.display())))?,
             ),
+            Auth::Keys(_) | Auth::Profile(_) => {
+                return Err(config(
+                    "S3 access keys are for s3:// buckets (GCS through HMAC keys: s3://bucket \
+                     --endpoint-url https://storage.googleapis.com)"
+                        .into(),
+                ));
+            }
+            Auth::Chain | Auth::WebIdentity(_) | Auth::Anonymous => None,
         };
+        let anonymous = matches!(opts.auth, Auth::Anonymous);
         // A key file may name its own endpoint (emulators do).
         let key_base = key_text
             .as_deref()
@@ -94,28 +103,34 @@ impl GcsBucket {
             .with_client_options(client_options(opts, allow_http))
             .with_http_connector(super::net::Connector(opts.http(allow_http)))
             .with_retry(retry_config(opts))
-            .with_skip_signature(opts.no_sign_request);
+            .with_skip_signature(anonymous);
         if opts.endpoint_url.is_some() {
             builder = builder.with_base_url(&base_url);
         }
-        if let Some(id) = &opts.web_identity {
-            builder = builder.with_credentials(Arc::new(
-                super::identity::GcpWorkloadIdentity::new(id, opts)?,
-            ));
-        } else if let Some(text) = key_text {
-            builder = builder.with_service_account_key(text);
-        } else if let Ok(path) = std::env::var("GOOGLE_APPLICATION_CREDENTIALS") {
-            builder = builder.with_application_credentials(path);
-        } else if !opts.no_sign_request && !gcs_metadata_allowed(opts) {
-            return Err(config(
-                "no GCS credentials: give a service account key (--service-account-file, or \
-                 GOOGLE_SERVICE_ACCOUNT_JSON in the volume's Secret) or GOOGLE_APPLICATION_CREDENTIALS; \
-                 the metadata server is asked only with PAIL_GCS_METADATA=true"
-                    .into(),
-            ));
+        match (&opts.auth, key_text) {
+            (Auth::WebIdentity(id), _) => {
+                builder = builder.with_credentials(Arc::new(
+                    super::identity::GcpWorkloadIdentity::new(id, opts)?,
+                ));
+            }
+            (_, Some(text)) => builder = builder.with_service_account_key(text),
+            (Auth::Anonymous, None) => {}
+            (_, None) => match std::env::var("GOOGLE_APPLICATION_CREDENTIALS") {
+                Ok(path) => builder = builder.with_application_credentials(path),
+                Err(_) if gcs_metadata_allowed(opts) => {}
+                Err(_) => {
+                    return Err(config(
+                        "no GCS credentials found (tried: a service account key \
+                         (--service-account-file, or GOOGLE_SERVICE_ACCOUNT_JSON in the volume's \
+                         Secret), GOOGLE_APPLICATION_CREDENTIALS; the metadata server is asked \
+                         only with PAIL_GCS_METADATA=true)"
+                            .into(),
+                    ));
+                }
+            },
         }
         let gcs = builder.build().map_err(|e| config(e.to_string()))?;
-        let credentials = (!opts.no_sign_request).then(|| gcs.credentials().clone());
+        let credentials = (!anonymous).then(|| gcs.credentials().clone());
         let http = super::net::Guarded::new(&opts.http(allow_http))?;
         Ok(GcsBucket {
             description: format!("gs://{}/{} ({base_url})", source.bucket, source.prefix),

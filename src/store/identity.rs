@@ -191,9 +191,16 @@ async fn post(
         match req.send().await {
             Ok(resp) => {
                 let status = resp.status();
-                match resp.bytes().await {
+                // STS and token answers are small documents: a longer one is refused.
+                match super::net::body::read(resp, super::net::body::MAX_DOCUMENT).await {
                     Ok(body) if !status.is_server_error() => return Ok((status, body)),
                     Ok(_) => last = Some(format!("HTTP {}", status.as_u16())),
+                    Err(e @ super::net::body::BodyError::TooLong { .. }) => {
+                        return Err(StoreError::new(
+                            StoreErrorKind::Other,
+                            format!("{what} at {url}: {e}"),
+                        ));
+                    }
                     Err(e) => last = Some(e.to_string()),
                 }
             }

@@ -33,7 +33,7 @@ pub use identity::WebIdentity;
 pub use memory::{MemoryBucket, Op};
 pub use ops::{BucketExt, Listing, valid_name};
 pub use s3::S3Bucket;
-pub use source::{Credentials, Provider, Source, StoreOptions};
+pub use source::{Auth, Credentials, Provider, Source, StoreOptions};
 
 /// Result of store operations.
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -163,16 +163,8 @@ pub struct StoreOptions {
     pub force_path_style: bool,
     /// Send `x-amz-request-payer: requester`.
     pub requester_pays: bool,
-    /// Do not sign requests (public buckets).
-    pub no_sign_request: bool,
-    /// GCS service account JSON file.
-    pub service_account_file: Option<PathBuf>,
-    /// GCS service account JSON itself (secret).
-    pub service_account_key: Option<String>,
-    /// Explicit credentials; when `None`, the standard chains are used.
-    pub credentials: Option<Credentials>,
-    /// AWS profile to read from the shared credentials file.
-    pub profile: Option<String>,
+    /// Where the credentials come from.
+    pub auth: Auth,
     /// Timeout of one request.
     pub request_timeout: Option<Duration>,
     /// Retries of one request on transient errors.
@@ -189,8 +181,43 @@ pub struct StoreOptions {
     pub storage_class: Option<String>,
     /// Extra certificates to trust (PEM).
     pub ca_bundle: Option<Vec<u8>>,
-    /// Credentials from the workload's own token (STS).
-    pub web_identity: Option<super::identity::WebIdentity>,
+}
+
+/// Where a store's credentials come from: exactly one source, chosen before the store is
+/// opened (`pail mount`'s flags, or a volume's `authenticationSource`).
+#[derive(Clone, Default)]
+pub enum Auth {
+    /// The standard chains of this process's environment (S3: environment keys, the shared
+    /// credentials file, a web identity token, container credentials, instance metadata;
+    /// GCS: `GOOGLE_APPLICATION_CREDENTIALS`, the metadata server where allowed).
+    #[default]
+    Chain,
+    /// A profile of the shared credentials file (S3).
+    Profile(String),
+    /// Static S3 keys.
+    Keys(Credentials),
+    /// A GCS service account key (JSON).
+    GcsKey(String),
+    /// A GCS service account key file.
+    GcsKeyFile(PathBuf),
+    /// A workload token exchanged at STS (AWS role, or Google workload identity).
+    WebIdentity(super::identity::WebIdentity),
+    /// Unsigned requests (public buckets).
+    Anonymous,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Chain => f.write_str("Chain"),
+            Auth::Profile(p) => write!(f, "Profile({p:?})"),
+            Auth::Keys(_) => f.write_str("Keys(<redacted>)"),
+            Auth::GcsKey(_) => f.write_str("GcsKey(<redacted>)"),
+            Auth::GcsKeyFile(p) => write!(f, "GcsKeyFile({})", p.display()),
+            Auth::WebIdentity(w) => write!(f, "WebIdentity({w:?})"),
+            Auth::Anonymous => f.write_str("Anonymous"),
+        }
+    }
 }
 
 impl StoreOptions {
@@ -232,18 +259,7 @@ impl std::fmt::Debug for StoreOptions {
             .field("endpoint_url", &self.endpoint_url)
             .field("force_path_style", &self.force_path_style)
             .field("requester_pays", &self.requester_pays)
-            .field("no_sign_request", &self.no_sign_request)
-            .field("service_account_file", &self.service_account_file)
-            .field(
-                "service_account_key",
-                &self.service_account_key.as_ref().map(|_| "<redacted>"),
-            )
-            .field(
-                "credentials",
-                &self.credentials.as_ref().map(|_| "<redacted>"),
-            )
-            .field("profile", &self.profile)
-            .field("web_identity", &self.web_identity)
+            .field("auth", &self.auth)
             .field("net", &self.net)
             .finish()
     }

@@ -21,6 +21,42 @@ use super::{S3, pail_bin};
 
 pub const SECRET: &str = "pailtestsecret";
 
+/// The mount user ranges of drivers running now, one each (`/tmp/pail-test-uids/<n>`
+/// holds the pid of the test process using range `n`), so that every process of a range is
+/// one driver's.
+fn take_uid_range() -> (u32, PathBuf) {
+    let dir = Path::new("/tmp/pail-test-uids");
+    fs::create_dir_all(dir).unwrap();
+    for n in 0..900u32 {
+        let slot = dir.join(n.to_string());
+        let mine = std::process::id().to_string();
+        let claimed = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&slot)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, mine.as_bytes()));
+        if claimed.is_ok() {
+            return (900_000_000 + n * 1000, slot);
+        }
+        // A slot of a test process that is gone is free again.
+        let owner = fs::read_to_string(&slot).unwrap_or_default();
+        if !owner.is_empty()
+            && owner != mine
+            && !Path::new(&format!("/proc/{owner}")).exists()
+            && fs::remove_file(&slot).is_ok()
+            && fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&slot)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, mine.as_bytes()))
+                .is_ok()
+        {
+            return (900_000_000 + n * 1000, slot);
+        }
+    }
+    panic!("no free mount user range for the test driver");
+}
+
 /// A `pail csi --mode all` process with its own kubelet, state and socket directories.
 pub struct Driver {
     pub child: Option<Child>,
@@ -30,6 +66,9 @@ pub struct Driver {
     metrics_port: u16,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// The first of its mount users (a thousand).
+    pub first_uid: u32,
+    uid_slot: PathBuf,
 }
 
 impl Driver {
@@ -39,7 +78,17 @@ impl Driver {
     }
 
     /// A driver with these extra flags and environment.
+    /// Unless `args` say otherwise, the node's budgets are far above what tests publish.
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Driver {
+        let mut args: Vec<&str> = args.to_vec();
+        for (flag, roomy) in [
+            ("--node-cache-size", "--node-cache-size=100T"),
+            ("--node-memory-limit", "--node-memory-limit=100T"),
+        ] {
+            if !args.iter().any(|a| a.starts_with(flag)) {
+                args.push(roomy);
+            }
+        }
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("kubelet/pods")).unwrap();
         let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -47,9 +96,13 @@ impl Driver {
             .local_addr()
             .unwrap()
             .port();
+        let (first_uid, uid_slot) = take_uid_range();
+        fs::write(dir.path().join("uids"), first_uid.to_string()).unwrap();
         let mut d = Driver {
             child: None,
             bin: PathBuf::from(pail_bin()),
+            first_uid,
+            uid_slot,
             dir,
             metrics_port,
             args: args.iter().map(|a| a.to_string()).collect(),
@@ -86,6 +139,11 @@ impl Driver {
             .arg(format!("--metrics-address=127.0.0.1:{}", self.metrics_port))
             .arg(format!("--kubelet-dir={}", self.kubelet().display()))
             .arg(format!("--state-dir={}", self.state().display()))
+            .arg(format!(
+                "--mount-uids={}-{}",
+                self.first_uid,
+                self.first_uid + 999
+            ))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap())
             .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -170,6 +228,7 @@ impl Drop for Driver {
             let _ = c.kill();
             let _ = c.wait();
         }
+        let _ = fs::remove_file(&self.uid_slot);
     }
 }
 
@@ -222,32 +281,119 @@ pub fn unpublish_req(id: &str, target: &Path) -> NodeUnpublishVolumeRequest {
     }
 }
 
-/// The pids of pail mount processes serving `target`.
+fn real_uid(pid: u32) -> Option<u32> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn zombie_or_gone(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}
+
+/// The pail mount processes serving `target`, found as the driver knows them (its record
+/// of the mount: the process, and every process of the mount's own user), and any process
+/// of the driver's mount users that no record names (left by an interrupted publish).
 pub fn mount_pids(target: &Path) -> Vec<u32> {
+    // (Not in the target itself: a mount there may answer any name.)
+    let Some(dir) = target
+        .ancestors()
+        .skip(1)
+        .find(|a| a.join("uids").is_file())
+    else {
+        return Vec::new();
+    };
+    let first: u32 = fs::read_to_string(dir.join("uids"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let records: Vec<serde_json::Value> = fs::read_dir(dir.join("state/mounts"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .filter_map(|e| serde_json::from_slice(&fs::read(e.path()).ok()?).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let known: std::collections::HashSet<u64> =
+        records.iter().filter_map(|r| r["uid"].as_u64()).collect();
+    let own = records
+        .iter()
+        .find(|r| r["target"].as_str() == Some(&target.display().to_string()));
+    let own_uid = own.and_then(|r| r["uid"].as_u64());
+    let own_pid = own.and_then(|r| r["pid"].as_u64()).unwrap_or(0) as u32;
     let mut pids = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        if zombie_or_gone(pid) {
             continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let zombie = fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(true);
-        if !zombie
-            && args.contains(&&b"mount"[..])
-            && args.contains(&target.as_os_str().as_encoded_bytes())
-        {
+        }
+        let Some(uid) = real_uid(pid) else { continue };
+        let uid = uid as u64;
+        let stray = (first as u64..first as u64 + 1000).contains(&uid) && !known.contains(&uid);
+        if pid == own_pid || Some(uid) == own_uid || stray {
             pids.push(pid);
         }
     }
     pids
+}
+
+/// The user a mount's process runs as, from the driver's record.
+pub fn mount_uid(target: &Path) -> Option<u32> {
+    let dir = target
+        .ancestors()
+        .skip(1)
+        .find(|a| a.join("uids").is_file())?;
+    let slug = pail::mounter::state::slug(target);
+    let r: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join(format!("state/mounts/{slug}.json"))).ok()?)
+            .ok()?;
+    r["uid"].as_u64().map(|u| u as u32)
+}
+
+/// Run the shell `script` with `args` as `uid` (group `uid`, no other groups): its stdout.
+pub fn run_as(uid: u32, script: &str, args: &[PathBuf]) -> String {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .args(args)
+        .uid(uid)
+        .gid(uid)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every file and directory under `dir` (not following links), `dir` first.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i].clone();
+        i += 1;
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            out.extend(fs::read_dir(&p).unwrap().flatten().map(|e| e.path()));
+        }
+    }
+    out
 }

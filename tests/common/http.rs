@@ -93,3 +93,104 @@ fn read_request(conn: &mut std::net::TcpStream) -> String {
     }
     String::from_utf8_lossy(&buf).into_owned()
 }
+
+/// A store on 127.0.0.1 that lists one object, `big` (`size` bytes), and answers every
+/// ranged GET of it with `sent` bytes, far more than asked: with a length header when
+/// `declared`, else chunked until the client hangs up. Counts the body bytes it wrote.
+pub struct Greedy {
+    /// `http://127.0.0.1:port`.
+    pub endpoint: String,
+    written: Arc<AtomicUsize>,
+}
+
+impl Greedy {
+    pub fn start(size: u64, sent: u64, declared: bool) -> Greedy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let written: Arc<AtomicUsize> = Arc::default();
+        let count = written.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    loop {
+                        let head = read_request(&mut conn);
+                        if head.is_empty() {
+                            return;
+                        }
+                        let first = head.lines().next().unwrap_or_default().to_string();
+                        if first.starts_with("GET") && first.contains("list-type=2") {
+                            let xml = format!(
+                                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult>\
+                                 <Contents><Key>g/big</Key><Size>{size}</Size><ETag>\"e\"</ETag>\
+                                 <LastModified>2026-01-01T00:00:00.000Z</LastModified></Contents>\
+                                 <IsTruncated>false</IsTruncated></ListBucketResult>"
+                            );
+                            let r = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{xml}",
+                                xml.len()
+                            );
+                            if conn.write_all(r.as_bytes()).is_err() {
+                                return;
+                            }
+                        } else if first.starts_with("HEAD") {
+                            let r = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nETag: \"e\"\r\n\
+                                 Last-Modified: Thu, 01 Jan 2026 00:00:00 GMT\r\n\r\n"
+                            );
+                            if conn.write_all(r.as_bytes()).is_err() {
+                                return;
+                            }
+                        } else if first.starts_with("GET") {
+                            let head = if declared {
+                                format!(
+                                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {sent}\r\nETag: \"e\"\r\n\r\n"
+                                )
+                            } else {
+                                "HTTP/1.1 206 Partial Content\r\nTransfer-Encoding: chunked\r\nETag: \"e\"\r\n\r\n"
+                                    .to_string()
+                            };
+                            if conn.write_all(head.as_bytes()).is_err() {
+                                return;
+                            }
+                            let block = vec![b'z'; 1 << 20];
+                            let mut left = sent;
+                            while left > 0 {
+                                let n = (block.len() as u64).min(left) as usize;
+                                let ok = if declared {
+                                    conn.write_all(&block[..n])
+                                } else {
+                                    conn.write_all(format!("{n:x}\r\n").as_bytes())
+                                        .and_then(|_| conn.write_all(&block[..n]))
+                                        .and_then(|_| conn.write_all(b"\r\n"))
+                                };
+                                if ok.is_err() {
+                                    return;
+                                }
+                                count.fetch_add(n, Ordering::SeqCst);
+                                left -= n as u64;
+                            }
+                            if !declared && conn.write_all(b"0\r\n\r\n").is_err() {
+                                return;
+                            }
+                        } else {
+                            let _ = conn
+                                .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Greedy {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            written,
+        }
+    }
+
+    /// Body bytes written so far.
+    pub fn written(&self) -> usize {
+        self.written.load(Ordering::SeqCst)
+    }
+}

@@ -78,7 +78,7 @@ impl S3 {
             &source,
             &StoreOptions {
                 endpoint_url: Some(self.endpoint.clone()),
-                credentials: Some(Credentials {
+                auth: pail::store::Auth::Keys(Credentials {
                     access_key_id: self.access_key.clone(),
                     secret_access_key: self.secret_key.clone(),
                     session_token: None,

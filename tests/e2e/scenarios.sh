@@ -105,7 +105,8 @@ plugin_ready() { # a node plugin pod other than $1 is Ready and registered
 node_untainted() { ! kc get node 127.0.0.1 -o 'jsonpath={.spec.taints[*].key}' | grep -q "$DRIVER/agent-not-ready"; }
 pod_event() { kc get events --field-selector "involvedObject.name=$1,reason=$2" -o name | grep -q .; }
 mount_log_in_plugin() { kc logs -n kube-system "$(node_plugin_pod)" | grep 'pail::mount' | grep -q "$1"; }
-volume_read_bytes() { plugin_metrics | grep -q "^pail_volume_read_bytes_total{volume_id=\"$1\",namespace=\"default\"} [1-9]"; }
+# (No namespace label: the chart's metricsNamespaceLabels is off by default.)
+volume_read_bytes() { plugin_metrics | grep -q "^pail_volume_read_bytes_total{volume_id=\"$1\"} [1-9]"; }
 
 helm_install() {
   log "helm install (the node plugin registers itself with the kubelet; local images)"
@@ -181,7 +182,7 @@ scenario_unmount_on_delete() {
 MOTO=http://127.0.0.1:$E2E_MOTO_PORT # moto: STS and an S3 that takes its credentials
 ROLE=arn:aws:iam::123456789012:role/e2e-trainer
 moto_py() { in_ns env AWS_EC2_METADATA_DISABLED=true python3 - "$MOTO" "$@"; }
-token_file() { find "$LAB/state/private" -name token 2>/dev/null | head -1; }
+token_file() { find "$LAB/state/tokens" -type f 2>/dev/null | head -1; }
 token_rewritten() { [ "$(stat -c %Y.%s "$1" 2>/dev/null)" != "$2" ]; }
 failed_mount_says() { kc get events --field-selector "involvedObject.name=$1,reason=FailedMount" -o 'jsonpath={.items[*].message}' | grep -q "$2"; }
 
@@ -240,8 +241,11 @@ PY
   # is rewritten for the same mount process, no remount.
   local file before pid
   file=$(token_file)
-  [ -n "$file" ] || die "no pod token file under $LAB/state/private"
-  [ "$(stat -c '%a %u' "$file")" = "600 65534" ] || die "pod token file is $(stat -c '%a %u' "$file"), not 600 65534"
+  [ -n "$file" ] || die "no pod token file under $LAB/state/tokens"
+  # root's file, readable by the group of the mount's own user only
+  local owner
+  owner=$(stat -c '%a %u %g' "$file")
+  [[ "$owner" =~ ^640\ 0\ 9[0-9]{8}$ ]] || die "pod token file is $owner, not 640 root and a mount's group"
   before=$(stat -c %Y.%s "$file")
   pid=$(mount_processes | tr '\n' ' ')
   sleep 1.1 # mtime granularity
@@ -313,7 +317,7 @@ done'
   pid=$(mount_processes | tr '\n' ' ')
   [ -n "$pid" ] || die "no mount process serves the streamer"
   # It runs unprivileged and filtered, in pail's own cgroup (node-wide limits).
-  grep -q '^Uid:[[:space:]]*65534' "/proc/${pid% }/status" || die "the mount process is not unprivileged: $(grep Uid "/proc/${pid% }/status")"
+  grep -Eq '^Uid:[[:space:]]*9[0-9]{8}[[:space:]]' "/proc/${pid% }/status" || die "the mount process does not run as a mount user of its own: $(grep Uid "/proc/${pid% }/status")"
   grep -q '^Seccomp:[[:space:]]*2' "/proc/${pid% }/status" || die "the mount process has no system-call filter"
   grep -q 'pail.slice/mount-' "/proc/${pid% }/cgroup" || die "the mount process is not in pail.slice: $(cat "/proc/${pid% }/cgroup")"
   # Operators see the volume through kubectl: its mount's counters on the plugin's metrics.
@@ -388,6 +392,14 @@ scenario_upgrade_uninstall() {
   node_is_clean || die "node not clean after uninstall"
 }
 
+# Warning Events of pail's on pods other than the streamer (whose mount process is killed
+# on purpose): a pod deleted normally, a volume unmounted as asked, gets none.
+unwanted_warnings() {
+  kc get events -A --field-selector type=Warning \
+    -o 'jsonpath={range .items[*]}{.involvedObject.name}/{.reason}: {.message}{"\n"}{end}' |
+    grep -E '^[^/]+/(MountProcessDied|MountError|CredentialsRefreshFailed):' | grep -v '^streamer/' || true
+}
+
 run_scenarios() {
   helm_install
   scenario_static_pv
@@ -400,4 +412,7 @@ run_scenarios() {
   scenario_non_root
   scenario_plugin_restart
   scenario_upgrade_uninstall
+  local unwanted
+  unwanted=$(unwanted_warnings)
+  [ -z "$unwanted" ] || die "pods got Warning Events they should not have: $unwanted"
 }

@@ -331,11 +331,11 @@ async fn a_pod_token_assumes_the_role_its_service_account_names_and_a_republish_
         .unwrap();
     let last = fake.last.lock().unwrap().clone().unwrap();
     assert_eq!(
-        last.store.role_arn.as_deref(),
+        last.args.store.role_arn.as_deref(),
         Some("arn:aws:iam::111122223333:role/team-a-reader")
     );
     assert_eq!(
-        last.store.role_session_name.as_deref(),
+        last.args.store.role_session_name.as_deref(),
         Some("pail-team-a-trainer-0")
     );
     // A republish with a fresh token: no second mount, the token reaches the live one.
@@ -362,7 +362,7 @@ async fn a_pod_token_assumes_the_role_its_service_account_names_and_a_republish_
         .unwrap();
     let last = fake.last.lock().unwrap().clone().unwrap();
     assert_eq!(
-        last.store.role_arn.as_deref(),
+        last.args.store.role_arn.as_deref(),
         Some("arn:aws:iam::1:role/own")
     );
 }
@@ -452,7 +452,7 @@ async fn the_pods_fs_group_owns_the_files_group_writable() {
     svc.node_publish_volume(Request::new(req.clone()))
         .await
         .unwrap();
-    let v = fake.last.lock().unwrap().clone().unwrap().volume;
+    let v = fake.last.lock().unwrap().clone().unwrap().args.volume;
     assert_eq!((v.gid, v.file_mode, v.dir_mode), (Some(1000), 0o664, 0o775));
     if let Some(AccessType::Mount(m)) = req
         .volume_capability

@@ -52,28 +52,33 @@ fn attributes_become_mount_options() {
         &[("AWS_ACCESS_KEY_ID", "id"), ("AWS_SECRET_ACCESS_KEY", "s")],
     )
     .unwrap();
-    assert_eq!(r.options.source, "s3://data/a/b/");
-    assert!(r.read_only && r.options.volume.read_only);
-    assert!(r.options.volume.allow_other);
-    assert_eq!(r.options.volume.uid, Some(1000));
+    let a = &r.spec.args;
+    assert_eq!(a.source, "s3://data/a/b/");
+    assert!(r.read_only && a.volume.read_only);
+    assert!(a.volume.allow_other);
+    assert_eq!(a.volume.uid, Some(1000));
+    assert_eq!(a.volume.metadata_ttl, std::time::Duration::from_secs(5));
     assert_eq!(
-        r.options.store.endpoint_url.as_deref(),
+        a.store.endpoint_url.as_deref(),
         Some("http://127.0.0.1:9000")
     );
-    assert!(r.options.store.force_path_style);
-    let args = r.options.to_args();
-    for want in [
-        "--uid=1000",
-        "--metadata-ttl=5",
-        "--read-only",
-        "--allow-other",
-    ] {
-        assert!(args.iter().any(|a| a == want), "{want} in {args:?}");
-    }
-    let env: HashMap<_, _> = r.env.iter().cloned().collect();
-    assert_eq!(env["AWS_ACCESS_KEY_ID"], "id");
+    assert!(a.store.force_path_style);
+    assert_eq!(
+        r.spec.auth,
+        crate::options::Auth::Keys {
+            access_key_id: "id".into(),
+            secret_access_key: "s".into(),
+            session_token: None
+        }
+    );
+    let env: HashMap<_, _> = r.spec.env.iter().cloned().collect();
     assert_eq!(env["AWS_EC2_METADATA_DISABLED"], "true");
-    assert!(env.contains_key("PAIL_ALLOWED_ENDPOINTS"));
+    assert!(
+        !env.contains_key("AWS_ACCESS_KEY_ID"),
+        "keys are in the spec, not the environment"
+    );
+    let net = r.spec.net.as_ref().unwrap();
+    assert!(!net.metadata_credentials);
 }
 
 #[test]
@@ -247,20 +252,17 @@ fn random_publish_requests_never_panic_nor_leak_secrets() {
         match publish_request(&input, "/t".into(), &DriverPolicy::strict()) {
             Ok(req) => {
                 accepted += 1;
-                let source = &req.options.source;
+                let source = &req.spec.args.source;
                 assert!(
                     source.starts_with("s3://")
                         || source.starts_with("gs://")
                         || source.starts_with("memory://")
                 );
-                for a in req.options.to_args().iter().skip(2) {
-                    assert!(a.starts_with("--"), "{a}");
-                    assert!(!a.contains(&secret_value));
-                    assert!(
-                        !a.chars().any(|c| c.is_whitespace() || c.is_control()),
-                        "{a:?}"
-                    );
-                }
+                // Secrets reach the spec's credentials only (never an option or a log line).
+                let mut shown = req.spec.clone();
+                shown.auth = crate::options::Auth::Anonymous;
+                assert!(!String::from_utf8_lossy(&shown.to_json()).contains(&secret_value));
+                assert!(!format!("{req:?}").contains(&secret_value));
                 assert!(
                     !source.split('/').skip(3).any(|s| s == ".." || s == "."),
                     "{source}"
@@ -301,14 +303,17 @@ fn secrets_as_aws_tools_write_them_and_write_settings_are_accepted() {
         ("storageClass", "STANDARD_IA"),
     ];
     let req = publish(&attrs, &keys).unwrap();
-    let s = &req.options.store;
+    let s = &req.spec.args.store;
     assert_eq!(s.region.as_deref(), Some("eu-central-1"));
     assert_eq!(s.sse.as_deref(), Some("aws:kms"));
     assert_eq!(s.storage_class.as_deref(), Some("STANDARD_IA"));
-    assert!(req.env.iter().any(|(k, _)| k == "AWS_SESSION_TOKEN"));
+    assert!(matches!(
+        &req.spec.auth,
+        crate::options::Auth::Keys { session_token: Some(t), .. } if t == "tok"
+    ));
     // The volume's own region wins over the Secret's.
     let own = publish(&[("bucketName", "b-1"), ("region", "us-west-2")], &keys).unwrap();
-    assert_eq!(own.options.store.region.as_deref(), Some("us-west-2"));
+    assert_eq!(own.spec.args.store.region.as_deref(), Some("us-west-2"));
     for (k, v) in [
         ("sse", "rot13"),
         ("storageClass", "glacier please"),

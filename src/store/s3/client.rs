@@ -15,6 +15,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::xml;
 use crate::store::error::one_line;
+use crate::store::net::body;
 use crate::store::{Payload, Result, StoreError, StoreErrorKind};
 
 /// Bytes kept as they are in a URL path: RFC 3986 unreserved characters and `/`.
@@ -120,6 +121,8 @@ pub struct Client {
     pub retry: RetryPolicy,
     /// Headers every write carries (server-side encryption, storage class).
     pub write_headers: Vec<(HeaderName, String)>,
+    /// The network policy (names behind a proxy are checked before each request).
+    pub net: Option<std::sync::Arc<crate::store::net::NetPolicy>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -365,6 +368,13 @@ impl Client {
             retry,
             moved: None,
         };
+        if let Some(p) = &self.net
+            && let Ok(u) = url::Url::parse(url)
+        {
+            p.check_proxied(&u, false)
+                .await
+                .map_err(|e| fail(e, false))?;
+        }
         let headers = self
             .signed_headers(call, url, region)
             .await
@@ -399,10 +409,31 @@ impl Client {
         })?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| fail(self.unavailable(transport_error(&call.what(), &e)), true))?;
+        let body = if call.method == Method::HEAD {
+            Bytes::new()
+        } else if status.is_success() {
+            // Object data is bounded by the range asked for, anything else by the largest
+            // document S3 sends; more is refused as it arrives, never buffered.
+            let limit = call.expect_len.unwrap_or(body::MAX_DOCUMENT);
+            match body::read(resp, limit).await {
+                Ok(b) => b,
+                Err(body::BodyError::TooLong { limit }) => {
+                    let msg = format!(
+                        "{}: the answer is longer than the {limit} bytes asked for",
+                        call.what()
+                    );
+                    return Err(fail(StoreError::new(StoreErrorKind::Other, msg), false));
+                }
+                Err(body::BodyError::Transport(e)) => {
+                    return Err(fail(
+                        self.unavailable(transport_error(&call.what(), &e)),
+                        true,
+                    ));
+                }
+            }
+        } else {
+            body::read_start(resp, body::MAX_ERROR_BODY).await
+        };
         let code = if !status.is_success() || call.error_in_body {
             xml::error_code(&body)
         } else {
@@ -523,6 +554,7 @@ mod tests {
             requester_pays: false,
             retry: RetryPolicy::default(),
             write_headers: Vec::new(),
+            net: None,
         }
     }
 

@@ -12,7 +12,7 @@ use object_store::{ClientOptions, RetryConfig, StaticCredentialProvider};
 
 use crate::store::identity::AwsWebIdentity;
 use crate::store::source::Credentials;
-use crate::store::{Result, StoreError, StoreErrorKind, StoreOptions};
+use crate::store::{Auth, Result, StoreError, StoreErrorKind, StoreOptions};
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -100,23 +100,27 @@ pub fn provider(
     retry: RetryConfig,
 ) -> Result<Option<AwsCredentialProvider>> {
     let config = |msg: String| StoreError::new(StoreErrorKind::Config, msg);
-    if opts.no_sign_request {
-        return Ok(None);
-    }
-    if let Some(c) = &opts.credentials {
-        return Ok(Some(fixed(c)));
-    }
-    if let Some(id) = &opts.web_identity {
-        return Ok(Some(Arc::new(AwsWebIdentity::new(id, region, opts)?)));
-    }
-    if let Some(p) = &opts.profile {
-        return profile_credentials(p)
-            .map(|c| Some(fixed(&c)))
-            .ok_or_else(|| {
-                config(format!(
-                    "--profile {p:?}: no such profile with keys in the shared credentials file"
-                ))
-            });
+    match &opts.auth {
+        Auth::Anonymous => return Ok(None),
+        Auth::Keys(c) => return Ok(Some(fixed(c))),
+        Auth::WebIdentity(id) => {
+            return Ok(Some(Arc::new(AwsWebIdentity::new(id, region, opts)?)));
+        }
+        Auth::Profile(p) => {
+            return profile_credentials(p)
+                .map(|c| Some(fixed(&c)))
+                .ok_or_else(|| {
+                    config(format!(
+                        "--profile {p:?}: no such profile with keys in the shared credentials file"
+                    ))
+                });
+        }
+        Auth::GcsKey(_) | Auth::GcsKeyFile(_) => {
+            return Err(config(
+                "a GCS service account key is for gs:// buckets (S3 takes access keys)".into(),
+            ));
+        }
+        Auth::Chain => {}
     }
     let chain = chain();
     if chain == Chain::Instance {

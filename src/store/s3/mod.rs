@@ -182,6 +182,7 @@ impl S3Bucket {
                 ..Default::default()
             },
             write_headers: write_headers(opts),
+            net: opts.net.clone(),
         };
         Ok(S3Bucket {
             client: Arc::new(client),

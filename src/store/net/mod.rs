@@ -2,11 +2,21 @@
 //! of endpoint hosts (the public cloud endpoints, plus what the admin names), checked on
 //! every request URL and on every address a name resolves to, with redirects never
 //! followed, so a volume's attributes cannot make the node reach its own services, the
-//! cloud metadata address or private networks. `pail mount` run by hand has no policy.
+//! cloud metadata address or private networks. Answers are read bounded by what was asked
+//! ([`body`]). `pail mount` run by hand has no policy (its bodies are bounded all the same).
+//! Admin ranges are `ipnet` networks.
+
+mod addr;
+pub mod body;
+mod hosts;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use addr::is_public;
 
 use super::{StoreError, StoreErrorKind};
 
@@ -20,17 +30,6 @@ pub const PROXY_ENV: &[&str] = &[
     "no_proxy",
 ];
 
-/// The public endpoints every policy allows (their names must resolve to public addresses).
-pub const DEFAULT_ENDPOINTS: &[&str] = &[
-    "*.amazonaws.com",
-    "*.amazonaws.com.cn",
-    "*.r2.cloudflarestorage.com",
-    "storage.googleapis.com",
-    "oauth2.googleapis.com",
-    "sts.googleapis.com",
-    "iamcredentials.googleapis.com",
-];
-
 /// The instance metadata and container credentials addresses (AWS, GCP, ECS, EKS).
 const METADATA: &[IpAddr] = &[
     IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
@@ -40,82 +39,34 @@ const METADATA: &[IpAddr] = &[
     IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23)),
 ];
 
+/// An entry of the admin's list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Rule {
     /// A host name or address (`*.` matches any subdomain), on any port or one.
-    Host {
-        pattern: String,
-        port: Option<u16>,
-        /// Named by the admin: may resolve to private addresses (an in-cluster store).
-        admin: bool,
-    },
-    /// An admin's address range.
-    Net { addr: IpAddr, bits: u8 },
+    Host { pattern: String, port: Option<u16> },
+    /// An address range.
+    Net(IpNet),
 }
 
 /// The policy of one mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetPolicy {
+    /// The admin's entries (the stores' service hosts are always allowed).
     rules: Vec<Rule>,
     /// The instance metadata and container credentials addresses may be asked for
     /// credentials (an admin turned driver-level identity on).
     pub metadata: bool,
+    /// Requests go through an egress proxy (which resolves names itself): names are
+    /// resolved and checked here before every request.
+    pub proxied: bool,
 }
 
-fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
-    match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = if bits == 0 {
-                0
-            } else {
-                u32::MAX << (32 - bits.min(32))
-            };
-            u32::from(a) & mask == u32::from(n) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = if bits == 0 {
-                0
-            } else {
-                u128::MAX << (128 - bits.min(128))
-            };
-            u128::from(a) & mask == u128::from(n) & mask
-        }
-        _ => false,
-    }
-}
-
-/// Whether `ip` is a public unicast address (not loopback, private, link-local, unique
-/// local, shared, unspecified, multicast or broadcast).
-pub fn is_public(ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        v4 => v4,
-    };
-    let private: &[(IpAddr, u8)] = &[
-        (IpAddr::V4(Ipv4Addr::new(0, 0, 0, 0)), 8),
-        (IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)), 8),
-        (IpAddr::V4(Ipv4Addr::new(100, 64, 0, 0)), 10),
-        (IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
-        (IpAddr::V4(Ipv4Addr::new(169, 254, 0, 0)), 16),
-        (IpAddr::V4(Ipv4Addr::new(172, 16, 0, 0)), 12),
-        (IpAddr::V4(Ipv4Addr::new(192, 0, 0, 0)), 24),
-        (IpAddr::V4(Ipv4Addr::new(192, 168, 0, 0)), 16),
-        (IpAddr::V4(Ipv4Addr::new(198, 18, 0, 0)), 15),
-        (IpAddr::V4(Ipv4Addr::new(224, 0, 0, 0)), 3),
-        (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 128),
-        (IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
-        (IpAddr::V6(Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0)), 7),
-        (IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)), 10),
-        (IpAddr::V6(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0)), 8),
-        (
-            IpAddr::V6(Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0)),
-            48,
-        ),
-    ];
-    !private.iter().any(|(n, b)| in_net(ip, *n, *b))
+/// Who allows a host: the admin (it may resolve to private addresses) or the stores'
+/// service list (public addresses only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Allowed {
+    Service,
+    Admin,
 }
 
 fn refused(msg: String) -> StoreError {
@@ -123,19 +74,13 @@ fn refused(msg: String) -> StoreError {
 }
 
 impl Rule {
-    fn parse(item: &str, admin: bool) -> Result<Rule, String> {
+    fn parse(item: &str) -> Result<Rule, String> {
         let item = item.trim().to_ascii_lowercase();
-        if let Some((addr, bits)) = item.split_once('/') {
-            let addr: IpAddr = addr
+        if item.contains('/') {
+            let net: IpNet = item
                 .parse()
                 .map_err(|_| format!("{item:?}: not a CIDR range"))?;
-            let max = if addr.is_ipv4() { 32 } else { 128 };
-            let bits: u8 = bits
-                .parse()
-                .ok()
-                .filter(|b| *b <= max)
-                .ok_or_else(|| format!("{item:?}: bad prefix length"))?;
-            return Ok(Rule::Net { addr, bits });
+            return Ok(Rule::Net(net));
         }
         let (host, port) = match item.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') || h.starts_with('[') => {
@@ -162,48 +107,53 @@ impl Rule {
         Ok(Rule::Host {
             pattern: host,
             port,
-            admin,
         })
     }
 
-    /// Whether the rule names `host` (lowercase) on `port`; `Some(admin)` if so.
-    fn names(&self, host: &str, port: u16) -> Option<bool> {
+    /// Whether the rule names `host` (lowercase) on `port`.
+    fn names(&self, host: &str, port: u16) -> bool {
         match self {
-            Rule::Host {
-                pattern,
-                port: p,
-                admin,
-            } => {
+            Rule::Host { pattern, port: p } => {
                 let host_ok = match pattern.strip_prefix("*.") {
                     Some(suffix) => {
                         host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.')
                     }
                     None => host == pattern,
                 };
-                (host_ok && p.is_none_or(|p| p == port)).then_some(*admin)
+                host_ok && p.is_none_or(|p| p == port)
             }
-            Rule::Net { addr, bits } => host
-                .parse::<IpAddr>()
-                .ok()
-                .filter(|ip| in_net(*ip, *addr, *bits))
-                .map(|_| true),
+            Rule::Net(net) => host.parse::<IpAddr>().is_ok_and(|ip| net.contains(&ip)),
         }
+    }
+
+    /// Whether the rule names `host` (lowercase) on some port.
+    fn names_host(&self, host: &str) -> bool {
+        match self {
+            Rule::Host { port: Some(p), .. } => self.names(host, *p),
+            _ => self.names(host, 0),
+        }
+    }
+
+    fn is_wildcard(&self) -> bool {
+        matches!(self, Rule::Host { pattern, .. } if pattern.starts_with("*."))
     }
 }
 
 impl NetPolicy {
-    /// The default endpoints plus the admin's (`host[:port]`, `*.domain`, or a CIDR range).
+    /// The stores' service hosts plus the admin's entries (`host[:port]`, `*.domain`, or a
+    /// CIDR range).
     pub fn new(admin: &[String], metadata: bool) -> Result<NetPolicy, String> {
-        let mut rules: Vec<Rule> = DEFAULT_ENDPOINTS
-            .iter()
-            .map(|d| Rule::parse(d, false).expect("valid defaults"))
-            .collect();
+        let mut rules = Vec::new();
         for item in admin.iter().flat_map(|s| s.split(',')) {
             if !item.trim().is_empty() {
-                rules.push(Rule::parse(item, true)?);
+                rules.push(Rule::parse(item)?);
             }
         }
-        Ok(NetPolicy { rules, metadata })
+        Ok(NetPolicy {
+            rules,
+            metadata,
+            proxied: false,
+        })
     }
 
     /// The environment variable that carries a policy to a mount process.
@@ -215,18 +165,20 @@ impl NetPolicy {
     pub fn admin_list(&self) -> String {
         self.rules
             .iter()
-            .filter_map(|r| match r {
+            .map(|r| match r {
                 Rule::Host {
                     pattern,
-                    port,
-                    admin: true,
-                } => Some(match port {
-                    Some(p) if pattern.contains(':') => format!("[{pattern}]:{p}"),
-                    Some(p) => format!("{pattern}:{p}"),
-                    None => pattern.clone(),
-                }),
-                Rule::Net { addr, bits } => Some(format!("{addr}/{bits}")),
-                _ => None,
+                    port: Some(p),
+                } if pattern.contains(':') => format!("[{pattern}]:{p}"),
+                Rule::Host {
+                    pattern,
+                    port: Some(p),
+                } => format!("{pattern}:{p}"),
+                Rule::Host {
+                    pattern,
+                    port: None,
+                } => pattern.clone(),
+                Rule::Net(net) => net.to_string(),
             })
             .collect::<Vec<_>>()
             .join(",")
@@ -239,7 +191,14 @@ impl NetPolicy {
             return Ok(None);
         };
         let metadata = std::env::var(Self::METADATA_ENV).is_ok_and(|v| v == "true");
-        let mut items = vec![list];
+        NetPolicy::new(&[list], metadata)
+            .map(NetPolicy::with_proxies_from_env)
+            .map(Some)
+    }
+
+    /// The same policy, also allowing the admin's proxies (`HTTPS_PROXY`, `HTTP_PROXY` of
+    /// this process) and checking names itself before each request when one is set.
+    pub fn with_proxies_from_env(mut self) -> NetPolicy {
         for var in PROXY_ENV
             .iter()
             .filter(|v| !v.starts_with("NO") && !v.starts_with("no"))
@@ -248,28 +207,33 @@ impl NetPolicy {
                 .ok()
                 .and_then(|u| url::Url::parse(&u).ok())
                 .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+                && let Ok(rule) = Rule::parse(&host)
             {
-                items.push(host);
+                self.rules.push(rule);
+                self.proxied = true;
             }
         }
-        NetPolicy::new(&items, metadata).map(Some)
+        self
     }
 
-    /// Whether the policy names `host`:`port`: `Some(admin)` when it does.
-    fn named(&self, host: &str, port: u16) -> Option<bool> {
+    /// Who allows `host`:`port` over `https` (or not), if anyone.
+    fn named(&self, host: &str, port: u16, https: bool) -> Option<Allowed> {
         let host = host.to_ascii_lowercase();
         let host = host.trim_matches(|c| c == '[' || c == ']');
-        self.rules.iter().filter_map(|r| r.names(host, port)).max()
+        if self.rules.iter().any(|r| r.names(host, port)) {
+            return Some(Allowed::Admin);
+        }
+        (https && port == 443 && hosts::is_service_host(host)).then_some(Allowed::Service)
     }
 
-    /// Whether an address a name the policy names (`admin`: by the admin) resolved to may
-    /// be used; `for_credentials`: a credential request, which may reach the metadata
-    /// addresses when the policy says so.
-    fn address_ok(&self, ip: IpAddr, admin: bool, for_credentials: bool) -> bool {
+    /// Whether an address a name allowed by `who` resolved to may be used;
+    /// `for_credentials`: a credential request, which may reach the metadata addresses when
+    /// the policy says so.
+    fn address_ok(&self, ip: IpAddr, who: Allowed, for_credentials: bool) -> bool {
         if METADATA.contains(&ip) {
             return for_credentials && self.metadata;
         }
-        is_public(ip) || admin
+        is_public(ip) || who == Allowed::Admin
     }
 
     /// Check the URL of a store endpoint (never the metadata addresses).
@@ -287,13 +251,14 @@ impl NetPolicy {
         if for_credentials && self.metadata && ip.is_some_and(|ip| METADATA.contains(&ip)) {
             return Ok(());
         }
-        let Some(admin) = self.named(host, port) else {
+        let Some(who) = self.named(host, port, url.scheme() == "https") else {
             return Err(refused(format!(
-                "endpoint {host}:{port} is not on the driver's list of allowed endpoints (--allowed-endpoints)"
+                "endpoint {}://{host}:{port} is not on the driver's list of allowed endpoints (the stores' own hosts over https on 443, and --allowed-endpoints)",
+                url.scheme()
             )));
         };
         if let Some(ip) = ip
-            && !self.address_ok(ip, admin, for_credentials)
+            && !self.address_ok(ip, who, for_credentials)
         {
             return Err(refused(format!(
                 "endpoint {host}: a private, loopback or link-local address not named by the admin"
@@ -302,14 +267,23 @@ impl NetPolicy {
         Ok(())
     }
 
-    /// Resolve `host` and keep the addresses the policy allows for it.
+    /// Resolve `host` and keep the addresses the policy allows for it. A name only the
+    /// stores' service list allows is refused whole when any of its addresses is not
+    /// public (it is not the store's).
     pub async fn resolve(
         &self,
         host: &str,
         port: u16,
         for_credentials: bool,
     ) -> Result<Vec<SocketAddr>, StoreError> {
-        let admin = self.named(host, port).unwrap_or(false);
+        // The resolver sees neither scheme nor port: the URL was checked before; here only
+        // whether the admin named the host decides which addresses it may have.
+        let lower = host.to_ascii_lowercase();
+        let who = if self.rules.iter().any(|r| r.names_host(&lower)) {
+            Allowed::Admin
+        } else {
+            Allowed::Service
+        };
         let found = tokio::time::timeout(
             Duration::from_secs(10),
             tokio::net::lookup_host((host, port)),
@@ -327,13 +301,27 @@ impl NetPolicy {
                 format!("{host}: cannot resolve: {e}"),
             )
         })?;
-        let all: Vec<SocketAddr> = found.collect();
+        self.judge(host, found.collect(), who, for_credentials)
+    }
+
+    /// The addresses of `host` that may be used: every one when a service name has any that
+    /// is not public is refused; an admin's name keeps those allowed.
+    fn judge(
+        &self,
+        host: &str,
+        all: Vec<SocketAddr>,
+        who: Allowed,
+        for_credentials: bool,
+    ) -> Result<Vec<SocketAddr>, StoreError> {
+        let bad = all
+            .iter()
+            .any(|a| !self.address_ok(a.ip(), who, for_credentials));
         let ok: Vec<SocketAddr> = all
             .iter()
             .copied()
-            .filter(|a| self.address_ok(a.ip(), admin, for_credentials))
+            .filter(|a| self.address_ok(a.ip(), who, for_credentials))
             .collect();
-        if ok.is_empty() && !all.is_empty() {
+        if (bad && who == Allowed::Service) || (ok.is_empty() && !all.is_empty()) {
             return Err(refused(format!(
                 "endpoint {host} resolves to a private, loopback or link-local address not named by the admin"
             )));
@@ -342,7 +330,8 @@ impl NetPolicy {
     }
 
     /// Check an endpoint URL the way a mount will use it: its host named, and every address
-    /// its name resolves to allowed.
+    /// its name resolves to allowed. An admin's wildcard that resolves to a private address
+    /// is allowed, with a warning (it may not be what the admin meant).
     pub async fn check_endpoint_resolved(&self, url: &url::Url) -> Result<(), StoreError> {
         self.check_endpoint(url)?;
         let host = url.host_str().unwrap_or_default();
@@ -354,7 +343,36 @@ impl NetPolicy {
             return Ok(());
         }
         let port = url.port_or_known_default().unwrap_or(443);
-        self.resolve(host, port, false).await.map(|_| ())
+        let addrs = self.resolve(host, port, false).await?;
+        let lower = host.to_ascii_lowercase();
+        let by_wildcard = self
+            .rules
+            .iter()
+            .any(|r| r.is_wildcard() && r.names(&lower, port));
+        if by_wildcard && let Some(a) = addrs.iter().find(|a| !is_public(a.ip())) {
+            tracing::warn!(host, address = %a.ip(), "an --allowed-endpoints wildcard lets a volume reach a private address");
+        }
+        Ok(())
+    }
+
+    /// Before a request to `url` through a proxy (which resolves names itself): resolve its
+    /// host here and refuse it unless every address is allowed, as a direct connection
+    /// would be.
+    pub async fn check_proxied(
+        &self,
+        url: &url::Url,
+        for_credentials: bool,
+    ) -> Result<(), StoreError> {
+        if !self.proxied {
+            return Ok(());
+        }
+        let host = url.host_str().unwrap_or_default();
+        let bare = host.trim_matches(|c| c == '[' || c == ']');
+        if bare.parse::<IpAddr>().is_ok() {
+            return Ok(());
+        }
+        let port = url.port_or_known_default().unwrap_or(443);
+        self.resolve(bare, port, for_credentials).await.map(|_| ())
     }
 }
 
@@ -446,21 +464,40 @@ impl object_store::client::HttpService for Guarded {
         &self,
         req: object_store::client::HttpRequest,
     ) -> Result<object_store::client::HttpResponse, object_store::client::HttpError> {
+        use object_store::client::{HttpError, HttpErrorKind, HttpResponse, HttpResponseBody};
         if let Some(p) = &self.policy {
-            let url = url::Url::parse(&req.uri().to_string()).map_err(|e| {
-                object_store::client::HttpError::new(
-                    object_store::client::HttpErrorKind::Request,
-                    e,
-                )
-            })?;
-            p.check(&url, true).map_err(|e| {
-                object_store::client::HttpError::new(
-                    object_store::client::HttpErrorKind::Request,
-                    e,
-                )
-            })?;
+            let url = url::Url::parse(&req.uri().to_string())
+                .map_err(|e| HttpError::new(HttpErrorKind::Request, e))?;
+            p.check(&url, true)
+                .map_err(|e| HttpError::new(HttpErrorKind::Request, e))?;
+            p.check_proxied(&url, true)
+                .await
+                .map_err(|e| HttpError::new(HttpErrorKind::Request, e))?;
         }
-        object_store::client::HttpService::call(&self.client, req).await
+        let limit = body::limit_of(req.headers());
+        let head = req.method() == http::Method::HEAD;
+        let resp = object_store::client::HttpService::call(&self.client, req).await?;
+        let declared = resp
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let limit = if resp.status().is_success() {
+            limit
+        } else {
+            body::MAX_ERROR_BODY
+        };
+        if !head && declared.is_some_and(|n| n > limit) && resp.status().is_success() {
+            return Err(HttpError::new(
+                HttpErrorKind::Decode,
+                std::io::Error::other(body::BodyError::TooLong { limit }.to_string()),
+            ));
+        }
+        let (parts, inner) = resp.into_parts();
+        Ok(HttpResponse::from_parts(
+            parts,
+            HttpResponseBody::new(body::Bounded::new(inner, limit)),
+        ))
     }
 }
 
@@ -493,28 +530,6 @@ mod tests {
     }
 
     #[test]
-    fn addresses_are_public_or_not() {
-        for private in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.20.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fd00:ec2::254",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(!is_public(private.parse().unwrap()), "{private}");
-        }
-        for public in ["52.216.1.1", "8.8.8.8", "2600:1f18::1"] {
-            assert!(is_public(public.parse().unwrap()), "{public}");
-        }
-    }
-
-    #[test]
     fn endpoints_must_be_named_and_private_addresses_admin_named() {
         let p = NetPolicy::new(
             &["minio.storage.svc:9000,127.0.0.1:18333,10.96.0.0/12".into()],
@@ -524,8 +539,10 @@ mod tests {
         for ok in [
             "https://s3.eu-west-1.amazonaws.com",
             "https://bucket.s3.amazonaws.com/x",
+            "https://sts.us-east-1.amazonaws.com",
             "https://acct.r2.cloudflarestorage.com",
             "https://storage.googleapis.com",
+            "https://storage.googleapis.com:443",
             "http://minio.storage.svc:9000",
             "http://127.0.0.1:18333",
             "http://10.100.1.1:80",
@@ -543,6 +560,14 @@ mod tests {
             "https://amazonaws.com.evil.example",
             "https://evilamazonaws.com",
             "file:///etc/passwd",
+            // The stores' hosts over plain http or on another port, and names under
+            // amazonaws.com anyone can rent.
+            "http://s3.eu-west-1.amazonaws.com",
+            "https://s3.eu-west-1.amazonaws.com:8443",
+            "http://storage.googleapis.com",
+            "https://ec2-52-1-2-3.compute-1.amazonaws.com",
+            "https://lb-1.us-east-1.elb.amazonaws.com",
+            "https://abc.execute-api.us-east-1.amazonaws.com",
         ] {
             assert!(p.check_endpoint(&url(bad)).is_err(), "{bad}");
         }
@@ -570,16 +595,77 @@ mod tests {
         assert_eq!(p, q);
     }
 
+    #[test]
+    fn a_service_name_with_any_private_address_is_refused_whole() {
+        let p = NetPolicy::new(&["*.corp.example".into()], false).unwrap();
+        let a = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        let public = a("52.216.1.1:443");
+        let private = a("10.0.0.5:443");
+        let loopback6 = a("[::1]:443");
+        let nat64 = a("[64:ff9b::7f00:1]:443");
+        assert_eq!(
+            p.judge("s3.amazonaws.com", vec![public], Allowed::Service, false)
+                .unwrap(),
+            vec![public]
+        );
+        for mix in [vec![public, private], vec![loopback6, public], vec![nat64]] {
+            assert!(
+                p.judge("s3.amazonaws.com", mix.clone(), Allowed::Service, false)
+                    .is_err(),
+                "{mix:?}"
+            );
+        }
+        // The admin's names may be private (an in-cluster store).
+        assert_eq!(
+            p.judge("minio.corp.example", vec![private], Allowed::Admin, false)
+                .unwrap(),
+            vec![private]
+        );
+    }
+
+    #[tokio::test]
+    async fn names_behind_a_proxy_are_resolved_and_checked_here() {
+        let mut p = NetPolicy::new(&["proxy.example:3128".into()], false).unwrap();
+        // Without a proxy the connection's resolver checks; with one, the request does.
+        assert!(
+            p.check_proxied(&url("https://localhost:443/"), false)
+                .await
+                .is_ok()
+        );
+        p.proxied = true;
+        let e = p
+            .check_proxied(&url("https://localhost:443/"), false)
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("private"), "{e}");
+        assert!(
+            p.check_proxied(&url("https://127.0.0.1:443/"), false)
+                .await
+                .is_ok(),
+            "an address was checked with the URL"
+        );
+    }
+
     #[tokio::test]
     async fn names_resolving_to_private_addresses_are_refused_unless_admin_named() {
         let p = NetPolicy::new(&["127.0.0.1".into()], false).unwrap();
         // "localhost" is not named, and resolves to loopback.
         let e = p.check_endpoint_resolved(&url("http://localhost:1")).await;
         assert!(e.is_err());
-        let named = NetPolicy::new(&["localhost".into()], false).unwrap();
-        named
-            .check_endpoint_resolved(&url("http://localhost:1"))
-            .await
-            .unwrap();
+        for admin in ["localhost", "localhost:1"] {
+            let named = NetPolicy::new(&[admin.into()], false).unwrap();
+            named
+                .check_endpoint_resolved(&url("http://localhost:1"))
+                .await
+                .unwrap_or_else(|e| panic!("{admin}: {e}"));
+            // The connection's resolver sees no port: the admin's name still counts.
+            assert!(
+                !named
+                    .resolve("localhost", 0, false)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+        }
     }
 }
