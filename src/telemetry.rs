@@ -93,9 +93,40 @@ pub fn store_request(op: &'static str, status: &'static str, took: Duration) {
     observe(&registry().store, op, status, took);
 }
 
-/// One FUSE operation `op`, answered (`ok`) or failed (`error`).
-pub fn fuse_op(op: &'static str, ok: bool, took: Duration) {
-    observe(&registry().fuse, op, if ok { "ok" } else { "error" }, took);
+/// Record FUSE operation `op`, answered with `errno` (0: success) after `took`.
+pub fn fuse_op(op: &'static str, errno: i32, took: Duration) {
+    observe(&registry().fuse, op, errno_name(errno), took);
+}
+
+/// The status label of an answer: `ok`, the errno's name, or `error` for a rare one.
+pub fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        0 => "ok",
+        libc::ENOENT => "ENOENT",
+        libc::EIO => "EIO",
+        libc::EACCES => "EACCES",
+        libc::EPERM => "EPERM",
+        libc::EEXIST => "EEXIST",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::ENOSPC => "ENOSPC",
+        libc::EINVAL => "EINVAL",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EXDEV => "EXDEV",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ENODATA => "ENODATA",
+        libc::ERANGE => "ERANGE",
+        libc::EROFS => "EROFS",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EINTR => "EINTR",
+        libc::EBADF => "EBADF",
+        libc::EFBIG => "EFBIG",
+        libc::ENOSYS => "ENOSYS",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOTCONN => "ENOTCONN",
+        _ => "error",
+    }
 }
 
 /// Add `n` to `counter`.

@@ -52,6 +52,8 @@ async fn a_volumes_log_lines_and_counters_reach_the_node_plugins_output_and_metr
     node.node_publish_volume(publish_req(&s3, "vol-ops", &t, ctx))
         .await
         .unwrap();
+    let e = std::fs::metadata(t.join("no-such-file")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
     assert!(std::fs::read(t.join("in.bin")).unwrap() == body);
     std::fs::write(t.join("out.txt"), b"twelve bytes").unwrap();
 
@@ -100,6 +102,11 @@ async fn a_volumes_log_lines_and_counters_reach_the_node_plugins_output_and_metr
     assert!(value(&metrics, get_ok) >= Some(1.0), "{metrics}");
     assert!(
         metrics.contains("pail_volume_fuse_operation_seconds_bucket{volume_id=\"vol-ops\",namespace=\"ml\",op=\"read\""),
+        "{metrics}"
+    );
+    // Failed operations are counted by their errno.
+    assert!(
+        metrics.contains("pail_volume_fuse_operation_seconds_count{volume_id=\"vol-ops\",namespace=\"ml\",op=\"lookup\",status=\"ENOENT\"}"),
         "{metrics}"
     );
     assert!(!metrics.contains(SECRET), "a secret in the metrics");

@@ -18,7 +18,7 @@ use super::pb::validate_volume_capabilities_response::Confirmed;
 use super::pb::*;
 use super::volume::{
     Secrets, VOLUME_ATTRIBUTES, bool_attr, capability, check_attributes, endpoint, keys, provider,
-    secrets, volume_options,
+    secrets, store_args, volume_options,
 };
 use crate::store::source::{normalize_prefix, validate_bucket};
 use crate::store::{
@@ -304,7 +304,17 @@ impl ControllerService {
                 keys::PROVIDER
             )));
         }
+        // Every attribute the volume will carry is checked here, as a publish would.
         volume_options(params, &[])?;
+        store_args(params)?;
+        if let Some(v) = params.get(keys::AUTH_SOURCE)
+            && !["secret", "pod", "driver", "none"].contains(&v.as_str())
+        {
+            return Err(invalid(format!(
+                "{}: {v:?} is not \"secret\", \"pod\", \"driver\" or \"none\"",
+                keys::AUTH_SOURCE
+            )));
+        }
         let secrets = secrets(&req.secrets, provider)?;
         let per_bucket = bool_attr(params, keys::BUCKET_PER_VOLUME)?;
         let (bucket, prefix) = if per_bucket {
@@ -329,16 +339,13 @@ impl ControllerService {
                 .or_else(|| self.defaults.region.clone()),
             requester_pays: bool_attr(params, keys::REQUESTER_PAYS)?,
         };
-        let mut context: HashMap<String, String> = [
-            keys::ENDPOINT,
-            keys::REGION,
-            keys::PATH_STYLE,
-            keys::REQUESTER_PAYS,
-            keys::MOUNT_OPTIONS,
-        ]
-        .iter()
-        .filter_map(|k| Some((k.to_string(), params.get(*k)?.clone())))
-        .collect();
+        // Every volume attribute the StorageClass set reaches the volume (encryption, storage
+        // class, identity…); bucket, prefix and provider are the controller's to say.
+        let mut context: HashMap<String, String> = VOLUME_ATTRIBUTES
+            .iter()
+            .filter(|k| ![keys::BUCKET, keys::PREFIX, keys::PROVIDER].contains(k))
+            .filter_map(|k| Some((k.to_string(), params.get(*k)?.clone())))
+            .collect();
         context.insert(keys::BUCKET.into(), bucket.clone());
         context.insert(keys::PREFIX.into(), prefix.clone());
         let provider_name = if provider == Provider::Gcs {

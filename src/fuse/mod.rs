@@ -59,14 +59,22 @@ impl FuseFs {
     {
         let fut = f(self.fs.clone(), self.ttl);
         let started = std::time::Instant::now();
-        self.rt.spawn(async move {
-            fut.await;
-            crate::telemetry::fuse_op(op, true, started.elapsed());
-        });
+        self.rt
+            .spawn(OUTCOME.scope(std::cell::Cell::new(0), async move {
+                fut.await;
+                let errno = OUTCOME.with(|o| o.get());
+                crate::telemetry::fuse_op(op, errno, started.elapsed());
+            }));
     }
 }
 
+tokio::task_local! {
+    /// The errno an operation answered with (0: success), counted when it ends.
+    static OUTCOME: std::cell::Cell<i32>;
+}
+
 fn errno(e: &FsError, op: &str) -> Errno {
+    let _ = OUTCOME.try_with(|o| o.set(e.errno));
     if e.is_expected() {
         tracing::debug!(op, error = %e, "request failed");
     } else {

@@ -282,3 +282,62 @@ async fn a_volume_can_have_its_own_bucket() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn every_attribute_a_storage_class_sets_reaches_the_volume() {
+    let (svc, _) = service();
+    // A valid value of every volume attribute: a new attribute without one fails here.
+    let sample = |key: &str| -> &str {
+        match key {
+            keys::BUCKET => "shared",
+            keys::PREFIX => "base/",
+            keys::PROVIDER => "s3",
+            keys::ENDPOINT => "https://s3.eu-west-1.amazonaws.com",
+            keys::REGION => "eu-west-1",
+            keys::PATH_STYLE | keys::REQUESTER_PAYS => "true",
+            keys::MOUNT_OPTIONS => "max-threads=4",
+            keys::AUTH_SOURCE => "pod",
+            keys::ROLE_ARN => "arn:aws:iam::123456789012:role/r",
+            keys::STS_ENDPOINT => "https://sts.eu-west-1.amazonaws.com",
+            keys::TOKEN_AUDIENCE => "sts.amazonaws.com",
+            keys::WORKLOAD_IDENTITY_PROVIDER => "//iam.googleapis.com/projects/1/p",
+            keys::GCP_SERVICE_ACCOUNT => "sa@p.iam.gserviceaccount.com",
+            keys::SSE => "aws:kms",
+            keys::SSE_KMS_KEY_ID => "arn:aws:kms:eu-west-1:123456789012:key/k",
+            keys::STORAGE_CLASS => "STANDARD_IA",
+            other => panic!("no sample value for the volume attribute {other}: add one"),
+        }
+    };
+    let params: Vec<(&str, &str)> = VOLUME_ATTRIBUTES.iter().map(|k| (*k, sample(k))).collect();
+    let v = svc
+        .create_volume(Request::new(create("pvc-all", 0, &params)))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    for key in VOLUME_ATTRIBUTES {
+        let got = v.volume_context.get(*key).map(String::as_str);
+        match *key {
+            // The controller's own: the volume's place in the bucket.
+            keys::PREFIX => assert!(got.unwrap().starts_with("base/"), "{got:?}"),
+            _ => assert_eq!(got, Some(sample(key)), "{key} was accepted but not carried"),
+        }
+    }
+    // What a volume could not use is refused, not dropped.
+    for (key, bad) in [
+        (keys::AUTH_SOURCE, "node"),
+        (keys::ENDPOINT, "ftp://x"),
+        (keys::REGION, "eu west"),
+    ] {
+        let mut params = params.clone();
+        params.retain(|(k, _)| *k != key);
+        params.push((key, bad));
+        let e = svc
+            .create_volume(Request::new(create("pvc-bad", 0, &params)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{key}: {e:?}");
+        assert!(e.message().contains(key), "{key}: {}", e.message());
+    }
+}
