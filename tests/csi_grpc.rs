@@ -302,6 +302,12 @@ async fn invalid_requests_are_refused_with_the_field_named() {
         "{e:?}"
     );
     assert!(!e.message().contains("SignatureDoesNotMatch"), "{e:?}");
+    // ... naming the bucket and endpoint it tried, never the secret.
+    assert!(
+        e.message().contains(&format!("s3://{}/", s3.bucket)) && e.message().contains(&s3.endpoint),
+        "{e:?}"
+    );
+    assert!(!e.message().contains("wrong"), "{e:?}");
     assert!(!is_mounted(&d.target("pod-x")));
     assert!(!d.log().contains(SECRET), "the secret reached the log");
 }

@@ -76,7 +76,7 @@ fn serve(spec: &MountSpec, csi: bool) -> anyhow::Result<()> {
             if csi || args.log_file.is_some() || daemon::is_child() {
                 tracing::error!(error = %format!("{e:#}"), "mount failed");
             }
-            daemon::report_failure(&report(&e, csi));
+            daemon::report_failure(&report(&e, csi, spec));
             Err(e)
         }
     }
@@ -85,15 +85,22 @@ fn serve(spec: &MountSpec, csi: bool) -> anyhow::Result<()> {
 /// What a failed start tells whoever waits for it. Under the CSI driver (`--fuse-fd`) a
 /// store error is told by category and hint only (the pod author sees it in events); the
 /// details are in the mount's log.
-fn report(e: &anyhow::Error, csi: bool) -> String {
+fn report(e: &anyhow::Error, csi: bool, spec: &MountSpec) -> String {
     match e.chain().find_map(|c| c.downcast_ref::<StoreError>()) {
         Some(s) if csi && s.kind == pail::store::StoreErrorKind::Config => {
             // pail's own words (what to set, what the driver refused): no response body.
             format!("configuration error: {}", s.message)
         }
         Some(s) if csi => {
+            // What was tried, in the volume's own words (never a secret).
             let (category, hint) = s.category();
-            format!("{category}: {hint}")
+            let endpoint = spec
+                .args
+                .store
+                .endpoint_url
+                .as_deref()
+                .unwrap_or("the provider's endpoint");
+            format!("{category} ({} at {endpoint}): {hint}", spec.args.source)
         }
         _ => format!("{e:#}"),
     }
