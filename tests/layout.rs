@@ -31,11 +31,68 @@ fn files_under(rel: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Code lines (comments dropped) of `text` that mention `needle`.
+/// Whether the code of `text` (comments dropped) mentions `needle`, with grouped imports
+/// (`use crate::{fs, store::Bucket}`, across lines too) read as the paths they name.
 fn mentions(text: &str, needle: &str) -> bool {
-    text.lines()
+    let code: String = text
+        .lines()
         .map(|l| l.split("//").next().unwrap_or(""))
-        .any(|l| l.contains(needle))
+        .collect::<Vec<_>>()
+        .join(" ");
+    code.contains(needle) || expand_groups(&code).iter().any(|p| p.contains(needle))
+}
+
+/// Every path a `prefix::{a, b::{c, d}}` group names: `prefix::a`, `prefix::b::c`, ….
+fn expand_groups(code: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("::{") {
+        // The path before the brace, back to the last character no path holds.
+        let start = rest[..at]
+            .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+            .map_or(0, |i| i + 1);
+        let prefix = &rest[start..at];
+        let body_start = at + 3;
+        let mut depth = 1;
+        let mut end = body_start;
+        for (i, c) in rest[body_start..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                _ => {}
+            }
+            if depth == 0 {
+                end = body_start + i;
+                break;
+            }
+        }
+        if depth != 0 {
+            break;
+        }
+        let body = &rest[body_start..end];
+        let mut part = String::new();
+        let mut depth = 0;
+        for c in body.chars().chain(std::iter::once(',')) {
+            match c {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                _ => {}
+            }
+            if c == ',' && depth == 0 {
+                let item = part.trim();
+                if !item.is_empty() {
+                    let path = format!("{prefix}::{item}");
+                    out.extend(expand_groups(&path));
+                    out.push(path);
+                }
+                part.clear();
+            } else {
+                part.push(c);
+            }
+        }
+        rest = &rest[end + 1..];
+    }
+    out
 }
 
 #[test]
@@ -121,6 +178,12 @@ fn the_rule_can_see_a_violation() {
         "// object_store is only named in comments",
         "object_store"
     ));
+    assert!(mentions("use crate::{fs, store::Bucket};", "crate::store"));
+    assert!(mentions(
+        "use crate::{\n    options::X,\n    mounter::{a, b},\n};",
+        "crate::mounter::b"
+    ));
+    assert!(!mentions("use crate::{fs, options};", "crate::store"));
 }
 
 #[test]
