@@ -348,10 +348,17 @@ impl ControllerService {
             .collect();
         context.insert(keys::BUCKET.into(), bucket.clone());
         context.insert(keys::PREFIX.into(), prefix.clone());
-        let provider_name = if provider == Provider::Gcs {
-            "gcs"
-        } else {
-            "s3"
+        // Exhaustive: a new backend must say here whether it can be provisioned.
+        let provider_name = match provider {
+            Provider::S3 => "s3",
+            Provider::Gcs => "gcs",
+            Provider::Local | Provider::Memory => {
+                return Err(invalid(format!(
+                    "{}: {} volumes cannot be provisioned",
+                    keys::PROVIDER,
+                    provider.scheme()
+                )));
+            }
         };
         context.insert(keys::PROVIDER.into(), provider_name.into());
         if let Some(e) = &target.endpoint {
