@@ -96,7 +96,9 @@ fn without_credentials_and_with_metadata_off_the_mount_says_what_to_set() {
         .err()
         .expect("no credentials");
     assert!(
-        e.contains("AWS_ACCESS_KEY_ID") && e.contains("AWS_EC2_METADATA_DISABLED"),
+        e.contains("no credentials found (tried:")
+            && e.contains("AWS_ACCESS_KEY_ID")
+            && e.contains("AWS_EC2_METADATA_DISABLED"),
         "{e}"
     );
     assert!(proxy.signers().is_empty(), "nothing was sent");

@@ -335,16 +335,10 @@ impl Client {
             req.headers_mut().insert(k.clone(), v);
         }
         if let Some(provider) = &self.credentials {
-            let cred = provider.get_credential().await.map_err(|e| {
-                StoreError::new(
-                    StoreErrorKind::PermissionDenied,
-                    format!(
-                        "{}: no credentials: {}",
-                        call.what(),
-                        one_line(&e.to_string())
-                    ),
-                )
-            })?;
+            let cred = provider
+                .get_credential()
+                .await
+                .map_err(|e| super::credentials::fetch_failed(&call.what(), &e))?;
             AwsAuthorizer::new(&cred, "s3", region)
                 .with_sign_payload(false)
                 .with_request_payer(self.requester_pays)

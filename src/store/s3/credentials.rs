@@ -75,6 +75,35 @@ pub enum Chain {
     Instance,
 }
 
+/// What the default chain looked at before instance metadata, for "no credentials found".
+fn tried(metadata: &str) -> String {
+    let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
+    format!(
+        "no credentials found (tried: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, profile          {profile:?} in the shared files, a web identity token (AWS_WEB_IDENTITY_TOKEN_FILE),          container credentials, instance metadata: {metadata}); give keys, a --profile, or          --no-sign-request for a public bucket"
+    )
+}
+
+/// The error of a credential fetch that failed: with the default chain at instance
+/// metadata, what was tried (the raw error, about an address the user never named, goes to
+/// the debug log only); otherwise the provider's own error.
+pub fn fetch_failed(what: &str, e: &dyn std::fmt::Display) -> StoreError {
+    if chain() == Chain::Instance {
+        tracing::debug!(error = %e, "instance metadata gave no credentials");
+        StoreError::new(
+            StoreErrorKind::Config,
+            format!("{what}: {}", tried("no answer")),
+        )
+    } else {
+        StoreError::new(
+            StoreErrorKind::PermissionDenied,
+            format!(
+                "{what}: no credentials: {}",
+                super::super::error::one_line(&e.to_string())
+            ),
+        )
+    }
+}
+
 /// The source `object_store`'s chain will use with this environment.
 pub fn chain() -> Chain {
     if env("AWS_ACCESS_KEY_ID").is_some() && env("AWS_SECRET_ACCESS_KEY").is_some() {
@@ -135,12 +164,7 @@ pub fn provider(
             ));
         }
         if !opts.metadata_allowed() {
-            return Err(config(
-                "no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, \
-                 a web identity token, container credentials, or --no-sign-request \
-                 (instance metadata is off: AWS_EC2_METADATA_DISABLED=true)"
-                    .into(),
-            ));
+            return Err(config(tried("off (AWS_EC2_METADATA_DISABLED=true)")));
         }
     }
     if chain == Chain::Container && !opts.metadata_allowed() && opts.net.is_some() {
