@@ -10,11 +10,12 @@ fi
 # times quicker to compile than --release; plenty for a demo.
 cargo build --locked --bin pail
 demo=${PAIL_DEMO_DIR:-/tmp/pail-demo}
+pail=${CARGO_TARGET_DIR:-./target}/debug/pail
 mkdir -p "$demo/bucket/datasets/mnist" "$demo/mnt"
 if mountpoint -q "$demo/mnt"; then umount "$demo/mnt"; fi
 echo "hello from a bucket" >"$demo/bucket/README.txt"
 head -c 1048576 /dev/urandom >"$demo/bucket/datasets/mnist/train-00000.bin"
-./target/debug/pail mount "file://$demo/bucket" "$demo/mnt" --background
+"$pail" mount "file://$demo/bucket" "$demo/mnt" --background
 cat <<MSG
 
 pail is serving file://$demo/bucket at $demo/mnt. Try:
@@ -30,7 +31,7 @@ free ports, keys of their own):
   eval "\$(scripts/test-servers.sh start $demo/servers)"
   mkdir -p $demo/s3
   AWS_ACCESS_KEY_ID=\$PAIL_TEST_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=\$PAIL_TEST_S3_SECRET_KEY \\
-    ./target/debug/pail mount s3://pail-test/demo/ $demo/s3 --endpoint-url \$PAIL_TEST_S3_ENDPOINT --background
+    $pail mount s3://pail-test/demo/ $demo/s3 --endpoint-url \$PAIL_TEST_S3_ENDPOINT --background
   cp -r $demo/bucket/datasets $demo/s3/ && ls -lR $demo/s3
   umount $demo/s3; scripts/test-servers.sh stop $demo/servers
 MSG

@@ -30,7 +30,7 @@ started=$SECONDS
 install_prerequisites
 build_kubernetes
 (cd "$REPO" && cargo build --locked --bin pail -q)
-PAIL_BIN=${PAIL_BIN:-$REPO/target/debug/pail}
+PAIL_BIN=${PAIL_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/pail}
 build_images
 
 note_host_state
