@@ -170,3 +170,60 @@ fn writes_carry_the_encryption_and_storage_class_a_bucket_policy_requires() {
     let e = bad.err().expect("an unknown encryption is refused");
     assert!(e.contains("rot13"), "{e}");
 }
+
+#[tokio::test]
+async fn a_storage_class_asking_for_encryption_provisions_volumes_that_write_with_it() {
+    use pail::csi::pb::volume_capability::access_mode::Mode;
+    use pail::csi::pb::{CapacityRange, CreateVolumeRequest};
+    let s3 = s3();
+    let d = Driver::start();
+    let base = unique("sc-sse");
+    let mut ctl = d.controller().await;
+    let params = std::collections::HashMap::from(
+        [
+            ("bucketName", s3.bucket.as_str()),
+            ("prefix", base.as_str()),
+            ("endpointUrl", s3.endpoint.as_str()),
+            ("forcePathStyle", "true"),
+            ("sse", "AES256"),
+            ("storageClass", "STANDARD_IA"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let vol = ctl
+        .create_volume(CreateVolumeRequest {
+            name: "pvc-sse".into(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 1 << 30,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![common::csi::mount_cap(Mode::MultiNodeMultiWriter)],
+            parameters: params,
+            secrets: common::csi::secrets(&s3),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let mut node = d.node().await;
+    let target = d.target("sse-pod");
+    node.node_publish_volume(publish_req(
+        &s3,
+        &vol.volume_id,
+        &target,
+        vol.volume_context.clone(),
+    ))
+    .await
+    .unwrap();
+    std::fs::write(target.join("model.pt"), b"weights").unwrap();
+    assert_eq!(
+        head(&s3, &format!("{base}pvc-sse/model.pt")),
+        ("AES256".to_string(), "STANDARD_IA".to_string()),
+        "the provisioned volume wrote without what its StorageClass asked"
+    );
+    node.node_unpublish_volume(unpublish_req(&vol.volume_id, &target))
+        .await
+        .unwrap();
+}
