@@ -157,14 +157,27 @@ pub trait BucketExt: Bucket {
             token: None,
             max_keys: Some(1),
         };
-        tokio::time::timeout(Duration::from_secs(60), self.list(prefix, &opts))
-            .await
-            .map_err(|_| {
-                StoreError::new(
-                    StoreErrorKind::Unavailable,
-                    format!("{}: the store did not answer within 60 s", self.describe()),
-                )
-            })??;
+        // Said within seconds, while the retries (which outlast a store restarting) go on.
+        let list = self.list(prefix, &opts);
+        tokio::pin!(list);
+        let first = tokio::time::timeout(Duration::from_secs(5), &mut list).await;
+        let answer = match first {
+            Ok(r) => Ok(r),
+            Err(_) => {
+                tracing::warn!(
+                    store = %self.describe(),
+                    "the store has not answered in 5 s (endpoint down, unreachable or refusing \
+                     connections?); retrying for up to a minute"
+                );
+                tokio::time::timeout(Duration::from_secs(55), list).await
+            }
+        };
+        answer.map_err(|_| {
+            StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!("{}: the store did not answer within 60 s", self.describe()),
+            )
+        })??;
         Ok(())
     }
 }
