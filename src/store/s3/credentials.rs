@@ -4,6 +4,12 @@
 //! environment keys, a web identity token, container credentials as on ECS and EKS Pod
 //! Identity, instance metadata). Instance metadata is refused before any request when
 //! `AWS_EC2_METADATA_DISABLED=true`.
+//!
+//! The shared credentials file is read here, by hand, on purpose: the only maintained parser
+//! of AWS's profile format is inside `aws-config`, which brings the AWS SDK's runtime (about a
+//! hundred crates) for three keys of one section; generic INI crates differ from AWS's rules
+//! (comments, `[profile x]` sections) as much as these few lines do. Only the credentials
+//! file's `aws_access_key_id`, `aws_secret_access_key` and `aws_session_token` are read.
 
 use std::sync::Arc;
 
