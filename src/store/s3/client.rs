@@ -115,6 +115,8 @@ pub struct Client {
     pub path_style: bool,
     /// Credentials; unsigned requests when `None`.
     pub credentials: Option<AwsCredentialProvider>,
+    /// The credentials come from the default chain's last link, instance metadata.
+    pub at_instance_metadata: bool,
     /// Send `x-amz-request-payer: requester`.
     pub requester_pays: bool,
     /// Retries.
@@ -335,10 +337,9 @@ impl Client {
             req.headers_mut().insert(k.clone(), v);
         }
         if let Some(provider) = &self.credentials {
-            let cred = provider
-                .get_credential()
-                .await
-                .map_err(|e| super::credentials::fetch_failed(&call.what(), &e))?;
+            let cred = provider.get_credential().await.map_err(|e| {
+                super::credentials::fetch_failed(&call.what(), &e, self.at_instance_metadata)
+            })?;
             AwsAuthorizer::new(&cred, "s3", region)
                 .with_sign_payload(false)
                 .with_request_payer(self.requester_pays)
@@ -545,6 +546,7 @@ mod tests {
             bucket: "b".into(),
             path_style,
             credentials: None,
+            at_instance_metadata: false,
             requester_pays: false,
             retry: RetryPolicy::default(),
             write_headers: Vec::new(),

@@ -84,16 +84,21 @@ pub enum Chain {
 /// What the default chain looked at before instance metadata, for "no credentials found".
 fn tried(metadata: &str) -> String {
     let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
-    format!(
-        "no credentials found (tried: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, profile          {profile:?} in the shared files, a web identity token (AWS_WEB_IDENTITY_TOKEN_FILE),          container credentials, instance metadata: {metadata}); give keys, a --profile, or          --no-sign-request for a public bucket"
-    )
+    [
+        "no credentials found (tried: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY,".to_string(),
+        format!("profile {profile:?} in the shared files,"),
+        "a web identity token (AWS_WEB_IDENTITY_TOKEN_FILE), container credentials,".into(),
+        format!("instance metadata: {metadata});"),
+        "give keys, a --profile, or --no-sign-request for a public bucket".into(),
+    ]
+    .join(" ")
 }
 
 /// The error of a credential fetch that failed: with the default chain at instance
 /// metadata, what was tried (the raw error, about an address the user never named, goes to
 /// the debug log only); otherwise the provider's own error.
-pub fn fetch_failed(what: &str, e: &dyn std::fmt::Display) -> StoreError {
-    if chain() == Chain::Instance {
+pub fn fetch_failed(what: &str, e: &dyn std::fmt::Display, at_instance: bool) -> StoreError {
+    if at_instance {
         tracing::debug!(error = %e, "instance metadata gave no credentials");
         StoreError::new(
             StoreErrorKind::Config,

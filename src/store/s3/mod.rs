@@ -176,6 +176,8 @@ impl S3Bucket {
             bucket: source.bucket.clone(),
             path_style,
             credentials,
+            at_instance_metadata: matches!(opts.auth, crate::store::Auth::Chain)
+                && credentials::chain() == credentials::Chain::Instance,
             requester_pays: opts.requester_pays,
             retry: RetryPolicy {
                 max_retries: opts.max_retries(),
