@@ -284,7 +284,21 @@ async fn a_new_plugin_version_takes_over_live_mounts_without_unmounting_them() {
     head.extend_from_slice(&rest);
     assert!(head == big, "the open file reads on across the hand-over");
     std::fs::write(target.join("after.txt"), b"served by the new version").unwrap();
+    // The successor (a process that took the connection over) can itself be taken over: a
+    // plugin restarted once more adopts it, and it keeps serving.
+    let successor = mount_pids(&target);
+    driver.kill_and_restart();
     let mut node = driver.node().await;
+    assert!(
+        !driver.log().contains("not adopting"),
+        "the successor was not adopted: {}",
+        driver.log()
+    );
+    assert_eq!(mount_pids(&target), successor, "adopted, not replaced");
+    assert_eq!(
+        std::fs::read(target.join("after.txt")).unwrap(),
+        b"served by the new version"
+    );
     node.node_unpublish_volume(unpublish_req("handover-vol", &target))
         .await
         .unwrap();

@@ -185,6 +185,10 @@ pub fn serve_resumed(
         tracing::warn!(error = %e, "the kernel did not take FUSE_NOTIFY_RESEND (Linux < 6.9): requests in flight at the crash are lost");
     }
     tracing::info!("took over the FUSE connection");
+    // The connection keeps the number it came on for the life of the process: a plugin that
+    // takes this process over (an upgrade) duplicates it from there, and a descriptor opened
+    // later must never take that number.
+    std::mem::forget(kernel);
     run(session, initialized, None, None)
 }
 

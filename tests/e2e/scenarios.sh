@@ -17,7 +17,8 @@ gcs_object() { in_ns curl -sf "$GCS_ENDPOINT/storage/v1/b/pail-gcs-test/o/$(pyth
 # pail FUSE mounts under the kubelet's root dir, one per line.
 pail_mounts() { awk -v root="$LAB/kubelet/" '$3 == "fuse.pail" && index($2, root) == 1 {print $2}' /proc/mounts; }
 # Live `pail mount` processes, wherever they run.
-mount_processes() { pgrep -f "^/usr/bin/pail mount " || true; }
+# (The driver starts them as `pail mount-worker --spec-fd 5`: their options are in the spec.)
+mount_processes() { pgrep -f "^/usr/bin/pail mount-worker " || true; }
 # CSI volume directories the kubelet still has.
 csi_volume_dirs() { find "$LAB/kubelet/pods" -mindepth 4 -maxdepth 4 -path '*/volumes/kubernetes.io~csi/*' 2>/dev/null || true; }
 node_is_clean() { [ -z "$(pail_mounts)$(mount_processes)$(csi_volume_dirs)" ]; }
