@@ -15,6 +15,7 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 
 use super::objstore::Objects;
+use super::retry::RetryPolicy;
 use super::s3::{client_options, retry_config};
 use super::{
     Auth, Bucket, Condition, CopyOptions, Features, ListOptions, Meta, ObjectInfo, Page, Payload,
@@ -46,6 +47,7 @@ struct Json {
     base_url: String,
     bucket: String,
     credentials: Option<GcpCredentialProvider>,
+    retry: RetryPolicy,
 }
 
 impl std::fmt::Debug for Json {
@@ -143,6 +145,7 @@ impl GcsBucket {
                 base_url,
                 bucket: source.bucket.clone(),
                 credentials,
+                retry: RetryPolicy::of(opts),
             },
         })
     }
@@ -181,7 +184,8 @@ impl Json {
         }
     }
 
-    /// One JSON API request; the answer's body, or an error whose kind is the status's.
+    /// One JSON API request, tried again as the store's retry policy allows; the answer's
+    /// body, or an error whose kind is the status's.
     async fn request(
         &self,
         method: &str,
@@ -190,41 +194,72 @@ impl Json {
         body: HttpRequestBody,
         content_type: Option<&str>,
     ) -> Result<Bytes> {
-        let mut b = http::Request::builder().method(method).uri(&url).header(
+        let started = std::time::Instant::now();
+        let mut retries = 0;
+        loop {
+            match self
+                .attempt(method, &url, key, body.clone(), content_type)
+                .await
+            {
+                Ok(b) => return Ok(b),
+                Err((e, true)) if self.retry.wait(&mut retries, started, &e.to_string()).await => {}
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// One try of a request: the error, and whether trying again may help.
+    async fn attempt(
+        &self,
+        method: &str,
+        url: &str,
+        key: &str,
+        body: HttpRequestBody,
+        content_type: Option<&str>,
+    ) -> std::result::Result<Bytes, (StoreError, bool)> {
+        let mut b = http::Request::builder().method(method).uri(url).header(
             http::header::CONTENT_LENGTH,
             body.content_length().to_string(),
         );
         if let Some(ct) = content_type {
             b = b.header(http::header::CONTENT_TYPE, ct);
         }
-        if let Some(token) = self.bearer(key).await? {
+        if let Some(token) = self.bearer(key).await.map_err(|e| (e, false))? {
             b = b.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let req = b
-            .body(body)
-            .map_err(|e| StoreError::new(StoreErrorKind::InvalidKey, format!("{key:?}: {e}")))?;
+        let req = b.body(body).map_err(|e| {
+            (
+                StoreError::new(StoreErrorKind::InvalidKey, format!("{key:?}: {e}")),
+                false,
+            )
+        })?;
         let resp = self.http.execute(req).await.map_err(|e| {
-            StoreError::new(
+            let e = StoreError::new(
                 StoreErrorKind::Unavailable,
                 format!("{key:?}: {method}: {e}"),
             )
-            .with_source(e)
+            .with_source(e);
+            (e, true)
         })?;
         let status = resp.status();
-        let body = resp.into_body().bytes().await.unwrap_or_default();
+        let body = match resp.into_body().bytes().await {
+            Ok(b) => b,
+            Err(e) if status.is_success() => {
+                let e = StoreError::new(
+                    StoreErrorKind::Unavailable,
+                    format!("{key:?}: {method}: reading the answer: {e}"),
+                );
+                return Err((e, true));
+            }
+            Err(_) => Bytes::new(),
+        };
         if status.is_success() {
             return Ok(body);
         }
-        let kind = match status.as_u16() {
-            404 => StoreErrorKind::NotFound,
-            401 | 403 => StoreErrorKind::PermissionDenied,
-            412 => StoreErrorKind::Precondition,
-            s if s >= 500 || s == 429 => StoreErrorKind::Unavailable,
-            _ => StoreErrorKind::Other,
-        };
-        Err(StoreError::new(
-            kind,
-            format!("{key:?}: {method} HTTP {}", status.as_u16()),
+        let (kind, retry) = super::retry::classify(status.as_u16(), None);
+        Err((
+            StoreError::new(kind, format!("{key:?}: {method} HTTP {}", status.as_u16())),
+            retry,
         ))
     }
 
@@ -403,5 +438,87 @@ impl Bucket for GcsBucket {
     async fn delete(&self, key: &str) -> Result<()> {
         check_key(key)?;
         self.json.delete(key).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A server that answers each request with the next of `answers` (status, body), then
+    /// with the last one; it counts the requests.
+    async fn server(answers: Vec<(u16, &'static str)>) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let (status, body) = answers[n.min(answers.len() - 1)];
+                let mut buf = vec![0u8; 64 << 10];
+                let _ = conn.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+            }
+        });
+        (url, count)
+    }
+
+    fn bucket(url: &str, max_retries: usize) -> GcsBucket {
+        crate::store::init_crypto();
+        let source = Source::parse("gs://bkt/").unwrap();
+        let opts = StoreOptions {
+            endpoint_url: Some(url.to_string()),
+            auth: Auth::Anonymous,
+            max_retries: Some(max_retries),
+            ..Default::default()
+        };
+        GcsBucket::open(&source, &opts).unwrap()
+    }
+
+    #[tokio::test]
+    async fn json_calls_are_tried_again_after_transient_answers() {
+        let listing = r#"{"items":[{"name":"a","size":"3"}],"prefixes":["d/"]}"#;
+        let (url, count) = server(vec![(503, "{}"), (429, "{}"), (200, listing)]).await;
+        let page = bucket(&url, 5)
+            .list("", &ListOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(page.objects.len(), 1);
+        assert_eq!(page.objects[0].size, 3);
+        assert_eq!(page.prefixes, ["d/"]);
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn json_calls_stop_at_the_policys_count_and_say_the_status() {
+        let (url, count) = server(vec![(503, "{}")]).await;
+        let e = bucket(&url, 2)
+            .list("", &ListOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Unavailable);
+        assert!(e.to_string().contains("HTTP 503"), "{e}");
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn json_calls_refused_for_good_are_not_tried_again() {
+        let (url, count) = server(vec![(403, "{}"), (200, "{}")]).await;
+        let e = bucket(&url, 5).delete("k").await.unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::PermissionDenied);
+        assert_eq!(count.load(Ordering::SeqCst), 1);
     }
 }

@@ -16,6 +16,7 @@ use object_store::gcp::GcpCredential;
 use serde::Deserialize;
 
 use super::error::one_line;
+use super::retry::RetryPolicy;
 use super::{Result, StoreError, StoreErrorKind, StoreOptions};
 
 /// A workload identity: the token file and what to exchange it for.
@@ -46,8 +47,14 @@ const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANU
     .remove(b'_')
     .remove(b'.')
     .remove(b'~');
-/// Transient STS failures are tried this many times in all.
-const ATTEMPTS: usize = 3;
+/// Token exchanges follow the store's retry policy, with fewer retries: a fetch that
+/// fails is tried again at the next request, and stale credentials serve meanwhile.
+const TOKEN_RETRY: RetryPolicy = RetryPolicy {
+    max_retries: 2,
+    total: Duration::from_secs(30),
+    initial: Duration::from_millis(400),
+    max: Duration::from_secs(2),
+};
 
 fn denied(msg: String) -> StoreError {
     StoreError::new(StoreErrorKind::PermissionDenied, one_line(&msg))
@@ -167,7 +174,8 @@ impl<T> Cache<T> {
     }
 }
 
-/// POST `body` to `url` (form or JSON), trying again after transport errors and 5xx.
+/// POST `body` to `url` (form or JSON), trying again where the one status map says it may
+/// help (transport errors, 408, 429, 5xx).
 async fn post(
     http: &reqwest::Client,
     what: &str,
@@ -176,11 +184,9 @@ async fn post(
     content_type: &str,
     body: String,
 ) -> Result<(reqwest::StatusCode, bytes::Bytes)> {
-    let mut last = None;
-    for attempt in 0..ATTEMPTS {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-        }
+    let started = std::time::Instant::now();
+    let mut retries = 0;
+    loop {
         let mut req = http
             .post(url)
             .header(http::header::CONTENT_TYPE, content_type)
@@ -188,20 +194,22 @@ async fn post(
         if let Some(b) = bearer {
             req = req.bearer_auth(b);
         }
-        match req.send().await {
+        let failed = match req.send().await {
             Ok(resp) => {
                 let status = resp.status();
                 // STS and token answers are small documents: a longer one is refused.
                 match super::net::body::read(resp, super::net::body::MAX_DOCUMENT).await {
-                    Ok(body) if !status.is_server_error() => return Ok((status, body)),
-                    Ok(_) => last = Some(format!("HTTP {}", status.as_u16())),
+                    Ok(body) if !super::retry::classify(status.as_u16(), None).1 => {
+                        return Ok((status, body));
+                    }
+                    Ok(_) => format!("HTTP {}", status.as_u16()),
                     Err(e @ super::net::body::BodyError::TooLong { .. }) => {
                         return Err(StoreError::new(
                             StoreErrorKind::Other,
                             format!("{what} at {url}: {e}"),
                         ));
                     }
-                    Err(e) => last = Some(e.to_string()),
+                    Err(e) => e.to_string(),
                 }
             }
             Err(e) => {
@@ -209,14 +217,16 @@ async fn post(
                 while let Some(next) = cause.source() {
                     cause = next;
                 }
-                last = Some(cause.to_string());
+                cause.to_string()
             }
+        };
+        if !TOKEN_RETRY.wait(&mut retries, started, &failed).await {
+            return Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                one_line(&format!("{what} at {url}: {failed}")),
+            ));
         }
     }
-    Err(StoreError::new(
-        StoreErrorKind::Unavailable,
-        one_line(&format!("{what} at {url}: {}", last.unwrap_or_default())),
-    ))
 }
 
 /// The first `n` characters of a message from a server, on one line.

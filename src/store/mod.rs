@@ -16,6 +16,7 @@ mod metered;
 pub mod net;
 mod objstore;
 mod ops;
+pub mod retry;
 mod s3;
 pub mod source;
 

@@ -5,7 +5,7 @@
 //! status (and S3 error code) to [`StoreErrorKind`]. Error messages name the operation,
 //! the status and the S3 error code, never a response body.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -16,6 +16,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use super::xml;
 use crate::store::error::one_line;
 use crate::store::net::body;
+use crate::store::retry::{RetryPolicy, classify};
 use crate::store::{Payload, Result, StoreError, StoreErrorKind};
 
 /// Bytes kept as they are in a URL path: RFC 3986 unreserved characters and `/`.
@@ -35,47 +36,6 @@ pub fn encode_path(key: &str) -> String {
 
 fn encode_query(v: &str) -> String {
     utf8_percent_encode(v, QUERY).to_string()
-}
-
-/// When and how often a failed request is tried again.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Retries after the first attempt.
-    pub max_retries: usize,
-    /// No retry starts after this much time since the first attempt.
-    pub total: Duration,
-    /// First backoff.
-    pub initial: Duration,
-    /// Largest backoff.
-    pub max: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_retries: 10,
-            total: Duration::from_secs(120),
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(15),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait before retry number `n` (1-based): exponential, with full jitter.
-    fn backoff(&self, n: usize) -> Duration {
-        let exp = self
-            .initial
-            .saturating_mul(1u32 << (n.min(16) as u32 - 1).min(15));
-        let cap = exp.min(self.max);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0) as u64;
-        // A cheap jitter in [cap/2, cap].
-        let frac = 0.5 + (nanos % 1000) as f64 / 2000.0;
-        cap.mul_f64(frac)
-    }
 }
 
 /// Where requests go and the region they are signed for.
@@ -228,29 +188,6 @@ struct Failure {
     retry: bool,
     /// The region the store says the bucket is in, when it is not the one signed for.
     moved: Option<String>,
-}
-
-/// The kind of a failed answer, and whether trying again may help.
-fn classify(status: StatusCode, code: Option<&str>) -> (StoreErrorKind, bool) {
-    match (status.as_u16(), code) {
-        (_, Some("SlowDown" | "InternalError" | "RequestTimeout" | "ServiceUnavailable")) => {
-            (StoreErrorKind::Unavailable, true)
-        }
-        (404, _) => (StoreErrorKind::NotFound, false),
-        (401 | 403, _) => (StoreErrorKind::PermissionDenied, false),
-        (412, _) => (StoreErrorKind::Precondition, false),
-        (409, Some("BucketAlreadyExists" | "BucketAlreadyOwnedByYou")) => {
-            (StoreErrorKind::AlreadyExists, false)
-        }
-        // A concurrent conditional write: trying again gives the real answer.
-        (409, Some("ConditionalRequestConflict" | "OperationAborted")) => {
-            (StoreErrorKind::Unavailable, true)
-        }
-        (301 | 307 | 308, _) => (StoreErrorKind::Config, false),
-        (408 | 429, _) => (StoreErrorKind::Unavailable, true),
-        (s, _) if s >= 500 => (StoreErrorKind::Unavailable, true),
-        _ => (StoreErrorKind::Other, false),
-    }
 }
 
 fn transport_error(what: &str, e: &reqwest::Error) -> String {
@@ -449,9 +386,9 @@ impl Client {
         }
         let (kind, retry) = classify(
             if status.is_success() {
-                StatusCode::INTERNAL_SERVER_ERROR
+                StatusCode::INTERNAL_SERVER_ERROR.as_u16()
             } else {
-                status
+                status.as_u16()
             },
             code.as_deref(),
         );
@@ -517,16 +454,13 @@ impl Client {
                 }
                 Err(f) => {
                     if !f.retry
-                        || retries >= self.retry.max_retries
-                        || started.elapsed() >= self.retry.total
+                        || !self
+                            .retry
+                            .wait(&mut retries, started, &f.error.to_string())
+                            .await
                     {
                         return Err(f.error);
                     }
-                    retries += 1;
-                    crate::telemetry::add(crate::telemetry::Counter::Retries, 1);
-                    let wait = self.retry.backoff(retries);
-                    tracing::debug!(error = %f.error, retries, ?wait, "retrying");
-                    tokio::time::sleep(wait).await;
                 }
             }
         }
@@ -567,28 +501,6 @@ mod tests {
             "https://b.s3.eu-west-1.amazonaws.com/k"
         );
         assert_eq!(c.copy_source("a b"), "/b/a%20b");
-    }
-
-    #[test]
-    fn statuses_and_codes_decide_the_kind_and_retries() {
-        let k = |s: u16, c: Option<&str>| classify(StatusCode::from_u16(s).unwrap(), c);
-        assert_eq!(k(404, Some("NoSuchKey")), (StoreErrorKind::NotFound, false));
-        assert_eq!(k(403, None), (StoreErrorKind::PermissionDenied, false));
-        assert_eq!(k(412, None), (StoreErrorKind::Precondition, false));
-        assert_eq!(
-            k(503, Some("SlowDown")),
-            (StoreErrorKind::Unavailable, true)
-        );
-        assert_eq!(k(500, None), (StoreErrorKind::Unavailable, true));
-        assert_eq!(
-            k(200, Some("InternalError")),
-            (StoreErrorKind::Unavailable, true)
-        );
-        assert_eq!(
-            k(400, Some("InvalidArgument")),
-            (StoreErrorKind::Other, false)
-        );
-        assert_eq!(k(301, None), (StoreErrorKind::Config, false));
     }
 
     /// A store that wants requests signed for `eu-west-3`, answering others as S3 does
@@ -650,13 +562,5 @@ mod tests {
         assert_eq!(aws.endpoint, "https://s3.us-east-1.amazonaws.com");
         aws = Target::aws("eu-west-3");
         assert!(aws.aws_regional && aws.endpoint.contains("s3.eu-west-3."));
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let p = RetryPolicy::default();
-        assert!(p.backoff(1) <= Duration::from_millis(100));
-        assert!(p.backoff(4) >= Duration::from_millis(400));
-        assert!(p.backoff(30) <= Duration::from_secs(15));
     }
 }

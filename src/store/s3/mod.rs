@@ -16,10 +16,9 @@ use bytes::Bytes;
 use http::{HeaderName, Method};
 use object_store::{ClientOptions, RetryConfig};
 
-pub use client::RetryPolicy;
-
 use self::client::{Answer, Call, Client, Target};
 use self::multipart::{S3Upload, copy_in_parts};
+use super::retry::RetryPolicy;
 use super::{
     Bucket, Condition, CopyOptions, Features, ListOptions, ObjectInfo, Page, Payload, PutOptions,
     PutResult, Result, Source, StoreError, StoreErrorKind, StoreOptions, Upload, check_key,
@@ -44,11 +43,7 @@ pub(super) fn client_options(opts: &StoreOptions, allow_http: bool) -> ClientOpt
 }
 
 pub(super) fn retry_config(opts: &StoreOptions) -> RetryConfig {
-    RetryConfig {
-        max_retries: opts.max_retries(),
-        retry_timeout: Duration::from_secs(120),
-        ..Default::default()
-    }
+    RetryPolicy::of(opts).object_store()
 }
 
 /// Headers carrying a write's metadata, Content-Type and (for single requests) condition.
@@ -179,10 +174,7 @@ impl S3Bucket {
             at_instance_metadata: matches!(opts.auth, crate::store::Auth::Chain)
                 && credentials::chain() == credentials::Chain::Instance,
             requester_pays: opts.requester_pays,
-            retry: RetryPolicy {
-                max_retries: opts.max_retries(),
-                ..Default::default()
-            },
+            retry: RetryPolicy::of(opts),
             write_headers: write_headers(opts),
             net: opts.net.clone(),
         };
