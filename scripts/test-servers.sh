@@ -72,7 +72,9 @@ start)
   cat > "$dir/identities.json" <<'JSON'
 {"identities": [
   {"name": "pail", "credentials": [{"accessKey": "pailtestkey", "secretKey": "pailtestsecret"}],
-   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+   "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
+  {"name": "reader", "credentials": [{"accessKey": "pailreaderkey", "secretKey": "pailreadersecret"}],
+   "actions": ["Read", "List"]}
 ]}
 JSON
   # Both -ip flags keep every SeaweedFS listener on loopback; -master.telemetry=false keeps it
@@ -106,6 +108,8 @@ export PAIL_TEST_CA_FILE=$dir/tls/ca.pem
 export PAIL_TEST_S3_BUCKET=pail-test
 export PAIL_TEST_S3_ACCESS_KEY=pailtestkey
 export PAIL_TEST_S3_SECRET_KEY=pailtestsecret
+export PAIL_TEST_S3_READER_ACCESS_KEY=pailreaderkey
+export PAIL_TEST_S3_READER_SECRET_KEY=pailreadersecret
 export PAIL_TEST_GCS_ENDPOINT=http://127.0.0.1:$GCS_PORT
 export PAIL_TEST_GCS_BUCKET=pail-gcs-test
 export PAIL_TEST_GCS_KEY_FILE=$dir/gcs-key.json

@@ -106,6 +106,50 @@ async fn blocking<T: Send + 'static>(
 
 #[tonic::async_trait]
 impl Node for NodeService {
+    async fn node_stage_volume(
+        &self,
+        req: Request<NodeStageVolumeRequest>,
+    ) -> Result<Response<NodeStageVolumeResponse>, Status> {
+        let req = req.into_inner();
+        check_volume_id(&req.volume_id)?;
+        let staging = self.check_staging(&req.staging_target_path)?;
+        capability(req.volume_capability.as_ref(), "volume_capability")?;
+        // The volume's attributes are checked now, so that a bad one fails here; its mount
+        // starts at the first publish, which brings the pod's identity.
+        super::volume::check_attributes(
+            &req.volume_context,
+            "volume attribute",
+            super::volume::VOLUME_ATTRIBUTES,
+        )?;
+        super::volume::source(&req.volume_context)?;
+        tracing::info!(volume_id = %req.volume_id, staging = %req.staging_target_path, "NodeStageVolume");
+        if let Some(staging) = staging {
+            let mounter = self.mounter.clone();
+            let id = req.volume_id.clone();
+            blocking("stage", move || mounter.stage(&id, &staging))
+                .await?
+                .map_err(status_of)?;
+        }
+        Ok(Response::new(NodeStageVolumeResponse {}))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        req: Request<NodeUnstageVolumeRequest>,
+    ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
+        let req = req.into_inner();
+        check_volume_id(&req.volume_id)?;
+        let staging = self.check_staging(&req.staging_target_path)?;
+        tracing::info!(volume_id = %req.volume_id, staging = %req.staging_target_path, "NodeUnstageVolume");
+        if let Some(staging) = staging {
+            let mounter = self.mounter.clone();
+            blocking("unstage", move || mounter.unstage(&staging))
+                .await?
+                .map_err(status_of)?;
+        }
+        Ok(Response::new(NodeUnstageVolumeResponse {}))
+    }
+
     async fn node_publish_volume(
         &self,
         req: Request<NodePublishVolumeRequest>,
@@ -115,6 +159,12 @@ impl Node for NodeService {
         let target = check_target(&req.target_path, &self.allowed_root, "target_path")?;
         let (cap_read_only, mount_flags) =
             capability(req.volume_capability.as_ref(), "volume_capability")?;
+        // A staged volume (a PersistentVolume) shares its mount; an inline one has none.
+        let staging = if req.staging_target_path.is_empty() {
+            None
+        } else {
+            self.check_staging(&req.staging_target_path)?
+        };
         let mount = publish_request(
             &PublishInput {
                 volume_id: &req.volume_id,
@@ -124,6 +174,7 @@ impl Node for NodeService {
                 cap_read_only,
                 mount_flags: &mount_flags,
                 mount_group: mount_group(req.volume_capability.as_ref())?,
+                shared: staging.is_some(),
             },
             target.clone(),
             &self.policy,
@@ -132,6 +183,9 @@ impl Node for NodeService {
         if mount.token.is_some() {
             self.resolve_identity(&mut mount, &req.volume_context)
                 .await?;
+        }
+        if let Some(staging) = staging {
+            super::volume::share(&mut mount, &req.volume_context, staging);
         }
         // The endpoints, and every address their names resolve to, before any connection.
         let store = &mount.spec.args.store;
@@ -252,6 +306,7 @@ impl Node for NodeService {
         };
         Ok(Response::new(NodeGetCapabilitiesResponse {
             capabilities: vec![
+                cap(rpc::Type::StageUnstageVolume),
                 cap(rpc::Type::GetVolumeStats),
                 cap(rpc::Type::VolumeCondition),
                 cap(rpc::Type::VolumeMountGroup),
@@ -272,6 +327,20 @@ impl Node for NodeService {
 }
 
 impl NodeService {
+    /// Check a staging path: present and canonical. Shared mounts live below it only when
+    /// it is below kubelet's directory (the parent of `pods/`), where nothing but kubelet
+    /// makes paths; elsewhere (`None`) each publish gets a mount of its own.
+    fn check_staging(&self, path: &str) -> Result<Option<PathBuf>, Status> {
+        let p = check_target(path, Path::new("/"), "staging_target_path")?;
+        let kubelet = self.allowed_root.parent().unwrap_or(&self.allowed_root);
+        if p.starts_with(kubelet) && p != kubelet {
+            Ok(Some(p))
+        } else {
+            tracing::warn!(staging = %path, kubelet = %kubelet.display(), "a staging path outside kubelet's directory: its pods' mounts are not shared");
+            Ok(None)
+        }
+    }
+
     /// Tell the pod when its volume's condition turns abnormal (once per episode).
     fn condition_changed(&self, volume_id: &str, path: &str, c: &VolumeCondition) {
         let turned = {

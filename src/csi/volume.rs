@@ -10,7 +10,7 @@ use super::pb::VolumeCapability;
 use super::pb::volume_capability::AccessType;
 use super::pb::volume_capability::access_mode::Mode;
 use super::policy::DriverPolicy;
-use crate::mounter::{MountRequest, PodRef};
+use crate::mounter::{MountRequest, PodRef, Share};
 use crate::options::{
     Auth, MountArgs, MountSpec, StoreArgs, VolumeOptions, parse_storage_class, parse_word,
 };
@@ -276,6 +276,9 @@ pub struct PublishInput<'a> {
     pub mount_flags: &'a [String],
     /// The pod's fsGroup (`volume_mount_group`), when kubelet delegates it.
     pub mount_group: Option<u32>,
+    /// The volume is staged: its mount is shared, so the pod's `readonly` makes its bind
+    /// read-only, not the mount.
+    pub shared: bool,
 }
 
 /// The bucket and prefix a volume's attributes name.
@@ -445,8 +448,13 @@ pub fn publish_request(
     if source.provider == Provider::Memory {
         args.memory_capacity = policy.memory_volume_size;
     }
-    let read_only = input.readonly || input.cap_read_only || args.volume.read_only;
-    args.volume.read_only = read_only;
+    let volume_read_only = input.cap_read_only || args.volume.read_only;
+    let read_only = input.readonly || volume_read_only;
+    args.volume.read_only = if input.shared {
+        volume_read_only
+    } else {
+        read_only
+    };
     // The pods that use a volume run as any user: let them in. Files show as nobody's unless
     // the volume says otherwise (the mount process's own user is private to it).
     args.volume.allow_other = true;
@@ -513,7 +521,53 @@ pub fn publish_request(
         token,
         read_only,
         pod: pod_ref(input.attrs, &target_of_pod),
+        share: None,
     })
+}
+
+/// Share `req`'s mount with the other pods of the node staged at `staging` that may reach
+/// the same: the key is a SHA-256 of the volume id, the identity the mount signs with (with
+/// `authenticationSource: pod`, the pod's namespace and ServiceAccount; else the spec's own
+/// credentials) and the whole spec (options, endpoint, policy, secrets). Anything different
+/// gives another mount.
+pub fn share(req: &mut MountRequest, attrs: &HashMap<String, String>, staging: PathBuf) {
+    let mut identity = String::new();
+    if matches!(req.spec.auth, Auth::Token { .. }) {
+        match super::pod_identity::pod_of(attrs) {
+            Some((ns, sa, _)) => {
+                // One session name for the ServiceAccount's mount, not the first pod's.
+                req.spec.args.store.role_session_name = Some(crate::store::identity::session_name(
+                    &format!("pail-{ns}-sa-{sa}"),
+                ));
+                identity = format!("serviceaccount {ns}/{sa}");
+            }
+            // Without the ServiceAccount's name, the pod's own mount.
+            None => {
+                identity = format!(
+                    "pod {}",
+                    req.pod.as_ref().map(|p| p.uid.as_str()).unwrap_or_default()
+                )
+            }
+        }
+    }
+    let mut spec = req.spec.clone();
+    spec.args.mountpoint = PathBuf::new();
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [
+        req.volume_id.as_bytes(),
+        identity.as_bytes(),
+        &spec.to_json(),
+    ] {
+        ctx.update(&(part.len() as u64).to_le_bytes());
+        ctx.update(part);
+    }
+    let key = ctx
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    req.share = Some(Share { staging, key });
 }
 
 /// The pod of a publish: namespace and name from kubelet's pod info, uid from the target

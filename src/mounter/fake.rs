@@ -18,6 +18,8 @@ pub struct FakeMounter {
     pub tokens: Mutex<Vec<(PathBuf, String)>>,
     /// The spec of the last publish that reached the mounter.
     pub last: Mutex<Option<crate::options::MountSpec>>,
+    /// The share of every publish that reached the mounter (target, share), in order.
+    pub shares: Mutex<Vec<(PathBuf, Option<super::Share>)>>,
 }
 
 impl FakeMounter {
@@ -40,6 +42,10 @@ impl FakeMounter {
 
 impl Mounter for FakeMounter {
     fn publish(&self, req: &MountRequest) -> Result<(), MountError> {
+        self.shares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((req.target.clone(), req.share.clone()));
         if let Some((live, true)) = self.lock().get(&req.target) {
             if live.volume_id != req.volume_id || live.read_only != req.read_only {
                 return Err(MountError::Conflict(format!(

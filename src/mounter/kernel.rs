@@ -121,6 +121,88 @@ pub fn mount_fuse_beneath(
     mount_fuse(&fd_path(&dir), fsname, read_only)
 }
 
+/// Bind the mount at `source` (below `source_root`) at `target` (below `target_root`,
+/// created if missing), both reached without symlinks; read-only (and always nosuid,
+/// nodev) when `read_only`. The new mount API (Linux 5.12): the copy is made read-only
+/// before it is attached, so it is never writable, even for an instant.
+pub fn bind_beneath(
+    source_root: &Path,
+    source: &Path,
+    target_root: &Path,
+    target: &Path,
+    read_only: bool,
+) -> io::Result<()> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let from = open_beneath(source_root, source, false)?;
+    let to = open_beneath(target_root, target, true)?;
+    let empty = c"";
+    // SAFETY: open_tree on a descriptor we hold with an empty path; the result is ours.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            from.as_raw_fd(),
+            empty.as_ptr(),
+            (OPEN_TREE_CLONE
+                | libc::O_CLOEXEC as libc::c_uint
+                | libc::AT_EMPTY_PATH as libc::c_uint) as libc::c_ulong,
+        )
+    };
+    if tree < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nobody else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as libc::c_int) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_NOSUID
+            | MOUNT_ATTR_NODEV
+            | if read_only { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr on our detached tree with a valid, sized attribute struct.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: move_mount between two descriptors we hold, empty paths.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            to.as_raw_fd(),
+            empty.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Let the kernel read ahead `bytes` on the file system of `dev` (its backing device's
 /// `read_ahead_kb`). FUSE starts at 128 KiB, so sequential reads reach the daemon as 128 KiB
 /// requests. Needs root; call it once the FUSE session is initialized (INIT lowers it).

@@ -40,6 +40,27 @@ pub struct MountRequest {
     pub read_only: bool,
     /// The pod it is for (logs, Events, metrics).
     pub pod: Option<PodRef>,
+    /// Share one mount among the pods of this node that may reach the same (a staged
+    /// volume); `None`: a mount of the target's own.
+    pub share: Option<Share>,
+}
+
+/// Where a shared mount lives and what it is shared by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// The volume's staging path (kubelet's, below its directory).
+    pub staging: PathBuf,
+    /// What pods sharing the mount have in common (a digest of the volume, its options and
+    /// the identity it signs with); pods with another key get a mount of their own.
+    pub key: String,
+}
+
+impl Share {
+    /// The mount point of the shared mount, below the staging path.
+    pub fn mountpoint(&self) -> PathBuf {
+        self.staging
+            .join(format!("pail-{}", &self.key[..self.key.len().min(32)]))
+    }
 }
 
 /// The pod a volume is published for: its namespace and name as kubelet passed them, its
@@ -96,6 +117,7 @@ impl std::fmt::Debug for MountRequest {
             .field("spec", &self.spec)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("read_only", &self.read_only)
+            .field("share", &self.share)
             .finish()
     }
 }
@@ -145,8 +167,22 @@ pub trait Mounter: Send + Sync {
     /// under the target's lock.
     fn publish(&self, req: &MountRequest) -> Result<(), MountError>;
 
-    /// Unmount `target` and stop what serves it. Already gone is success.
+    /// Unmount `target` and stop what serves it (a shared mount: once its last pod is
+    /// gone). Already gone is success.
     fn unpublish(&self, target: &Path) -> Result<(), MountError>;
+
+    /// Record that `volume_id` is staged at `staging` (its shared mounts start at the first
+    /// publish, which brings the pod's identity). Staging again is success; another volume
+    /// at the same path is [`MountError::Conflict`].
+    fn stage(&self, _volume_id: &str, _staging: &Path) -> Result<(), MountError> {
+        Ok(())
+    }
+
+    /// Stop the shared mounts below `staging` and forget the stage. A mount still bound
+    /// into a pod is [`MountError::Busy`]. Not staged is success.
+    fn unstage(&self, _staging: &Path) -> Result<(), MountError> {
+        Ok(())
+    }
 
     /// What is mounted at `target`.
     fn state(&self, target: &Path) -> MountState;

@@ -9,7 +9,10 @@
 //!   group only; written beside it and renamed over it, in a directory only root writes;
 //! - `private/` (root, 0711): `<id>/` owned by the mount's own user, mode 0700: its staging
 //!   space, journal and counters. Root makes it (fresh, through a descriptor) and removes it
-//!   (without following links); it reads the counters with `O_NOFOLLOW`, capped.
+//!   (without following links); it reads the counters with `O_NOFOLLOW`, capped;
+//! - `binds/` (root, 0700): `<id>.json` a pod's bind of a shared mount (which mount, as
+//!   what), `<id>.token` that pod's own token (the shared mount's token is a copy of one of
+//!   them); `<id>.stage.json` a volume staged on the node.
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -56,6 +59,31 @@ pub struct Record {
     /// The pod it serves.
     #[serde(default)]
     pub pod: Option<super::PodRef>,
+}
+
+/// A pod's bind of a shared mount.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Bind {
+    /// CSI volume id.
+    pub volume_id: String,
+    /// The pod's target path.
+    pub target: PathBuf,
+    /// The shared mount it binds (its record's target).
+    pub mount: PathBuf,
+    /// Bound read-only.
+    pub read_only: bool,
+    /// The pod.
+    #[serde(default)]
+    pub pod: Option<super::PodRef>,
+}
+
+/// A volume staged on the node (NodeStageVolume).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stage {
+    /// CSI volume id.
+    pub volume_id: String,
+    /// Kubelet's staging path.
+    pub staging: PathBuf,
 }
 
 /// The state directory.
@@ -146,6 +174,7 @@ impl StateDir {
             (root.join("mounts"), 0o700),
             (root.join("private"), 0o711),
             (root.join("tokens"), 0o711),
+            (root.join("binds"), 0o700),
         ] {
             std::fs::create_dir_all(&dir)?;
             let meta = std::fs::symlink_metadata(&dir)?;
@@ -294,6 +323,83 @@ impl StateDir {
         let _ = std::fs::remove_file(self.log_path(target));
     }
 
+    fn binds(&self) -> PathBuf {
+        self.root.join("binds")
+    }
+
+    fn save_json<T: Serialize>(&self, name: &str, value: &T) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+        replace_in(&self.binds(), name, &bytes, 0o600, None)
+    }
+
+    fn load_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Option<T> {
+        serde_json::from_slice(&std::fs::read(self.binds().join(name)).ok()?).ok()
+    }
+
+    /// Save a pod's bind of a shared mount.
+    pub fn save_bind(&self, bind: &Bind) -> std::io::Result<()> {
+        self.save_json(&format!("{}.json", slug(&bind.target)), bind)
+    }
+
+    /// The bind at `target`, if any.
+    pub fn load_bind(&self, target: &Path) -> Option<Bind> {
+        self.load_json(&format!("{}.json", slug(target)))
+    }
+
+    /// Forget the bind at `target` and its pod's token.
+    pub fn remove_bind(&self, target: &Path) {
+        let _ = std::fs::remove_file(self.binds().join(format!("{}.json", slug(target))));
+        let _ = std::fs::remove_file(self.binds().join(format!("{}.token", slug(target))));
+    }
+
+    /// Keep the pod token of the bind at `target` (root only).
+    pub fn save_bind_token(&self, target: &Path, token: &str) -> std::io::Result<()> {
+        replace_in(
+            &self.binds(),
+            &format!("{}.token", slug(target)),
+            token.as_bytes(),
+            0o600,
+            None,
+        )
+    }
+
+    /// The pod token of the bind at `target`, with when it was saved.
+    pub fn load_bind_token(&self, target: &Path) -> Option<(std::time::SystemTime, String)> {
+        let path = self.binds().join(format!("{}.token", slug(target)));
+        let when = std::fs::metadata(&path).ok()?.modified().ok()?;
+        Some((when, std::fs::read_to_string(path).ok()?))
+    }
+
+    /// Every bind.
+    pub fn all_binds(&self) -> Vec<Bind> {
+        let Ok(dir) = std::fs::read_dir(self.binds()) else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok())
+            .filter(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.ends_with(".json") && !n.ends_with(".stage.json")
+            })
+            .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+            .collect()
+    }
+
+    /// Record that `stage.volume_id` is staged at `stage.staging`.
+    pub fn save_stage(&self, stage: &Stage) -> std::io::Result<()> {
+        self.save_json(&format!("{}.stage.json", slug(&stage.staging)), stage)
+    }
+
+    /// What is staged at `staging`, if anything.
+    pub fn load_stage(&self, staging: &Path) -> Option<Stage> {
+        self.load_json(&format!("{}.stage.json", slug(staging)))
+    }
+
+    /// Forget the stage at `staging`.
+    pub fn remove_stage(&self, staging: &Path) {
+        let _ = std::fs::remove_file(self.binds().join(format!("{}.stage.json", slug(staging))));
+    }
+
     /// Every record (for metrics and clean-up).
     pub fn all(&self) -> Vec<Record> {
         let Ok(dir) = std::fs::read_dir(self.mounts()) else {
@@ -375,6 +481,7 @@ mod tests {
             ("mounts", 0o700),
             ("private", 0o711),
             ("tokens", 0o711),
+            ("binds", 0o700),
         ] {
             let m = std::fs::metadata(dir.path().join(sub)).unwrap();
             assert_eq!((m.uid(), m.mode() & 0o777), (0, mode), "{sub}");

@@ -215,7 +215,7 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         // Unmount anything a failed test left behind, then stop the driver.
-        let pods = self.kubelet().join("pods");
+        let pods = self.kubelet();
         let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for line in mounts.lines() {
             if let Some(mp) = line.split(' ').nth(4)
@@ -269,6 +269,26 @@ pub fn publish_req(
         target_path: target.display().to_string(),
         volume_capability: Some(mount_cap(Mode::MultiNodeMultiWriter)),
         secrets,
+        volume_context: context,
+        ..Default::default()
+    }
+}
+
+/// A staging path of `volume` below the driver's kubelet directory (as kubelet 1.20 makes).
+pub fn staging_of(d: &Driver, volume: &str) -> PathBuf {
+    d.kubelet()
+        .join(format!("plugins/kubernetes.io/csi/pv/{volume}/globalmount"))
+}
+
+pub fn stage_req(
+    id: &str,
+    staging: &Path,
+    context: HashMap<String, String>,
+) -> NodeStageVolumeRequest {
+    NodeStageVolumeRequest {
+        volume_id: id.to_string(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(mount_cap(Mode::MultiNodeMultiWriter)),
         volume_context: context,
         ..Default::default()
     }

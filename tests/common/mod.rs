@@ -23,7 +23,7 @@ pub fn pail_bin() -> &'static str {
     env!("CARGO_BIN_EXE_pail")
 }
 
-fn required(name: &str) -> String {
+pub fn required(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!(
             "{name} is not set: run the tests with scripts/test.sh, which starts the test servers"

@@ -27,7 +27,7 @@ assert_node_clean() {
 }
 
 apply() { # manifest under tests/e2e/manifests, placeholders filled
-  sed -e "s#@S3_ENDPOINT@#$S3_ENDPOINT#g" -e "s#@DRIVER@#$DRIVER#g" \
+  sed -e "s#@S3_ENDPOINT@#$S3_ENDPOINT#g" -e "s#@DRIVER@#$DRIVER#g" -e "s#@MOTO@#$MOTO#g" \
     "$REPO/tests/e2e/manifests/$1" | kc apply -f - >/dev/null
 }
 
@@ -261,6 +261,105 @@ PY
   assert_node_clean
 }
 
+# The running pods of the trainers Deployment; the count of whole reads a pod logged.
+trainer_pods() { kc get pods -l app=trainers --field-selector status.phase=Running -o name | sed 's#^pod/##'; }
+oks() { kc logs "$1" | grep -c '^ok' || true; }
+oks_at_least() { (($(oks "$1") >= $2)); }
+no_failed_reads() {
+  local p
+  for p in "$@"; do
+    ! kc logs "$p" | grep -q FAILED || die "$p read wrong bytes or failed: $(kc logs "$p" | grep FAILED | head -3)"
+  done
+}
+count() { grep -c . || true; }
+pods_of_trainers() { [ "$(trainer_pods | count)" -eq "$1" ] && [ "$(kc get pods -l app=trainers -o name | count)" -eq "$1" ]; }
+# The pid of the mount bound into N pods (from the plugin's root-only records).
+shared_mount_pid() {
+  python3 - "$LAB/state" "$1" <<'PY'
+import glob, json, sys
+state, n = sys.argv[1], int(sys.argv[2])
+binds = [json.load(open(f)) for f in glob.glob(state + "/binds/*.json") if not f.endswith(".stage.json")]
+for f in glob.glob(state + "/mounts/*.json"):
+    r = json.load(open(f))
+    if sum(b["mount"] == r["target"] for b in binds) == n:
+        print(r["pid"])
+PY
+}
+pid_replaced() { local now; now=$(shared_mount_pid "$2"); [ -n "$now" ] && [ "$now" != "$1" ] && [ "$now" != 0 ]; }
+
+scenario_shared_mount() {
+  log "scenario: pods of one ServiceAccount share a PV's mount (one process, a bind each); another ServiceAccount gets its own; a kill -9 and a pod leaving do not disturb the others"
+  kc create serviceaccount evaluator >/dev/null
+  kc annotate serviceaccount evaluator "eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/e2e-evaluator" >/dev/null
+  apply irsa.yaml
+  wait_until "PVC e2e-irsa to bind" 60 pvc_bound e2e-irsa
+  local loop='n=0; while true; do if [ "$(cat /data/model.txt)" = trained ]; then n=$((n + 1)); echo "ok $n"; else echo FAILED; fi; sleep 0.1; done'
+  kc apply -f - >/dev/null <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: trainers, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: trainers}}
+  template:
+    metadata: {labels: {app: trainers}}
+    spec:
+      serviceAccountName: trainer
+      hostNetwork: true
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: main
+          image: localhost/busybox:e2e
+          imagePullPolicy: Never
+          command: [sh, -c, '$loop']
+          volumeMounts: [{name: data, mountPath: /data}]
+      volumes: [{name: data, persistentVolumeClaim: {claimName: e2e-irsa}}]
+YAML
+  wait_until "two trainer pods running" 120 pods_of_trainers 2
+  local a b
+  a=$(trainer_pods | sed -n 1p)
+  b=$(trainer_pods | sed -n 2p)
+  wait_until "$a reading" 120 oks_at_least "$a" 1
+  wait_until "$b reading" 120 oks_at_least "$b" 1
+  [ "$(mount_processes | count)" -eq 1 ] || die "two pods of one ServiceAccount run $(mount_processes | count) mount processes, not one"
+  [ "$(pail_mounts | count)" -eq 3 ] || die "expected the shared mount and two binds: $(pail_mounts)"
+  # Another ServiceAccount: a mount of its own.
+  run_pod_as evaluator "  serviceAccountName: evaluator" "$(claim e2e-irsa)" "$loop"
+  wait_ready evaluator 120
+  wait_until "the evaluator reading" 60 oks_at_least evaluator 1
+  [ "$(mount_processes | count)" -eq 2 ] || die "another ServiceAccount shares a mount ($(mount_processes | count) processes)"
+  [ "$(pail_mounts | count)" -eq 5 ] || die "expected two mounts and three binds: $(pail_mounts)"
+  # kill -9 of the shared process while both trainers read.
+  local pid before_a before_b
+  pid=$(shared_mount_pid 2)
+  [ -n "$pid" ] || die "no mount bound into two pods"
+  before_a=$(oks "$a")
+  before_b=$(oks "$b")
+  kill -9 "$pid"
+  wait_until "a successor of the shared mount's process" 30 pid_replaced "$pid" 2
+  wait_until "3 more reads by $a after kill -9" 60 oks_at_least "$a" $((before_a + 3))
+  wait_until "3 more reads by $b after kill -9" 60 oks_at_least "$b" $((before_b + 3))
+  no_failed_reads "$a" "$b" evaluator
+  pid=$(shared_mount_pid 2)
+  log "  shared: $a and $b bind one mount (successor pid $pid after kill -9); evaluator has its own; reads: $(oks "$a"), $(oks "$b"), $(oks evaluator)"
+  # One trainer leaves: the other reads on, from the same process.
+  kc scale deployment trainers --replicas=1 >/dev/null
+  wait_until "one trainer left" 120 pods_of_trainers 1
+  local left
+  left=$(trainer_pods)
+  before_a=$(oks "$left")
+  wait_until "3 more reads by $left after the other left" 60 oks_at_least "$left" $((before_a + 3))
+  no_failed_reads "$left" evaluator
+  [ "$(shared_mount_pid 1 | grep -cx "$pid")" -eq 1 ] || die "the shared mount's process changed when a pod left"
+  [ "$(pail_mounts | count)" -eq 4 ] || die "expected two mounts and two binds: $(pail_mounts)"
+  kc delete deployment trainers --wait=true --timeout=120s >/dev/null
+  delete_pods evaluator
+  wait_until "the trainers' pods gone" 180 test -z "$(kc get pods -l app=trainers -o name)"
+  assert_node_clean
+  kc delete pvc e2e-irsa --wait=true --timeout=60s >/dev/null
+  kc delete pv e2e-irsa --wait=true --timeout=60s >/dev/null
+}
+
 scenario_non_root() {
   log "scenario: non-root pods (runAsUser 1000, fsGroup 1000) write, rename and delete; another uid gets EACCES"
   apply nonroot.yaml
@@ -393,12 +492,12 @@ scenario_upgrade_uninstall() {
   node_is_clean || die "node not clean after uninstall"
 }
 
-# Warning Events of pail's on pods other than the streamer (whose mount process is killed
-# on purpose): a pod deleted normally, a volume unmounted as asked, gets none.
+# Warning Events of pail's on pods other than the streamer and the trainers (whose mount
+# process is killed on purpose): a pod deleted normally, a volume unmounted as asked, gets none.
 unwanted_warnings() {
   kc get events -A --field-selector type=Warning \
     -o 'jsonpath={range .items[*]}{.involvedObject.name}/{.reason}: {.message}{"\n"}{end}' |
-    grep -E '^[^/]+/(MountProcessDied|MountError|CredentialsRefreshFailed):' | grep -v '^streamer/' || true
+    grep -E '^[^/]+/(MountProcessDied|MountError|CredentialsRefreshFailed):' | grep -Ev '^(streamer|trainers-[^/]*)/' || true
 }
 
 run_scenarios() {
@@ -410,6 +509,7 @@ run_scenarios() {
   scenario_read_only
   scenario_unmount_on_delete
   scenario_pod_identity
+  scenario_shared_mount
   scenario_non_root
   scenario_plugin_restart
   scenario_upgrade_uninstall

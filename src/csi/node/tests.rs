@@ -55,7 +55,7 @@ impl Annotations for FakeAnnotations {
         name: &str,
     ) -> Result<std::collections::BTreeMap<String, String>, Status> {
         match name {
-            "irsa" => Ok([(
+            "irsa" | "other-irsa" => Ok([(
                 pod_identity::ROLE_ANNOTATION.to_string(),
                 format!("arn:aws:iam::111122223333:role/{ns}-reader"),
             )]
@@ -467,4 +467,198 @@ async fn the_pods_fs_group_owns_the_files_group_writable() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn pods_share_a_mount_only_with_the_same_volume_options_and_identity() {
+    let (svc, fake) = service();
+    let staging = "/var/lib/kubelet/plugins/kubernetes.io/csi/pv/v1/globalmount";
+    let attrs = [("bucketName", "bucket-1")];
+    let staged = |mut r: NodePublishVolumeRequest| {
+        r.staging_target_path = staging.into();
+        r
+    };
+    let key = |r: NodePublishVolumeRequest| {
+        let svc = &svc;
+        let fake = &fake;
+        let r = r.clone();
+        async move {
+            let target = r.target_path.clone();
+            svc.node_publish_volume(Request::new(r)).await.unwrap();
+            let shares = fake.shares.lock().unwrap();
+            let (t, share) = shares.last().unwrap().clone();
+            assert_eq!(t, PathBuf::from(target));
+            share.map(|s| {
+                assert_eq!(s.staging, PathBuf::from(staging));
+                assert!(s.mountpoint().starts_with(staging));
+                s.key
+            })
+        }
+    };
+    // Not staged (an inline volume): a mount of its own.
+    assert_eq!(key(publish("v1", &target("i"), false, &attrs)).await, None);
+    let a = key(staged(publish("v1", &target("a"), false, &attrs))).await;
+    let b = key(staged(publish("v1", &target("b"), false, &attrs))).await;
+    assert!(a.is_some());
+    assert_eq!(a, b, "the same volume, options and Secret share");
+    // A read-only pod shares too (its bind is read-only, not the mount).
+    let ro = key(staged(publish("v1", &target("ro"), true, &attrs))).await;
+    assert_eq!(a, ro);
+    assert!(
+        !fake
+            .last
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap()
+            .args
+            .volume
+            .read_only
+    );
+    // Another Secret, other options, another volume: never.
+    let mut other = staged(publish("v1", &target("s"), false, &attrs));
+    other
+        .secrets
+        .insert("AWS_SECRET_ACCESS_KEY".into(), "another".into());
+    assert_ne!(key(other).await, a);
+    let opts = [("bucketName", "bucket-1"), ("mountOptions", "uid=1000")];
+    assert_ne!(
+        key(staged(publish("v1", &target("o"), false, &opts))).await,
+        a
+    );
+    assert_ne!(
+        key(staged(publish("v2", &target("v"), false, &attrs))).await,
+        a
+    );
+    // Pod identity: the same ServiceAccount shares whatever the pod and its token; another
+    // ServiceAccount never.
+    let p1 = key(staged(pod_publish(
+        &target("p1"),
+        "irsa",
+        "jwt.one.a",
+        &attrs,
+    )))
+    .await;
+    let p2 = key(staged(pod_publish(
+        &target("p2"),
+        "irsa",
+        "jwt.two.b",
+        &attrs,
+    )))
+    .await;
+    let p3 = key(staged(pod_publish(
+        &target("p3"),
+        "other-irsa",
+        "jwt.one.a",
+        &attrs,
+    )))
+    .await;
+    assert_eq!(p1, p2);
+    assert_ne!(p1, p3);
+    assert_ne!(p1, a);
+    let session = fake
+        .last
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap()
+        .args
+        .store
+        .role_session_name;
+    assert!(
+        session
+            .as_deref()
+            .is_some_and(|s| s.contains("sa-other-irsa")),
+        "{session:?}"
+    );
+    // A staging path outside kubelet's directory shares nothing.
+    let mut out = publish("v1", &target("x"), false, &attrs);
+    out.staging_target_path = "/tmp/csi-staging".into();
+    assert_eq!(key(out).await, None);
+}
+
+#[tokio::test]
+async fn stage_and_unstage_check_their_requests() {
+    let (svc, _) = service();
+    let caps = svc
+        .node_get_capabilities(Request::new(NodeGetCapabilitiesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(caps.capabilities.iter().any(|c| matches!(
+        c.r#type,
+        Some(node_service_capability::Type::Rpc(node_service_capability::Rpc { r#type }))
+            if r#type == node_service_capability::rpc::Type::StageUnstageVolume as i32
+    )));
+    let good = NodeStageVolumeRequest {
+        volume_id: "v1".into(),
+        staging_target_path: "/var/lib/kubelet/plugins/kubernetes.io/csi/pv/v1/globalmount".into(),
+        volume_capability: publish("v1", &target("a"), false, &[]).volume_capability,
+        volume_context: [("bucketName".to_string(), "bucket-1".to_string())].into(),
+        ..Default::default()
+    };
+    svc.node_stage_volume(Request::new(good.clone()))
+        .await
+        .unwrap();
+    for (bad, field) in [
+        (
+            NodeStageVolumeRequest {
+                volume_id: String::new(),
+                ..good.clone()
+            },
+            "volume_id",
+        ),
+        (
+            NodeStageVolumeRequest {
+                staging_target_path: String::new(),
+                ..good.clone()
+            },
+            "staging_target_path",
+        ),
+        (
+            NodeStageVolumeRequest {
+                staging_target_path: "relative/path".into(),
+                ..good.clone()
+            },
+            "staging_target_path",
+        ),
+        (
+            NodeStageVolumeRequest {
+                volume_capability: None,
+                ..good.clone()
+            },
+            "volume_capability",
+        ),
+        (
+            NodeStageVolumeRequest {
+                volume_context: [("bucketName".to_string(), "B!".to_string())].into(),
+                ..good.clone()
+            },
+            "bucket",
+        ),
+    ] {
+        let e = svc.node_stage_volume(Request::new(bad)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+        assert!(e.message().contains(field), "{}", e.message());
+    }
+    for (id, path, field) in [
+        ("", "/var/lib/kubelet/x", "volume_id"),
+        ("v1", "", "staging_target_path"),
+    ] {
+        let e = svc
+            .node_unstage_volume(Request::new(NodeUnstageVolumeRequest {
+                volume_id: id.into(),
+                staging_target_path: path.into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains(field), "{}", e.message());
+    }
+    svc.node_unstage_volume(Request::new(NodeUnstageVolumeRequest {
+        volume_id: "v1".into(),
+        staging_target_path: good.staging_target_path.clone(),
+    }))
+    .await
+    .unwrap();
 }

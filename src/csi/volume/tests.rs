@@ -32,6 +32,7 @@ fn publish_at(
             cap_read_only: false,
             mount_flags: &[],
             mount_group: None,
+            shared: false,
         },
         target.into(),
         &DriverPolicy::strict(),
@@ -248,6 +249,7 @@ fn random_publish_requests_never_panic_nor_leak_secrets() {
             cap_read_only: rng.next().is_multiple_of(2),
             mount_flags: &flags,
             mount_group: None,
+            shared: false,
         };
         match publish_request(&input, "/t".into(), &DriverPolicy::strict()) {
             Ok(req) => {

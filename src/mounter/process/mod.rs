@@ -5,6 +5,8 @@
 //! every process of the mount's user and removes the target. Both are idempotent and
 //! serialised per target; budgets and users are given out one publish at a time.
 
+mod shared;
+
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -69,7 +71,10 @@ pub const DEFAULT_UIDS: UidRange = UidRange {
 
 /// Starts and stops mount processes.
 pub struct ProcessMounter {
+    /// Kubelet's `pods/`: targets are below it.
     root: PathBuf,
+    /// Kubelet's directory: staging paths (and shared mounts) are below it.
+    kubelet: PathBuf,
     pail_bin: PathBuf,
     records: StateDir,
     locks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
@@ -137,6 +142,9 @@ impl ProcessMounter {
         let records = StateDir::new(state_dir)?;
         let last = records.all().iter().map(|r| r.uid).max().unwrap_or(0);
         Ok(ProcessMounter {
+            kubelet: root
+                .parent()
+                .map_or_else(|| root.clone(), Path::to_path_buf),
             root,
             pail_bin,
             records,
@@ -211,6 +219,16 @@ impl ProcessMounter {
             }
         }
         adopted
+    }
+
+    /// The directory `path` is reached from: `pods/` for targets, kubelet's for shared
+    /// mounts below staging paths.
+    fn root_of(&self, path: &Path) -> &Path {
+        if path.starts_with(&self.root) {
+            &self.root
+        } else {
+            &self.kubelet
+        }
     }
 
     fn lock(&self, target: &Path) -> Arc<Mutex<()>> {
@@ -393,7 +411,12 @@ impl ProcessMounter {
         }
         let mut record = self.reserve(req)?;
         let fsname = format!("pail:{}", req.spec.args.source);
-        let fuse = match kernel::mount_fuse_beneath(&self.root, target, &fsname, req.read_only) {
+        let fuse = match kernel::mount_fuse_beneath(
+            self.root_of(target),
+            target,
+            &fsname,
+            req.read_only,
+        ) {
             Ok(f) => f,
             Err(e) => {
                 self.cleanup(target);
@@ -422,7 +445,8 @@ impl ProcessMounter {
         };
         let v = &spec.args.volume;
         if v.read_ahead > 0
-            && let Err(e) = kernel::set_read_ahead_beneath(&self.root, target, v.read_ahead)
+            && let Err(e) =
+                kernel::set_read_ahead_beneath(self.root_of(target), target, v.read_ahead)
         {
             tracing::warn!(target = %target.display(), error = %e, "could not raise the kernel's read-ahead of the mount");
         }
@@ -476,7 +500,7 @@ impl ProcessMounter {
             }
         }
         self.cleanup(target);
-        kernel::remove_beneath(&self.root, target)
+        kernel::remove_beneath(self.root_of(target), target)
             .map_err(|e| MountError::Io(format!("removing {}: {e}", target.display())))?;
         tracing::info!(target = %target.display(), "unpublished");
         Ok(())
@@ -492,7 +516,7 @@ impl ProcessMounter {
         }
         let record = self.records.load(target);
         if kernel::mount_type(target).as_deref() == Some("fuse.pail")
-            && let Err(e) = kernel::unmount_beneath(&self.root, target)
+            && let Err(e) = kernel::unmount_beneath(self.root_of(target), target)
         {
             tracing::warn!(target = %target.display(), error = %e, "unmount failed");
         }
@@ -547,17 +571,55 @@ impl Mounter for ProcessMounter {
     fn publish(&self, req: &MountRequest) -> Result<(), MountError> {
         let lock = self.lock(&req.target);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.publish_locked(req)
+        match &req.share {
+            Some(share) => self.publish_shared(req, share),
+            None if self.records.load_bind(&req.target).is_some() => {
+                Err(MountError::Conflict(format!(
+                    "{} is already published as a shared mount",
+                    req.target.display()
+                )))
+            }
+            None => self.publish_locked(req),
+        }
     }
 
     fn unpublish(&self, target: &Path) -> Result<(), MountError> {
         let lock = self.lock(target);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.unpublish_locked(target)
+        match self.records.load_bind(target) {
+            Some(b) => self.unbind_locked(target, &b),
+            None => self.unpublish_locked(target),
+        }
+    }
+
+    fn stage(&self, volume_id: &str, staging: &Path) -> Result<(), MountError> {
+        let lock = self.lock(staging);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.stage_locked(volume_id, staging)
+    }
+
+    fn unstage(&self, staging: &Path) -> Result<(), MountError> {
+        let lock = self.lock(staging);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.unstage_locked(staging)
     }
 
     fn state(&self, target: &Path) -> MountState {
         use std::sync::atomic::Ordering;
+        if let Some(b) = self.records.load_bind(target) {
+            return match kernel::mount_type(target) {
+                None => MountState::None,
+                Some(t) if t != "fuse.pail" => MountState::Foreign(t),
+                Some(_) => match self.state(&b.mount) {
+                    MountState::Live(info) => MountState::Live(MountInfo {
+                        volume_id: b.volume_id,
+                        read_only: b.read_only,
+                        ..info
+                    }),
+                    _ => MountState::Dead,
+                },
+            };
+        }
         match kernel::mount_type(target) {
             None => MountState::None,
             Some(t) if t != "fuse.pail" => MountState::Foreign(t),
@@ -585,7 +647,10 @@ impl Mounter for ProcessMounter {
     }
 
     fn pod_of(&self, target: &Path) -> Option<super::PodRef> {
-        self.records.load(target)?.pod
+        match self.records.load(target) {
+            Some(r) => r.pod,
+            None => self.records.load_bind(target)?.pod,
+        }
     }
 
     fn volumes(&self) -> Vec<super::VolumeReport> {
