@@ -183,6 +183,7 @@ impl Fs {
             Err(e) => return Err(e),
         }
         let key = format!("{}{name}/", p.key);
+        meta::check_key(&key)?;
         let m = if self.cfg.persist_metadata {
             meta::new_meta(libc::S_IFDIR | (perm & 0o7777), uid, gid, SystemTime::now())
         } else {
@@ -292,11 +293,13 @@ impl Fs {
                     ));
                 }
                 let new_key = format!("{}{newname}", np.key);
+                meta::check_key(&new_key)?;
                 self.rename_file(&inode, &new_key).await?;
                 new_key
             }
             Kind::Dir => {
                 let new_key = format!("{}{newname}/", np.key);
+                meta::check_key(&new_key)?;
                 if new_key.starts_with(&inode.key) {
                     return Err(FsError::new(
                         libc::EINVAL,
@@ -396,6 +399,10 @@ impl Fs {
                 ),
             ));
         };
+        // Every new key fits, or nothing is copied.
+        if let Some(longest) = keys.iter().map(|k| k.len()).max() {
+            meta::check_key_len(to.len() + longest.saturating_sub(from.len()))?;
+        }
         // Copy everything first, so a failure leaves the source whole. Markers (keys
         // ending in `/`, the directory's own included) are copied with their metadata, or
         // made anew where a store cannot copy them.
@@ -455,6 +462,7 @@ impl Fs {
             Err(e) => return Err(e),
         }
         let key = format!("{}{name}", p.key);
+        meta::check_key(&key)?;
         let now = std::time::SystemTime::now();
         let m = meta::new_meta(meta::S_IFLNK | 0o777, uid, gid, now);
         let opts = PutOptions {

@@ -175,6 +175,7 @@ impl Fs {
             Err(e) => return Err(e),
         }
         let key = format!("{}{name}", p.key);
+        meta::check_key(&key)?;
         let now = SystemTime::now();
         let meta = if self.cfg.persist_metadata {
             meta::new_meta(

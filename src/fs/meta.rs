@@ -116,6 +116,28 @@ pub fn check_name(name: &str, invalid: i32) -> FsResult<()> {
     Ok(())
 }
 
+/// The longest key S3 and GCS store, in bytes (UTF-8).
+pub const MAX_KEY: usize = 1024;
+
+/// Check the full key (prefix included) a new name would get: ENAMETOOLONG past
+/// [`MAX_KEY`], before anything is written, so nothing is accepted that close would drop.
+pub fn check_key(key: &str) -> FsResult<()> {
+    check_key_len(key.len())
+}
+
+/// [`check_key`] for a key of `len` bytes.
+pub fn check_key_len(len: usize) -> FsResult<()> {
+    if len > MAX_KEY {
+        return Err(FsError::new(
+            libc::ENAMETOOLONG,
+            format!(
+                "the key would be {len} bytes, the prefix included (stores keep at most {MAX_KEY})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The Content-Type objects named `key` are written with (from its extension).
 pub fn content_type(key: &str) -> Option<String> {
     let name = key.rsplit('/').next().unwrap_or(key);

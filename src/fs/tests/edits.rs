@@ -492,3 +492,50 @@ async fn a_store_that_cannot_copy_parts_gets_the_whole_file() {
         "the half-made upload was aborted"
     );
 }
+
+#[tokio::test]
+async fn a_key_past_the_stores_limit_is_enametoolong_before_anything_is_written() {
+    let store = memory();
+    let prefix = format!("{}/", "p".repeat(600));
+    put(store.as_ref(), &format!("{prefix}keep.txt"), b"kept").await;
+    let fs = Fs::new(
+        store.clone(),
+        FsConfig {
+            prefix: prefix.clone(),
+            ..config()
+        },
+    );
+    // Names a kernel allows (255 bytes), keys a store does not (the prefix counts).
+    let d = fs
+        .mkdir(ROOT_INO, &"d".repeat(200), 0o755, 0, 0)
+        .await
+        .unwrap();
+    let long = "n".repeat(250);
+    let too_long = |r: FsResult<()>| match r {
+        Err(e) => assert_eq!(e.errno, libc::ENAMETOOLONG, "{e}"),
+        Ok(()) => panic!("accepted"),
+    };
+    too_long(fs.mkdir(d.ino, &long, 0o755, 0, 0).await.map(|_| ()));
+    too_long(fs.create(d.ino, &long, excl()).await.map(|_| ()));
+    too_long(fs.symlink(d.ino, &long, "t", 0, 0).await.map(|_| ()));
+    too_long(fs.rename(ROOT_INO, "keep.txt", d.ino, &long, false).await);
+    // A directory whose moved keys would pass the limit is not moved at all.
+    let sub = fs.mkdir(ROOT_INO, "sub", 0o755, 0, 0).await.unwrap();
+    write_file(&fs, sub.ino, &"f".repeat(230), b"x").await;
+    too_long(fs.rename(ROOT_INO, "sub", d.ino, "s", false).await);
+    // Nothing changed: no new key, the file where it was.
+    let mut keys = store.keys();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            format!("{prefix}{}/", "d".repeat(200)),
+            format!("{prefix}keep.txt"),
+            format!("{prefix}sub/"),
+            format!("{prefix}sub/{}", "f".repeat(230)),
+        ]
+    );
+    // Just under the limit works.
+    let fits = "k".repeat(1024 - prefix.len() - 201);
+    write_file(&fs, d.ino, &fits, b"fits").await;
+}
