@@ -258,6 +258,47 @@ fn touch_chmod_times_and_xattrs_persist_with_persist_metadata() {
 }
 
 #[test]
+fn cp_p_rsync_t_and_tar_x_keep_modification_times_across_a_remount() {
+    let s3 = s3();
+    let prefix = unique("keeptimes");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path().display();
+    // A small file, one past a part (a multipart stream), and a tar of both.
+    sh(&format!(
+        "mkdir {w}/src && echo alpha > {w}/src/a.txt && head -c 9000000 /dev/urandom > {w}/src/big.bin \
+         && touch -d @1400000000 {w}/src/a.txt && touch -d @1400000100 {w}/src/big.bin \
+         && tar -C {w}/src -cf {w}/src.tar a.txt big.bin"
+    ));
+    {
+        let m = mount_s3(&s3, &prefix, &["--persist-metadata"]);
+        let mp = m.path.display();
+        sh(&format!("cp -p {w}/src/a.txt {w}/src/big.bin {mp}/"));
+        sh(&format!(
+            "mkdir {mp}/synced && rsync -t {w}/src/a.txt {w}/src/big.bin {mp}/synced/"
+        ));
+        sh(&format!(
+            "mkdir {mp}/untar && tar -C {mp}/untar -xf {w}/src.tar"
+        ));
+        // Shown at once, before any remount.
+        assert_eq!(
+            fs::metadata(m.join("a.txt")).unwrap().mtime(),
+            1_400_000_000
+        );
+    }
+    let m = mount_s3(&s3, &prefix, &["--persist-metadata"]);
+    for dir in ["", "synced/", "untar/"] {
+        for (name, t) in [("a.txt", 1_400_000_000), ("big.bin", 1_400_000_100)] {
+            let meta = fs::metadata(m.join(&format!("{dir}{name}"))).unwrap();
+            assert_eq!(meta.mtime(), t, "{dir}{name}");
+        }
+        sh(&format!(
+            "cmp {w}/src/big.bin {}",
+            m.join(&format!("{dir}big.bin")).display()
+        ));
+    }
+}
+
+#[test]
 fn objects_carry_a_content_type_from_their_extension() {
     let s3 = s3();
     let prefix = unique("ctype");

@@ -101,6 +101,10 @@ impl Fs {
         }
         let inode = self.inode(ino)?;
         let now = SystemTime::now();
+        // A time set on a file open for writing is the one its upload stores.
+        if let (Some(t), Some(f)) = (set.mtime, self.open_file(ino)) {
+            f.keep_mtime(Some(t));
+        }
         if set.atime.is_some() || set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
             let (atime, _) = lock(&self.times)
                 .get(&inode.key)
@@ -255,7 +259,7 @@ impl Fs {
 
     /// Replace the metadata of the stored object of `inode` by copying it onto itself;
     /// `false` when the store cannot.
-    async fn copy_meta(&self, inode: &Inode, m: &Meta) -> FsResult<bool> {
+    pub(super) async fn copy_meta(&self, inode: &Inode, m: &Meta) -> FsResult<bool> {
         let opts = CopyOptions {
             replace: Some(PutOptions {
                 meta: m.clone(),

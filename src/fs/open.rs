@@ -33,9 +33,22 @@ pub(super) struct OpenFile {
     pub content: Arc<AsyncMutex<Content>>,
     handles: AtomicUsize,
     unlinked: AtomicBool,
+    /// A modification time set (utimensat, futimens) since the last write: the one its
+    /// upload stores (`cp -p`, `rsync -t` and `tar x` set it before they close).
+    mtime: std::sync::Mutex<Option<SystemTime>>,
 }
 
 impl OpenFile {
+    /// The modification time set since the last write, if any.
+    pub fn set_mtime(&self) -> Option<SystemTime> {
+        *self.mtime.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keep `t` as the time set (`None`: a write came after it).
+    pub fn keep_mtime(&self, t: Option<SystemTime>) {
+        *self.mtime.lock().unwrap_or_else(|p| p.into_inner()) = t;
+    }
+
     /// Whether its name went while it was open (nothing is uploaded).
     pub fn is_unlinked(&self) -> bool {
         self.unlinked.load(Ordering::Acquire)
@@ -107,7 +120,11 @@ impl Fs {
             );
         }
         let attr = self.attr_of(&inode);
-        meta::set_mtime(&mut m, now);
+        let mtime = self
+            .open_file(ino)
+            .and_then(|f| f.set_mtime())
+            .unwrap_or(now);
+        meta::set_mtime(&mut m, mtime);
         meta::set_times(&mut m, attr.atime, now);
         m
     }
@@ -131,6 +148,7 @@ impl Fs {
                         content: Arc::new(AsyncMutex::new(Content::Opening)),
                         handles: AtomicUsize::new(1),
                         unlinked: AtomicBool::new(false),
+                        mtime: Default::default(),
                     });
                     // Nobody else has seen it: the lock is free.
                     let guard = f.content.clone().try_lock_owned().expect("a new lock");
@@ -237,26 +255,41 @@ impl Fs {
             return Ok(());
         }
         match c {
-            Content::Stream { writer, .. } => self.finish_stream(ino, writer).await,
-            Content::Staged(s) => self.upload_staged(ino, s).await,
+            Content::Stream { writer, .. } => {
+                self.finish_stream(ino, writer, file.set_mtime()).await
+            }
+            Content::Staged(s) => self.upload_staged(ino, s, file.set_mtime()).await,
             Content::Gone { .. } | Content::Opening => Ok(()),
         }
     }
 
-    async fn upload_staged(&self, ino: u64, staged: &mut Staged) -> FsResult<()> {
+    /// Upload a staged file that changed; `set` is the modification time set since its
+    /// last write.
+    async fn upload_staged(
+        &self,
+        ino: u64,
+        staged: &mut Staged,
+        set: Option<SystemTime>,
+    ) -> FsResult<()> {
         if !staged.is_dirty() {
             return Ok(());
         }
-        let opts = self.upload_options(ino);
+        let mut opts = self.upload_options(ino);
+        if self.cfg.persist_metadata
+            && let Some(t) = set
+        {
+            meta::set_mtime(&mut opts.meta, t);
+        }
         let result = staged
             .upload(self.cfg.write, self.budget.clone(), &self.cache, opts)
             .await;
         match &result {
             Ok(()) => {
+                let mtime = set.unwrap_or_else(SystemTime::now);
                 if let Some(i) = self.inodes().get_mut(ino) {
                     i.stat.size = staged.size();
                     i.stat.etag = None;
-                    i.stat.mtime = SystemTime::now();
+                    i.stat.mtime = mtime;
                     i.expiry = Instant::now();
                 }
             }
@@ -268,11 +301,34 @@ impl Fs {
     }
 
     /// Complete a stream: the object appears.
-    async fn finish_stream(&self, ino: u64, writer: &mut Writer) -> FsResult<()> {
+    /// `set` is the modification time set since the last write, which the object keeps.
+    async fn finish_stream(
+        &self,
+        ino: u64,
+        writer: &mut Writer,
+        set: Option<SystemTime>,
+    ) -> FsResult<()> {
         let was_finished = writer.is_finished();
-        let result = writer.finish().await;
         if was_finished {
-            return result;
+            return writer.finish().await;
+        }
+        // The metadata as it is now (a single PUT sends it; a multipart upload sent it at
+        // its start, so a time set since is stored by a metadata copy once it completes).
+        let mut opts = self.upload_options(ino);
+        let set = set.filter(|_| self.cfg.persist_metadata);
+        if let Some(t) = set {
+            meta::set_mtime(&mut opts.meta, t);
+        }
+        let recopy = set.is_some() && writer.is_multipart();
+        writer.set_options(opts.clone());
+        let mut result = writer.finish().await;
+        if result.is_ok()
+            && recopy
+            && let Ok(mut inode) = self.inode(ino)
+        {
+            // Pinned to the object just completed.
+            inode.stat.etag = writer.etag().map(str::to_string);
+            result = self.copy_meta(&inode, &opts.meta).await.map(|_| ());
         }
         let mut inodes = self.inodes();
         if let Some(i) = inodes.get_mut(ino) {
@@ -318,6 +374,9 @@ impl Fs {
     /// (a write, a truncate) its times change.
     pub(super) fn mark_local(&self, ino: u64, size: u64, modified: bool) {
         let now = SystemTime::now();
+        if modified && let Some(f) = self.open_file(ino) {
+            f.keep_mtime(None);
+        }
         let mut inodes = self.inodes();
         let Some(i) = inodes.get_mut(ino) else {
             return;
@@ -362,7 +421,7 @@ impl Fs {
                 if writer.set_key(new_key.to_string()) {
                     return Ok(true);
                 }
-                self.finish_stream(ino, writer).await?;
+                self.finish_stream(ino, writer, file.set_mtime()).await?;
                 Ok(false)
             }
             Content::Staged(s) => {
@@ -370,7 +429,7 @@ impl Fs {
                     s.set_key(new_key.to_string(), None);
                     return Ok(true);
                 }
-                self.upload_staged(ino, s).await?;
+                self.upload_staged(ino, s, file.set_mtime()).await?;
                 Ok(false)
             }
             Content::Gone { .. } | Content::Opening => Ok(false),

@@ -115,6 +115,11 @@ impl Writer {
         self.opts = opts;
     }
 
+    /// Whether a multipart upload was started (its metadata went with its start).
+    pub fn is_multipart(&self) -> bool {
+        self.upload.is_some()
+    }
+
     /// Bytes written so far.
     pub fn size(&self) -> u64 {
         self.written

@@ -539,3 +539,47 @@ async fn a_key_past_the_stores_limit_is_enametoolong_before_anything_is_written(
     let fits = "k".repeat(1024 - prefix.len() - 201);
     write_file(&fs, d.ino, &fits, b"fits").await;
 }
+
+#[tokio::test]
+async fn a_time_set_before_close_is_the_one_stored_and_a_later_write_replaces_it() {
+    let store = memory();
+    let cfg = FsConfig {
+        persist_metadata: true,
+        ..config()
+    };
+    let fs = Fs::new(store.clone(), cfg.clone());
+    let when = std::time::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    let set_mtime = || SetAttr {
+        mtime: Some(when),
+        ..Default::default()
+    };
+    // cp -p: create, write, futimens, close (a stream).
+    let (a, fh) = fs.create(ROOT_INO, "copied", excl()).await.unwrap();
+    fs.write(fh, 0, Bytes::from_static(b"data")).await.unwrap();
+    fs.setattr(a.ino, set_mtime()).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(fs.getattr(a.ino).await.unwrap().mtime, when);
+    // An edit in place (staged): write, set the time, close.
+    let fh = fs.open(a.ino, rw()).await.unwrap();
+    fs.write(fh, 4, Bytes::from_static(b"+more")).await.unwrap();
+    fs.setattr(a.ino, set_mtime()).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(fs.getattr(a.ino).await.unwrap().mtime, when);
+    // A write after the time was set makes the file modified now.
+    let (b, fh) = fs.create(ROOT_INO, "touched", excl()).await.unwrap();
+    fs.write(fh, 0, Bytes::from_static(b"one")).await.unwrap();
+    fs.setattr(b.ino, set_mtime()).await.unwrap();
+    fs.write(fh, 3, Bytes::from_static(b"two")).await.unwrap();
+    fs.release(fh).await.unwrap();
+    // What another mount sees (after a remount).
+    let fresh = Fs::new(store.clone(), cfg);
+    let copied = fresh.lookup(ROOT_INO, "copied").await.unwrap();
+    assert_eq!(copied.mtime, when);
+    assert_eq!(read_all(&fresh, copied.ino).await, b"data+more");
+    let touched = fresh.lookup(ROOT_INO, "touched").await.unwrap();
+    assert!(
+        touched.mtime > when + Duration::from_secs(86_400),
+        "{:?}",
+        touched.mtime
+    );
+}
