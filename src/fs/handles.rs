@@ -9,7 +9,6 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 
 use super::open::{Content, How};
-use super::read::Reader;
 use super::stage::Staged;
 use super::*;
 
@@ -122,14 +121,15 @@ impl Fs {
             kept.insert(ino, version);
             same
         };
-        let mut reader = Reader::new(
-            self.store.clone(),
-            inode.key.clone(),
-            attr.size,
-            etag.clone(),
-            self.cfg.read,
-            self.budget.clone(),
-        );
+        let mut spec = readers::Spec {
+            store: self.store.clone(),
+            key: inode.key.clone(),
+            size: attr.size,
+            etag: etag.clone(),
+            cfg: self.cfg.read,
+            budget: self.budget.clone(),
+            cached: None,
+        };
         let mut backing = None;
         if let (Some(rc), Some(etag), false) = (&self.read_cache, etag, inode.local) {
             let version = readcache::Version {
@@ -141,10 +141,10 @@ impl Fs {
                 if entry.is_verified() {
                     backing = Some(entry.clone());
                 }
-                reader.use_cache(rc.clone(), entry);
+                spec.cached = Some((rc.clone(), entry));
             }
         }
-        let fh = self.new_fh(ino, Handle::Read(reader));
+        let fh = self.new_fh(ino, Handle::Read(Arc::new(readers::Readers::new(spec))));
         Ok(Opened {
             fh,
             keep_cache,
@@ -214,11 +214,16 @@ impl Fs {
         let h = self.handle(fh)?;
         let mut h = h.lock().await;
         if let Handle::Lost { ino, write: false } = &*h {
-            // Opened by the predecessor: read on with a new reader of the object.
-            *h = Handle::Read(self.reader_of(*ino).await?);
+            // Opened by the predecessor: read on with new readers of the object.
+            *h = Handle::Read(Arc::new(self.readers_of(*ino).await?));
         }
         match &mut *h {
-            Handle::Read(r) => r.read(offset, len).await,
+            Handle::Read(r) => {
+                // Reads of one handle run in parallel: the handle's lock is not held.
+                let r = r.clone();
+                drop(h);
+                r.read(offset, len).await
+            }
             Handle::Write(w) => {
                 let mut c = w.file.content.lock().await;
                 self.to_staged(w.ino, &mut c).await?;
@@ -232,18 +237,19 @@ impl Fs {
         }
     }
 
-    /// A reader of `ino` as the store holds it now.
-    async fn reader_of(&self, ino: u64) -> FsResult<Reader> {
+    /// Readers of `ino` as the store holds it now.
+    async fn readers_of(&self, ino: u64) -> FsResult<readers::Readers> {
         let attr = self.getattr(ino).await?;
         let inode = self.inode(ino)?;
-        Ok(Reader::new(
-            self.store.clone(),
-            inode.key.clone(),
-            attr.size,
-            inode.stat.etag.clone(),
-            self.cfg.read,
-            self.budget.clone(),
-        ))
+        Ok(readers::Readers::new(readers::Spec {
+            store: self.store.clone(),
+            key: inode.key.clone(),
+            size: attr.size,
+            etag: inode.stat.etag.clone(),
+            cfg: self.cfg.read,
+            budget: self.budget.clone(),
+            cached: None,
+        }))
     }
 
     /// Write `data` at `offset` through handle `fh`.

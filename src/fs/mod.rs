@@ -17,6 +17,7 @@ mod meta;
 mod open;
 mod read;
 mod readcache;
+mod readers;
 mod stage;
 mod write;
 
@@ -45,7 +46,6 @@ use cache::Cache;
 use dir::DirSnapshot;
 use inode::{Inode, Inodes, Stat};
 use open::OpenFile;
-use read::Reader;
 
 /// Mount-wide settings of the file system.
 #[derive(Debug, Clone)]
@@ -194,7 +194,7 @@ struct WriteHandle {
 }
 
 enum Handle {
-    Read(Reader),
+    Read(Arc<readers::Readers>),
     Write(WriteHandle),
     Dir(DirSnapshot),
     /// A handle a predecessor process opened: a reader is made again at its next read; a

@@ -118,6 +118,16 @@ impl Reader {
         }
     }
 
+    /// Offset just after the last byte returned.
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// Offset up to which data was asked for ahead of the reads.
+    pub fn ahead(&self) -> u64 {
+        self.queue_end.max(self.next_offset)
+    }
+
     /// Serve reads from `entry` of the read cache where it holds them.
     pub fn use_cache(&mut self, cache: Arc<ReadCache>, entry: Arc<Entry>) {
         self.cached = Some((cache, entry));

@@ -271,7 +271,7 @@ async fn sequential_reads_prefetch_in_parts_and_random_reads_fetch_only_the_rang
     assert_eq!(&got[..], &bytes[3..13]);
     let h = fs.handle(fh).unwrap();
     if let Handle::Read(r) = &*h.lock().await {
-        assert_eq!(r.requests, 2, "each random read is one exact GET");
+        assert_eq!(r.requests(), 2, "each random read is one exact GET");
     } else {
         panic!("not a read handle");
     }
@@ -305,9 +305,9 @@ async fn slightly_out_of_order_reads_are_served_from_the_prefetched_parts() {
     let h = fs.handle(fh).unwrap();
     if let Handle::Read(r) = &*h.lock().await {
         assert!(
-            r.requests <= 6,
+            r.requests() <= 6,
             "{} requests: reordering must not refetch",
-            r.requests
+            r.requests()
         );
     };
 }

@@ -217,3 +217,38 @@ async fn closing_a_reading_descriptor_never_waits_behind_a_read_stuck_in_the_sto
     assert!(synced.is_ok(), "fsync() waited behind the read");
     synced.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_read_held_back_by_the_store_does_not_hold_up_another_read_of_the_same_handle() {
+    let (mem, f) = faulty();
+    let bytes = data(64 * 1024);
+    put(mem.as_ref(), "f", &bytes).await;
+    let fs = Arc::new(fs_on(&f));
+    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
+    let fh = fs.open(a.ino, OpenMode::default()).await.unwrap();
+    // The next GET waits 3 s at the store.
+    f.add(Rule {
+        op: Some(Op::Get),
+        key: String::new(),
+        action: Action::Delay(Duration::from_secs(3)),
+        times: Some(1),
+    });
+    let slow = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.read(fh, 0, 4096).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Shuffled reads of one descriptor by other threads go on meanwhile, right bytes each.
+    let started = std::time::Instant::now();
+    for off in [40_000u64, 9_000, 60_000, 20_000] {
+        let got = tokio::time::timeout(Duration::from_secs(2), fs.read(fh, off, 4096))
+            .await
+            .expect("a read of the same handle is not held up by the slow one")
+            .unwrap();
+        let end = (off as usize + 4096).min(bytes.len());
+        assert_eq!(&got[..], &bytes[off as usize..end], "at {off}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(!slow.is_finished(), "the slow read is still at the store");
+    assert_eq!(&slow.await.unwrap().unwrap()[..], &bytes[..4096]);
+}
