@@ -12,7 +12,7 @@ use pail::store::{BucketExt, SharedBucket};
 use work::*;
 
 /// Whether the workload `name` runs: all of them, or those `PAIL_BENCH_ONLY` lists
-/// (comma-separated: seq, cache, random, write, ls, small, stat).
+/// (comma-separated: seq, shuffle, cache, random, write, ls, small, stat).
 fn only(name: &str) -> bool {
     match std::env::var("PAIL_BENCH_ONLY") {
         Ok(list) if !list.is_empty() => list.split(',').any(|w| w.trim() == name),
@@ -104,6 +104,35 @@ async fn main() {
             r,
             true,
         ));
+    }
+
+    if only("shuffle") {
+        // Data loaders: 8 threads read every 1 MiB block once, shuffled, page cache cold,
+        // each run on a fresh mount.
+        for (shared, what) in [(true, "one descriptor"), (false, "a descriptor each")] {
+            println!("8 threads, shuffled 1 MiB blocks of {big_mib} MiB, {what}...");
+            let r = runs(e.runs, || async {
+                let m = Mount::new(&e);
+                drop_caches();
+                let t = blocking({
+                    let p = m.path("big.bin");
+                    let size = e.big;
+                    move || mount_shuffled(&p, size, 8, shared)
+                })
+                .await;
+                let rss = m.peak_rss_mib();
+                drop(m);
+                let d = direct_shuffled(&store, "bench/big.bin", e.big, 8).await;
+                (mb(e.big, t), mb(e.big, d), Some(rss))
+            })
+            .await;
+            rows.push(row(
+                format!("8 threads shuffled 1 MiB, {what}"),
+                "MB/s",
+                r,
+                true,
+            ));
+        }
     }
 
     if only("cache") {

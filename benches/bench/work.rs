@@ -430,3 +430,69 @@ pub async fn direct_stat(store: &SharedBucket, n: usize) -> Duration {
     }
     start.elapsed()
 }
+
+/// Every 1 MiB block of a `size`-byte object, each once, in a shuffled order (the same for
+/// every run and reader).
+pub fn shuffled_blocks(size: u64) -> Vec<u64> {
+    let mut order: Vec<u64> = (0..size >> 20).collect();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in (1..order.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+/// `threads` threads `pread` every 1 MiB block of `path` once, shuffled, taking blocks from
+/// one queue: through one descriptor they all share (`shared`, as DataLoader workers that
+/// inherit it do), or a descriptor each.
+pub fn mount_shuffled(path: &Path, size: u64, threads: usize, shared: bool) -> Duration {
+    let order = Arc::new(shuffled_blocks(size));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let one = Arc::new(File::open(path).unwrap());
+    let start = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let (order, next) = (order.clone(), next.clone());
+            let f = if shared {
+                one.clone()
+            } else {
+                Arc::new(File::open(path).unwrap())
+            };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(block) = order.get(i) else { break };
+                    f.read_exact_at(&mut buf, block << 20).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    start.elapsed()
+}
+
+/// The same blocks through the store layer, `threads` ranged GETs at a time.
+pub async fn direct_shuffled(
+    store: &SharedBucket,
+    key: &str,
+    size: u64,
+    threads: usize,
+) -> Duration {
+    let start = Instant::now();
+    futures::stream::iter(shuffled_blocks(size))
+        .map(|b| {
+            let store = store.clone();
+            async move { store.get_range(key, b << 20..(b + 1) << 20, None).await }
+        })
+        .buffer_unordered(threads)
+        .try_for_each(|_| async { Ok(()) })
+        .await
+        .unwrap();
+    start.elapsed()
+}

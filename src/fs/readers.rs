@@ -18,6 +18,10 @@ use super::readcache::{Entry, ReadCache};
 /// budget).
 pub const MAX_READERS: usize = 8;
 
+/// How far around a reader's stream a read still belongs to it: above the kernel's
+/// read-ahead (`--read-ahead`, 4 MiB by default).
+const NEAR: u64 = 8 << 20;
+
 /// One reader and where its stream stands (kept outside its lock, so that a read can tell
 /// whether it continues a busy reader's stream).
 struct Slot {
@@ -102,10 +106,13 @@ impl Readers {
         len: u32,
     ) -> Result<(Arc<Slot>, OwnedMutexGuard<Reader>), Arc<Slot>> {
         let mut slots = lock(&self.slots);
-        // The stream this read continues, busy or not.
+        // The stream this read continues, busy or not: at or a little before where the
+        // reader stands, or within what it asked for ahead plus the kernel's read-ahead
+        // (which sends several requests of one stream at once).
         let continues = |s: &Slot| {
             let next = s.next.load(Ordering::Acquire);
-            offset >= next && offset <= s.ahead.load(Ordering::Acquire).max(next)
+            let ahead = s.ahead.load(Ordering::Acquire).max(next);
+            offset.saturating_add(NEAR) >= next && offset <= ahead.saturating_add(NEAR)
         };
         if let Some(s) = slots.iter().find(|s| continues(s)) {
             return match s.reader.clone().try_lock_owned() {

@@ -221,7 +221,7 @@ async fn closing_a_reading_descriptor_never_waits_behind_a_read_stuck_in_the_sto
 #[tokio::test]
 async fn a_read_held_back_by_the_store_does_not_hold_up_another_read_of_the_same_handle() {
     let (mem, f) = faulty();
-    let bytes = data(64 * 1024);
+    let bytes = data(64 << 20);
     put(mem.as_ref(), "f", &bytes).await;
     let fs = Arc::new(fs_on(&f));
     let a = fs.lookup(ROOT_INO, "f").await.unwrap();
@@ -240,7 +240,8 @@ async fn a_read_held_back_by_the_store_does_not_hold_up_another_read_of_the_same
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Shuffled reads of one descriptor by other threads go on meanwhile, right bytes each.
     let started = std::time::Instant::now();
-    for off in [40_000u64, 9_000, 60_000, 20_000] {
+    // (Far from the slow read's stream: reads near it wait for it, to keep a stream whole.)
+    for off in [40u64 << 20, 20 << 20, 60 << 20, 30 << 20] {
         let got = tokio::time::timeout(Duration::from_secs(2), fs.read(fh, off, 4096))
             .await
             .expect("a read of the same handle is not held up by the slow one")
