@@ -299,6 +299,22 @@ fn cp_p_rsync_t_and_tar_x_keep_modification_times_across_a_remount() {
 }
 
 #[test]
+fn touch_of_a_directory_is_kept_not_undone_when_the_store_drops_marker_metadata() {
+    let s3 = s3();
+    let m = mount_s3(
+        &s3,
+        &unique("dirtime"),
+        &["--persist-metadata", "--metadata-ttl", "0"],
+    );
+    fs::create_dir(m.join("d")).unwrap();
+    sh(&format!("touch -d @1600000100 {}", m.join("d").display()));
+    assert_eq!(fs::metadata(m.join("d")).unwrap().mtime(), 1_600_000_100);
+    // Asked of SeaweedFS again (which keeps no metadata on markers): still the time set.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(fs::metadata(m.join("d")).unwrap().mtime(), 1_600_000_100);
+}
+
+#[test]
 fn objects_carry_a_content_type_from_their_extension() {
     let s3 = s3();
     let prefix = unique("ctype");

@@ -18,12 +18,28 @@ const MAX_TIMES: usize = 100_000;
 
 /// Access and change times set during the mount, by key.
 #[derive(Debug, Default)]
-pub(super) struct Times(HashMap<String, (SystemTime, SystemTime)>);
+pub(super) struct Times(
+    HashMap<String, (SystemTime, SystemTime)>,
+    /// Modification times set on directories: shown for the mount's lifetime whatever the
+    /// store keeps on their markers (SeaweedFS keeps nothing), never reverting.
+    HashMap<String, SystemTime>,
+);
 
 impl Times {
     /// The (atime, ctime) of `key`, if set.
     pub fn get(&self, key: &str) -> Option<(SystemTime, SystemTime)> {
         self.0.get(key).copied()
+    }
+
+    /// The modification time set on the directory `key`, if any.
+    pub fn dir_mtime(&self, key: &str) -> Option<SystemTime> {
+        self.1.get(key).copied()
+    }
+
+    fn set_dir_mtime(&mut self, key: &str, t: SystemTime) {
+        if self.1.len() < MAX_TIMES || self.1.contains_key(key) {
+            self.1.insert(key.to_string(), t);
+        }
     }
 
     fn set(&mut self, key: &str, atime: SystemTime, ctime: SystemTime) {
@@ -45,11 +61,23 @@ impl Times {
                 self.0.insert(format!("{to}{}", &k[from.len()..]), t);
             }
         }
+        let moved: Vec<String> = self
+            .1
+            .keys()
+            .filter(|k| k.starts_with(from))
+            .cloned()
+            .collect();
+        for k in moved {
+            if let Some(t) = self.1.remove(&k) {
+                self.1.insert(format!("{to}{}", &k[from.len()..]), t);
+            }
+        }
     }
 
     /// `key` is gone.
     pub fn remove(&mut self, key: &str) {
         self.0.remove(key);
+        self.1.remove(key);
     }
 
     /// `key` was written now: its change time, if one is remembered.
@@ -101,9 +129,13 @@ impl Fs {
         }
         let inode = self.inode(ino)?;
         let now = SystemTime::now();
-        // A time set on a file open for writing is the one its upload stores.
+        // A time set on a file open for writing is the one its upload stores; one set on a
+        // directory is shown for the mount's lifetime (and stored on its marker below).
         if let (Some(t), Some(f)) = (set.mtime, self.open_file(ino)) {
             f.keep_mtime(Some(t));
+        }
+        if let (Some(t), Kind::Dir) = (set.mtime, inode.kind) {
+            lock(&self.times).set_dir_mtime(&inode.key, t);
         }
         if set.atime.is_some() || set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
             let (atime, _) = lock(&self.times)

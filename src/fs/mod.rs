@@ -451,14 +451,22 @@ impl Fs {
             uid = meta::uid(m).unwrap_or(uid);
             gid = meta::gid(m).unwrap_or(gid);
         }
-        let (atime, ctime) = lock(&self.times)
-            .get(&inode.key)
-            .unwrap_or((inode.stat.atime, inode.stat.ctime));
+        let (atime, ctime, mtime) = {
+            let times = lock(&self.times);
+            let (atime, ctime) = times
+                .get(&inode.key)
+                .unwrap_or((inode.stat.atime, inode.stat.ctime));
+            let mtime = match inode.kind {
+                Kind::Dir => times.dir_mtime(&inode.key),
+                _ => None,
+            };
+            (atime, ctime, mtime.unwrap_or(inode.stat.mtime))
+        };
         Attr {
             ino: inode.ino,
             kind: inode.kind,
             size,
-            mtime: inode.stat.mtime,
+            mtime,
             atime,
             ctime,
             perm,

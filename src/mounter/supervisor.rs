@@ -69,17 +69,28 @@ fn memfd(bytes: &[u8]) -> std::io::Result<OwnedFd> {
 }
 
 impl Spawner {
-    /// Tell the pod of `target`'s mount (when it is known).
+    /// Tell the pods of `target`'s mount (when they are known): its own pod, or every pod
+    /// bound to a shared mount.
     fn event(&self, target: &Path, reason: &'static str, warning: bool, message: String) {
         let (Some(sink), Some(r)) = (&self.events, self.records.load(target)) else {
             return;
         };
-        if let Some(pod) = r.pod {
+        let mut pods: Vec<super::PodRef> = self
+            .records
+            .all_binds()
+            .into_iter()
+            .filter(|b| b.mount == target)
+            .filter_map(|b| b.pod)
+            .collect();
+        if pods.is_empty() {
+            pods.extend(r.pod);
+        }
+        for pod in pods {
             sink(super::MountEvent {
-                volume_id: r.volume_id,
+                volume_id: r.volume_id.clone(),
                 pod,
                 reason,
-                message,
+                message: message.clone(),
                 warning,
             });
         }

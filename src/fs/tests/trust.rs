@@ -396,3 +396,33 @@ async fn objects_get_a_content_type_from_their_extension_and_keep_it_when_rename
         .unwrap();
     assert_eq!(ct("moved").await.as_deref(), Some("text/html"));
 }
+
+#[tokio::test]
+async fn a_time_set_on_a_directory_is_shown_for_the_mounts_life_and_never_reverts() {
+    let store = memory();
+    put(store.as_ref(), "d/f", b"x").await; // a directory that is only a prefix
+    let fs = Fs::new(
+        store.clone(),
+        FsConfig {
+            metadata_ttl: Duration::ZERO,
+            ..config()
+        },
+    );
+    let d = fs.lookup(ROOT_INO, "d").await.unwrap();
+    let when = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    let set = SetAttr {
+        mtime: Some(when),
+        ..Default::default()
+    };
+    fs.setattr(d.ino, set).await.unwrap();
+    assert_eq!(fs.getattr(d.ino).await.unwrap().mtime, when);
+    // Asked of the store again (the TTL is 0): still the time set.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(fs.lookup(ROOT_INO, "d").await.unwrap().mtime, when);
+    assert_eq!(fs.getattr(d.ino).await.unwrap().mtime, when);
+    // It moves with the directory.
+    fs.rename(ROOT_INO, "d", ROOT_INO, "e", false)
+        .await
+        .unwrap();
+    assert_eq!(fs.lookup(ROOT_INO, "e").await.unwrap().mtime, when);
+}
