@@ -330,4 +330,8 @@ fn objects_carry_a_content_type_from_their_extension() {
     };
     assert_eq!(ct("index.html").as_deref(), Some("text/html"));
     assert_eq!(ct("data.json").as_deref(), Some("application/json"));
+    // A new name of another type: the object takes it (a 9 MiB multipart object).
+    fs::rename(m.join("data.json"), m.join("data.csv")).unwrap();
+    assert_eq!(ct("data.csv").as_deref(), Some("text/csv"));
+    assert_eq!(fs::metadata(m.join("data.csv")).unwrap().len(), 9 << 20);
 }

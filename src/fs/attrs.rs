@@ -227,6 +227,7 @@ impl Fs {
             }
             let opts = PutOptions {
                 meta: m.clone(),
+                content_type: Some(crate::store::DIRECTORY_CONTENT_TYPE.into()),
                 ..Default::default()
             };
             self.store.put(&inode.key, Payload::new(), &opts).await?;

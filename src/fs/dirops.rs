@@ -191,6 +191,7 @@ impl Fs {
         };
         let opts = PutOptions {
             meta: m.clone(),
+            content_type: Some(crate::store::DIRECTORY_CONTENT_TYPE.into()),
             ..Default::default()
         };
         self.store.put(&key, Payload::new(), &opts).await?;
@@ -368,13 +369,36 @@ impl Fs {
                 format!("{:?} is being written and not stored yet", inode.key),
             ));
         }
-        let copied = self
-            .store
-            .copy(&inode.key, new_key, &CopyOptions::default())
-            .await?;
+        let copied = self.copy_renamed(&inode.key, new_key).await?;
         self.store.delete(&inode.key).await?;
         self.repoint(inode.ino, new_key, copied.etag).await;
         Ok(())
+    }
+
+    /// Copy `from` to `to` for a rename: its metadata kept, its Content-Type the one of its
+    /// new name when that differs (`page.tmp` → `page.html`), as the object's own version
+    /// (pinned to it); a store that cannot copy with new headers (GCS) keeps the old type.
+    async fn copy_renamed(&self, from: &str, to: &str) -> FsResult<crate::store::PutResult> {
+        let wanted = meta::content_type(to);
+        if wanted.is_some()
+            && wanted != meta::content_type(from)
+            && let Some(info) = self.store.head(from).await?
+            && info.content_type != wanted
+        {
+            let opts = CopyOptions {
+                replace: Some(PutOptions {
+                    meta: info.meta.clone(),
+                    content_type: wanted,
+                    condition: None,
+                }),
+                if_match: info.etag.clone(),
+            };
+            match self.store.copy(from, to, &opts).await {
+                Err(e) if e.kind == crate::store::StoreErrorKind::Unsupported => {}
+                other => return Ok(other?),
+            }
+        }
+        Ok(self.store.copy(from, to, &CopyOptions::default()).await?)
     }
 
     /// The files open for writing below the directory key `dir`: (inode, key).

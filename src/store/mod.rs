@@ -29,6 +29,10 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 pub use error::{StoreError, StoreErrorKind, one_line};
+
+/// The Content-Type of directory markers, as s3fs writes and recognises them (so that s3fs
+/// lists pail's directories, and pail s3fs's).
+pub const DIRECTORY_CONTENT_TYPE: &str = "application/x-directory";
 pub use faults::{Action, Faulty, Rule};
 pub use identity::WebIdentity;
 pub use memory::{MemoryBucket, Op};
@@ -271,9 +275,11 @@ pub trait Bucket: Send + Sync + fmt::Debug {
 
     /// Create the marker of the directory key `dir` (ending in `/`).
     async fn put_marker(&self, dir: &str) -> Result<()> {
-        self.put(dir, Payload::new(), &PutOptions::default())
-            .await
-            .map(|_| ())
+        let opts = PutOptions {
+            content_type: Some(DIRECTORY_CONTENT_TYPE.into()),
+            ..Default::default()
+        };
+        self.put(dir, Payload::new(), &opts).await.map(|_| ())
     }
 
     /// Create the bucket itself (an existing bucket of ours is success).

@@ -378,7 +378,7 @@ async fn xattrs_persist_in_s3fs_form_and_need_the_option() {
 }
 
 #[tokio::test]
-async fn objects_get_a_content_type_from_their_extension_and_keep_it_when_renamed() {
+async fn objects_get_a_content_type_from_their_extension_and_their_new_names_when_renamed() {
     let store = memory();
     let fs = fs_over(store.clone());
     write_file(&fs, ROOT_INO, "page.html", b"<p>").await;
@@ -391,10 +391,31 @@ async fn objects_get_a_content_type_from_their_extension_and_keep_it_when_rename
     assert_eq!(ct("page.html").await.as_deref(), Some("text/html"));
     assert_eq!(ct("big.json").await.as_deref(), Some("application/json"));
     assert_eq!(ct("noext").await, None);
+    // A name without a type of its own keeps the object's.
     fs.rename(ROOT_INO, "page.html", ROOT_INO, "moved", false)
         .await
         .unwrap();
     assert_eq!(ct("moved").await.as_deref(), Some("text/html"));
+    // A name of another type gives the object that type (an editor's `x.tmp` → `x.csv`,
+    // a multipart object included); data and metadata are kept.
+    fs.rename(ROOT_INO, "big.json", ROOT_INO, "big.csv", false)
+        .await
+        .unwrap();
+    assert_eq!(ct("big.csv").await.as_deref(), Some("text/csv"));
+    assert_eq!(
+        read_all(&fs, fs.lookup(ROOT_INO, "big.csv").await.unwrap().ino).await,
+        data(2_500)
+    );
+    fs.rename(ROOT_INO, "moved", ROOT_INO, "page.txt", false)
+        .await
+        .unwrap();
+    assert_eq!(ct("page.txt").await.as_deref(), Some("text/plain"));
+    // Directory markers carry s3fs's type for directories.
+    fs.mkdir(ROOT_INO, "dir", 0o755, 0, 0).await.unwrap();
+    assert_eq!(
+        ct("dir/").await.as_deref(),
+        Some(crate::store::DIRECTORY_CONTENT_TYPE)
+    );
 }
 
 #[tokio::test]
