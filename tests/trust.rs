@@ -169,6 +169,30 @@ fn mknod_makes_regular_files_and_refuses_fifos() {
 }
 
 #[test]
+fn fifos_sockets_and_devices_are_objects_with_persist_metadata() {
+    let s3 = s3();
+    let prefix = unique("specials");
+    let kinds = |mp: &str| {
+        sh(&format!(
+            "stat -c '%n %F %t %T' {mp}/fifo {mp}/sock {mp}/tty | sed 's#^{mp}/##'"
+        ))
+    };
+    let want = "fifo fifo 0 0\nsock socket 0 0\ntty character special file 5 1\n";
+    {
+        let m = mount_s3(&s3, &prefix, &["--persist-metadata"]);
+        let mp = m.path.display().to_string();
+        sh(&format!(
+            "mkfifo {mp}/fifo && mknod {mp}/tty c 5 1 && python3 -c \"import socket; socket.socket(socket.AF_UNIX).bind('{mp}/sock')\""
+        ));
+        assert_eq!(kinds(&mp), want);
+    }
+    // What another mount sees; the objects are empty.
+    let m = mount_s3(&s3, &prefix, &["--persist-metadata"]);
+    assert_eq!(kinds(&m.path.display().to_string()), want);
+    assert_eq!(stored(&s3, &format!("{prefix}fifo")).unwrap(), b"");
+}
+
+#[test]
 fn names_with_control_characters_round_trip() {
     let s3 = s3();
     let prefix = unique("ctlnames");

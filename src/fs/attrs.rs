@@ -393,20 +393,31 @@ impl Fs {
         self.store_meta(ino, m, true).await
     }
 
-    /// mknod: a regular file is created empty; FIFOs, sockets and devices cannot be
-    /// objects (EPERM).
+    /// mknod: a regular file is created empty; FIFOs, sockets and devices, with
+    /// `--persist-metadata`, are empty objects whose metadata holds their mode and device
+    /// number as s3fs stores them (without it, EPERM).
     pub async fn mknod(
         &self,
         parent: u64,
         name: &str,
         mut mode: CreateMode,
         kind: u32,
+        rdev: u32,
     ) -> FsResult<Attr> {
         if kind != meta::S_IFREG {
-            return Err(FsError::new(
-                libc::EPERM,
-                "only regular files can be made with mknod (FIFOs, sockets and devices cannot be objects)",
-            ));
+            if !self.cfg.persist_metadata {
+                return Err(FsError::new(
+                    libc::EPERM,
+                    "FIFOs, sockets and devices need --persist-metadata (their kind is kept in object metadata)",
+                ));
+            }
+            if !meta::SPECIAL_TYPES.contains(&kind) {
+                return Err(FsError::new(
+                    libc::EINVAL,
+                    format!("mknod of file type {kind:o}"),
+                ));
+            }
+            return self.make_special(parent, name, &mode, kind, rdev).await;
         }
         mode.exclusive = true;
         let (attr, fh) = self.create(parent, name, mode).await?;
@@ -414,6 +425,49 @@ impl Fs {
         let released = self.release(fh).await;
         stored.and(released)?;
         Ok(self.attr_of(&self.inode(attr.ino)?))
+    }
+}
+
+impl Fs {
+    /// A FIFO, socket or device node `name` in `parent`: an empty object with its mode.
+    async fn make_special(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: &CreateMode,
+        kind: u32,
+        rdev: u32,
+    ) -> FsResult<Attr> {
+        self.writable()?;
+        let p = self.parent_dir(parent)?;
+        meta::check_name(name, libc::EINVAL)?;
+        match self.resolve(parent, name).await {
+            Ok(_) => return Err(FsError::new(libc::EEXIST, format!("{name:?} exists"))),
+            Err(e) if e.errno == libc::ENOENT => {}
+            Err(e) => return Err(e),
+        }
+        let key = format!("{}{name}", p.key);
+        meta::check_key(&key)?;
+        let now = SystemTime::now();
+        let mut m = meta::new_meta(kind | (mode.perm & 0o7777), mode.uid, mode.gid, now);
+        if rdev != 0 {
+            m.insert("rdev".into(), rdev.to_string());
+        }
+        let opts = PutOptions {
+            meta: m.clone(),
+            condition: Some(crate::store::Condition::IfNoneMatch)
+                .filter(|_| self.store.features().conditional_writes),
+            ..Default::default()
+        };
+        self.store.put(&key, Payload::new(), &opts).await?;
+        let stat = inode::Stat::new(0, now, None, m);
+        let mut inodes = self.inodes();
+        let ino = inodes.upsert(parent, name, key, Kind::Special(kind), stat, self.expiry());
+        inodes.add_lookups(ino, 1);
+        let inode = inodes.get(ino).cloned();
+        drop(inodes);
+        let inode = inode.ok_or_else(|| FsError::new(libc::EIO, "the new node vanished"))?;
+        Ok(self.attr_of(&inode))
     }
 }
 

@@ -286,7 +286,7 @@ impl Fs {
         }
         let inode = self.inode(src.ino)?;
         let new_key = match src.kind {
-            Kind::File | Kind::Symlink => {
+            Kind::File | Kind::Symlink | Kind::Special(_) => {
                 if dst.as_ref().is_some_and(|d| d.kind == Kind::Dir) {
                     return Err(FsError::new(
                         libc::EISDIR,

@@ -18,6 +18,10 @@ pub enum Kind {
     Dir,
     /// A symbolic link (an object whose body is the target).
     Symlink,
+    /// A FIFO, socket or device node (with `--persist-metadata`): an empty object whose
+    /// mode's type bits (`S_IFIFO`, `S_IFSOCK`, `S_IFCHR`, `S_IFBLK`) say which, as s3fs
+    /// stores them.
+    Special(u32),
 }
 
 /// The remote state of an inode as last seen.
@@ -100,7 +104,8 @@ const PINNED: u64 = u64::MAX / 4;
 fn kind_code(kind: Kind) -> u8 {
     match kind {
         Kind::Dir => journal::DIR,
-        Kind::File => journal::FILE,
+        // (A successor sees a special file as one again at its next lookup.)
+        Kind::File | Kind::Special(_) => journal::FILE,
         Kind::Symlink => journal::LINK,
     }
 }

@@ -15,6 +15,8 @@ use crate::store::{Meta, ObjectInfo};
 
 /// File type bits of st_mode.
 pub const S_IFMT: u32 = 0o170000;
+/// The file-type bits of FIFOs, sockets and character and block devices.
+pub const SPECIAL_TYPES: [u32; 4] = [0o010000, 0o140000, 0o020000, 0o060000];
 /// Symbolic link.
 pub const S_IFLNK: u32 = 0o120000;
 /// Regular file.
@@ -41,6 +43,11 @@ fn time(meta: &Meta, name: &str) -> Option<SystemTime> {
         .then(|| UNIX_EPOCH + Duration::from_secs_f64(secs))
 }
 
+/// The device number of a device node (s3fs's `rdev`), else 0.
+pub fn rdev(meta: &Meta) -> u32 {
+    meta.get("rdev").and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 /// Modification time recorded for an object, if any.
 pub fn mtime(meta: &Meta) -> Option<SystemTime> {
     time(meta, "mtime")
@@ -53,6 +60,7 @@ pub const GCSFUSE_SYMLINK: &str = "gcsfuse_symlink_target";
 pub fn stat_of(info: ObjectInfo) -> (Kind, Stat) {
     let kind = match mode(&info.meta) {
         Some(m) if m & S_IFMT == S_IFLNK => Kind::Symlink,
+        Some(m) if SPECIAL_TYPES.contains(&(m & S_IFMT)) => Kind::Special(m & S_IFMT),
         _ if info.meta.contains_key(GCSFUSE_SYMLINK) => Kind::Symlink,
         _ => Kind::File,
     };

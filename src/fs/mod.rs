@@ -135,6 +135,8 @@ pub struct Attr {
     pub gid: u32,
     /// Links: 0 once the name of a file still open was removed.
     pub nlink: u32,
+    /// Device number of a device node.
+    pub rdev: u32,
 }
 
 /// How a file is opened.
@@ -443,6 +445,7 @@ impl Fs {
             Kind::Dir => (self.cfg.dir_mode, 0),
             Kind::File => (self.cfg.file_mode, inode.stat.size),
             Kind::Symlink => (0o777, inode.stat.size),
+            Kind::Special(_) => (self.cfg.file_mode, 0),
         };
         let (mut uid, mut gid) = (self.cfg.uid, self.cfg.gid);
         if self.cfg.persist_metadata && inode.kind != Kind::Symlink {
@@ -472,6 +475,10 @@ impl Fs {
             perm,
             uid,
             gid,
+            rdev: match inode.kind {
+                Kind::Special(_) => meta::rdev(&inode.stat.meta),
+                _ => 0,
+            },
             nlink: match (inode.unlinked, inode.kind) {
                 (true, _) => 0,
                 (false, Kind::Dir) => 2,

@@ -97,7 +97,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: MAX_IO,
         flags: 0,
     }
@@ -108,6 +108,13 @@ fn file_type(kind: Kind) -> FileType {
         Kind::Dir => FileType::Directory,
         Kind::File => FileType::RegularFile,
         Kind::Symlink => FileType::Symlink,
+        Kind::Special(t) => match t {
+            0o010000 => FileType::NamedPipe,
+            0o140000 => FileType::Socket,
+            0o020000 => FileType::CharDevice,
+            0o060000 => FileType::BlockDevice,
+            _ => FileType::RegularFile,
+        },
     }
 }
 
@@ -253,7 +260,7 @@ impl Filesystem for FuseFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
         let Some(name) = utf8(name) else {
@@ -270,7 +277,7 @@ impl Filesystem for FuseFs {
         };
         let kind = mode & libc::S_IFMT;
         self.spawn("mknod", move |fs, ttl| async move {
-            match fs.mknod(parent.0, &name, create, kind).await {
+            match fs.mknod(parent.0, &name, create, kind, rdev).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(&e, "mknod")),
             }

@@ -163,26 +163,68 @@ async fn an_edit_of_an_object_another_client_replaced_is_estale_and_keeps_theirs
 }
 
 #[tokio::test]
-async fn mknod_makes_empty_files_only() {
+async fn mknod_makes_empty_files_and_special_files_only_with_persist_metadata() {
     let store = memory();
     let fs = fs_over(store.clone());
     let a = fs
-        .mknod(ROOT_INO, "empty", excl(), meta::S_IFREG)
+        .mknod(ROOT_INO, "empty", excl(), meta::S_IFREG, 0)
         .await
         .unwrap();
     assert_eq!((a.kind, a.size), (Kind::File, 0));
     assert_eq!(store.object("empty").unwrap().len(), 0);
     for kind in [libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR, libc::S_IFBLK] {
-        let e = fs.mknod(ROOT_INO, "x", excl(), kind).await.unwrap_err();
+        let e = fs.mknod(ROOT_INO, "x", excl(), kind, 0).await.unwrap_err();
         assert_eq!(e.errno, libc::EPERM);
     }
+    assert!(store.object("x").is_none());
     assert_eq!(
-        fs.mknod(ROOT_INO, "empty", excl(), meta::S_IFREG)
+        fs.mknod(ROOT_INO, "empty", excl(), meta::S_IFREG, 0)
             .await
             .unwrap_err()
             .errno,
         libc::EEXIST
     );
+    // With --persist-metadata: empty objects whose mode says what they are (s3fs's way),
+    // seen as such by another mount.
+    let fs = Fs::new(store.clone(), persist());
+    let fifo = fs
+        .mknod(ROOT_INO, "fifo", excl(), libc::S_IFIFO, 0)
+        .await
+        .unwrap();
+    assert_eq!(fifo.kind, Kind::Special(libc::S_IFIFO));
+    let dev = fs
+        .mknod(ROOT_INO, "tty", excl(), libc::S_IFCHR, 0x0504)
+        .await
+        .unwrap();
+    assert_eq!((dev.kind, dev.rdev), (Kind::Special(libc::S_IFCHR), 0x0504));
+    let info = store.head("fifo").await.unwrap().unwrap();
+    assert_eq!(info.size, 0);
+    assert_eq!(
+        meta::mode(&info.meta).map(|m| m & meta::S_IFMT),
+        Some(libc::S_IFIFO)
+    );
+    let other = Fs::new(store.clone(), persist());
+    for (name, kind, rdev) in [("fifo", libc::S_IFIFO, 0), ("tty", libc::S_IFCHR, 0x0504)] {
+        let a = other.lookup(ROOT_INO, name).await.unwrap();
+        assert_eq!((a.kind, a.rdev), (Kind::Special(kind), rdev), "{name}");
+    }
+    assert_eq!(
+        fs.mknod(ROOT_INO, "fifo", excl(), libc::S_IFIFO, 0)
+            .await
+            .unwrap_err()
+            .errno,
+        libc::EEXIST
+    );
+    // Renamed and removed as files are.
+    fs.rename(ROOT_INO, "fifo", ROOT_INO, "pipe", false)
+        .await
+        .unwrap();
+    assert_eq!(
+        other.lookup(ROOT_INO, "pipe").await.unwrap().kind,
+        Kind::Special(libc::S_IFIFO)
+    );
+    fs.unlink(ROOT_INO, "pipe").await.unwrap();
+    assert!(store.object("pipe").is_none());
 }
 
 #[tokio::test]
