@@ -228,6 +228,37 @@ fn long_names_are_enametoolong() {
 }
 
 #[test]
+fn a_key_past_1024_bytes_fails_at_open_with_enametoolong_and_nothing_changes() {
+    let s3 = s3();
+    let prefix = unique("longkey");
+    let m = mount_s3(&s3, &prefix, &[]);
+    let dir = m.join(&format!(
+        "{}/{}/{}/{}",
+        "a".repeat(220),
+        "b".repeat(220),
+        "c".repeat(220),
+        "d".repeat(220)
+    ));
+    fs::create_dir_all(&dir).unwrap();
+    // A name of 255 bytes or less whose full key is 1,100 bytes.
+    let name = "n".repeat(1100 - prefix.len() - 4 * 221);
+    assert!(name.len() <= 255);
+    let e = fs::File::create(dir.join(&name)).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG), "{e}");
+    let e = fs::create_dir(dir.join(&name)).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG), "{e}");
+    fs::write(dir.join("short"), b"kept").unwrap();
+    let e = fs::rename(dir.join("short"), dir.join(&name)).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG), "{e}");
+    // Nothing but the four markers and the short file in the bucket.
+    let keys = block_on(s3.store().list_keys(&prefix, 100))
+        .unwrap()
+        .unwrap();
+    assert_eq!(keys.len(), 5, "{keys:?}");
+    assert_eq!(fs::read(dir.join("short")).unwrap(), b"kept");
+}
+
+#[test]
 fn touch_chmod_times_and_xattrs_persist_with_persist_metadata() {
     let s3 = s3();
     let prefix = unique("persist");
