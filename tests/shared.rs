@@ -143,6 +143,13 @@ async fn pods_of_a_staged_volume_share_one_mount_and_another_identity_gets_its_o
     req.secrets = reader_secrets();
     node.node_publish_volume(req).await.unwrap();
     assert_eq!(mounts(&d).len(), 2);
+    // The plugin's metrics count the pods of each mount.
+    let metrics = d.metrics();
+    assert!(
+        metrics.contains(&format!("pail_volume_pods{{volume_id=\"{id}\"}} 3")),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!("pail_volume_pods{{volume_id=\"{id}\"}} 1")));
     assert_eq!(
         std::fs::read(r.join("from-a.txt")).unwrap(),
         b"written by pod a"

@@ -50,6 +50,10 @@ fn render(mounter: &dyn Mounter, namespaces: bool) -> String {
             v.restarts
         ));
     }
+    out.push_str("# HELP pail_volume_pods Pods of this node using the volume's mount (a shared mount: one bind each).\n# TYPE pail_volume_pods gauge\n");
+    for (l, v) in &labelled {
+        out.push_str(&format!("pail_volume_pods{{{l}}} {}\n", v.pods));
+    }
     out.push_str("# HELP pail_volume_up Whether a mount process serves the volume now.\n# TYPE pail_volume_up gauge\n");
     for (l, v) in &labelled {
         out.push_str(&format!(

@@ -99,8 +99,10 @@ pub type EventSink = std::sync::Arc<dyn Fn(MountEvent) + Send + Sync>;
 pub struct VolumeReport {
     /// CSI volume id.
     pub volume_id: String,
-    /// Its pod, when known.
+    /// Its pod, when known (a shared mount: the pod that started it).
     pub pod: Option<PodRef>,
+    /// The pods that use it (a shared mount's binds; else 1).
+    pub pods: usize,
     /// Mount processes started to replace one that died.
     pub restarts: u64,
     /// No process serves it right now.

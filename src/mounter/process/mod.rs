@@ -660,7 +660,9 @@ impl Mounter for ProcessMounter {
             .into_iter()
             .map(|r| {
                 let sup = self.supervised(&r.target);
+                let binds = self.binds_of(&r.target).len();
                 super::VolumeReport {
+                    pods: if binds > 0 { binds } else { 1 },
                     restarts: sup
                         .as_ref()
                         .map_or(0, |s| s.restarts.load(Ordering::Relaxed)),
