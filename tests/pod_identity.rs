@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::csi::{Driver, mount_cap, unpublish_req};
@@ -472,4 +472,69 @@ async fn a_symlink_a_mount_plants_in_its_directory_never_turns_a_root_file_over(
     assert!(meta.is_file());
     assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (0, 0, 0o600));
     assert_eq!(std::fs::read(&victim).unwrap(), b"root only");
+}
+
+#[tokio::test]
+async fn pods_of_one_service_account_share_a_mount_and_a_leaving_pods_token_is_dropped() {
+    let bucket = tokio::task::spawn_blocking(|| moto_bucket("csi-shared"))
+        .await
+        .unwrap();
+    let proxy = Arc::new(Proxy::start(&moto()));
+    let dir = tempfile::tempdir().unwrap();
+    let (_api, kubeconfig) = fake_api(dir.path());
+    let driver = Driver::start_with(
+        &["--allowed-endpoints=127.0.0.1"],
+        &[("KUBECONFIG", &kubeconfig)],
+    );
+    let mut node = driver.node().await;
+    let staging = common::csi::staging_of(&driver, "pod-vol");
+    let publish = |target: &Path, token: &str| {
+        let mut r = pod_publish(&bucket, &proxy.endpoint, target, token);
+        r.volume_context.remove("csi.storage.k8s.io/ephemeral");
+        r.staging_target_path = staging.display().to_string();
+        r
+    };
+    let (a, b) = (driver.target("trainer-0"), driver.target("trainer-1"));
+    node.node_publish_volume(publish(&a, &jwt(7)))
+        .await
+        .unwrap();
+    node.node_publish_volume(publish(&b, &jwt(8)))
+        .await
+        .unwrap();
+    // One mount for both pods, below the staging path, holding the newest token.
+    let records: Vec<_> = std::fs::read_dir(driver.state().join("mounts"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(records.len(), 1);
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(records[0].path()).unwrap()).unwrap();
+    let mount = PathBuf::from(r["target"].as_str().unwrap());
+    assert!(mount.starts_with(&staging));
+    let token_file = driver
+        .state()
+        .join("tokens")
+        .join(pail::mounter::state::slug(&mount));
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), jwt(8));
+    std::fs::write(a.join("from-a.pt"), b"a").unwrap();
+    assert_eq!(std::fs::read(b.join("from-a.pt")).unwrap(), b"a");
+    signed_by_sts(&proxy);
+    // Pod b leaves: its token is dropped, the mount takes a's.
+    node.node_unpublish_volume(unpublish_req("pod-vol", &b))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), jwt(7));
+    // a's refresh reaches the shared mount.
+    node.node_publish_volume(publish(&a, &jwt(9)))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), jwt(9));
+    std::fs::write(a.join("after.pt"), b"b").unwrap();
+    assert!(!driver.log().contains(&jwt(7)), "tokens never logged");
+    node.node_unpublish_volume(unpublish_req("pod-vol", &a))
+        .await
+        .unwrap();
+    assert!(!token_file.exists(), "the token goes with the mount");
+    assert!(!mount.exists());
 }
