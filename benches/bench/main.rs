@@ -12,7 +12,7 @@ use pail::store::{BucketExt, SharedBucket};
 use work::*;
 
 /// Whether the workload `name` runs: all of them, or those `PAIL_BENCH_ONLY` lists
-/// (comma-separated: seq, shuffle, cache, random, write, ls, small, stat).
+/// (comma-separated: seq, shuffle, pods, cache, random, write, ls, small, stat).
 fn only(name: &str) -> bool {
     match std::env::var("PAIL_BENCH_ONLY") {
         Ok(list) if !list.is_empty() => list.split(',').any(|w| w.trim() == name),
@@ -133,6 +133,54 @@ async fn main() {
                 true,
             ));
         }
+    }
+
+    if only("pods") {
+        // 8 pods of a node reading the same 1 GiB file: binds of one mount (the CSI driver's
+        // shared mount) against a mount per pod (before). "direct": the store layer reading
+        // it 8 times at once. RSS: the one mount's peak, or the sum of the 8 mounts' peaks.
+        println!(
+            "8 pods reading one {} MiB file: shared mount, then a mount each...",
+            mid >> 20
+        );
+        let direct = || async {
+            drop_caches();
+            let start = std::time::Instant::now();
+            futures::future::join_all(
+                (0..8).map(|_| direct_seq_read(&store, "bench/mid.bin", mid)),
+            )
+            .await;
+            mb(8 * mid, start.elapsed())
+        };
+        let r = runs(e.runs, || async {
+            let m = Mount::new(&e);
+            let binds: Vec<Bind> = (0..8).map(|_| Bind::of(&m.path(""))).collect();
+            let paths: Vec<PathBuf> = binds.iter().map(|b| b.path("mid.bin")).collect();
+            drop_caches();
+            let t = blocking(move || parallel_reads(&paths, 8)).await;
+            let rss = m.peak_rss_mib();
+            drop(binds);
+            drop(m);
+            (mb(8 * mid, t), direct().await, Some(rss))
+        })
+        .await;
+        rows.push(row(
+            "8 pods x 1 GiB, one shared mount".into(),
+            "MB/s",
+            r,
+            true,
+        ));
+        let r = runs(e.runs, || async {
+            let mounts: Vec<Mount> = (0..8).map(|_| Mount::new(&e)).collect();
+            let paths: Vec<PathBuf> = mounts.iter().map(|m| m.path("mid.bin")).collect();
+            drop_caches();
+            let t = blocking(move || parallel_reads(&paths, 8)).await;
+            let rss: f64 = mounts.iter().map(|m| m.peak_rss_mib()).sum();
+            drop(mounts);
+            (mb(8 * mid, t), direct().await, Some(rss))
+        })
+        .await;
+        rows.push(row("8 pods x 1 GiB, a mount each".into(), "MB/s", r, true));
     }
 
     if only("cache") {

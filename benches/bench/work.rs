@@ -496,3 +496,47 @@ pub async fn direct_shuffled(
         .unwrap();
     start.elapsed()
 }
+
+/// `readers` threads each read the whole of one of `paths` (round robin) at once; the time
+/// until the last is done.
+pub fn parallel_reads(paths: &[PathBuf], readers: usize) -> Duration {
+    let start = Instant::now();
+    let workers: Vec<_> = (0..readers)
+        .map(|i| {
+            let p = paths[i % paths.len()].clone();
+            std::thread::spawn(move || mount_seq_read(&p))
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    start.elapsed()
+}
+
+/// A bind mount of `source` (what the CSI driver gives each pod of a shared mount).
+pub struct Bind(tempfile::TempDir);
+
+impl Bind {
+    pub fn of(source: &Path) -> Bind {
+        let d = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .arg("--bind")
+            .arg(source)
+            .arg(d.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount --bind");
+        Bind(d)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.0.path().join(rel)
+    }
+}
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
