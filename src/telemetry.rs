@@ -55,6 +55,8 @@ pub enum Counter {
     BytesWritten,
     /// Store requests sent again after a transient failure.
     Retries,
+    /// Bytes of object data read from the store.
+    BytesFetched,
 }
 
 type Family = RwLock<BTreeMap<(&'static str, &'static str), Arc<Histogram>>>;
@@ -63,7 +65,7 @@ type Family = RwLock<BTreeMap<(&'static str, &'static str), Arc<Histogram>>>;
 struct Registry {
     store: Family,
     fuse: Family,
-    counters: [AtomicU64; 3],
+    counters: [AtomicU64; 4],
 }
 
 fn registry() -> &'static Registry {
@@ -160,6 +162,9 @@ pub struct Snapshot {
     pub bytes_written: u64,
     /// Retried store requests.
     pub retries: u64,
+    /// Bytes of object data read from the store.
+    #[serde(default)]
+    pub fetched_bytes: u64,
     /// Reads answered by the local data cache.
     pub cache_hits: u64,
     /// Reads that went to the store (GET requests).
@@ -213,6 +218,7 @@ pub fn snapshot() -> Snapshot {
         bytes_read: r.counters[Counter::BytesRead as usize].load(Ordering::Relaxed),
         bytes_written: r.counters[Counter::BytesWritten as usize].load(Ordering::Relaxed),
         retries: r.counters[Counter::Retries as usize].load(Ordering::Relaxed),
+        fetched_bytes: r.counters[Counter::BytesFetched as usize].load(Ordering::Relaxed),
         cache_misses: gets,
         ..Default::default()
     }
@@ -264,12 +270,18 @@ type Scalar = (
 /// the snapshot of its mount process.
 pub fn render(volumes: &[(String, &Snapshot)]) -> String {
     let mut out = String::new();
-    let scalars: [Scalar; 8] = [
+    let scalars: [Scalar; 9] = [
         (
             "pail_volume_read_bytes_total",
             "counter",
             "Bytes applications read from the volume.",
             |s| s.bytes_read,
+        ),
+        (
+            "pail_volume_fetched_bytes_total",
+            "counter",
+            "Bytes of object data the volume's mount read from the store.",
+            |s| s.fetched_bytes,
         ),
         (
             "pail_volume_written_bytes_total",
@@ -346,10 +358,15 @@ mod tests {
         store_request("get", "ok", Duration::from_micros(700));
         store_request("get", "ok", Duration::from_secs(20));
         add(Counter::BytesRead, 5);
+        add(Counter::BytesFetched, 7);
         let snap = snapshot();
         let text = render(&[("volume_id=\"v\",namespace=\"ns\"".to_string(), &snap)]);
         assert!(
             text.contains("pail_volume_read_bytes_total{volume_id=\"v\",namespace=\"ns\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pail_volume_fetched_bytes_total{volume_id=\"v\",namespace=\"ns\"} 7"),
             "{text}"
         );
         assert!(text.contains(

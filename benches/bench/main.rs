@@ -159,8 +159,21 @@ async fn main() {
             drop_caches();
             let t = blocking(move || parallel_reads(&paths, 8)).await;
             let rss = m.peak_rss_mib();
-            drop(binds);
-            drop(m);
+            let fetched = blocking({
+                let m = std::sync::Arc::new(m);
+                let m2 = m.clone();
+                drop(binds);
+                move || {
+                    std::thread::sleep(std::time::Duration::from_millis(5500));
+                    (m2.fetched_bytes(), m)
+                }
+            })
+            .await;
+            println!(
+                "  shared mount: fetched {:.2}x the file from the store",
+                fetched.0 as f64 / mid as f64
+            );
+            drop(fetched);
             (mb(8 * mid, t), direct().await, Some(rss))
         })
         .await;
@@ -176,6 +189,19 @@ async fn main() {
             drop_caches();
             let t = blocking(move || parallel_reads(&paths, 8)).await;
             let rss: f64 = mounts.iter().map(|m| m.peak_rss_mib()).sum();
+            let mounts = std::sync::Arc::new(mounts);
+            let fetched: u64 = blocking({
+                let mounts = mounts.clone();
+                move || {
+                    std::thread::sleep(std::time::Duration::from_millis(5500));
+                    mounts.iter().map(|m| m.fetched_bytes()).sum()
+                }
+            })
+            .await;
+            println!(
+                "  a mount each: fetched {:.2}x the file from the store",
+                fetched as f64 / mid as f64
+            );
             drop(mounts);
             (mb(8 * mid, t), direct().await, Some(rss))
         })

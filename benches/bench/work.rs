@@ -101,6 +101,8 @@ impl Mount {
             .arg(&cache)
             .args(extra)
             .args(journal(dir.path()))
+            .arg("--metrics-file")
+            .arg(dir.path().join("metrics.json"))
             .args(
                 std::env::var("PAIL_BENCH_MOUNT_ARGS")
                     .unwrap_or_default()
@@ -119,6 +121,17 @@ impl Mount {
 
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join("mnt").join(rel)
+    }
+
+    /// Bytes of object data the mount read from the store, as its last metrics snapshot
+    /// (written every 5 s) says.
+    pub fn fetched_bytes(&self) -> u64 {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("metrics.json")).unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["fetched_bytes"].as_u64())
+            .unwrap_or(0)
     }
 
     /// Peak resident memory of the mount process so far, MiB.

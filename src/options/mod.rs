@@ -267,9 +267,10 @@ pub struct MountArgs {
     /// Serve this already mounted /dev/fuse descriptor instead of mounting (a spec only).
     #[arg(skip)]
     pub fuse_fd: Option<i32>,
-    /// Write a snapshot of the mount's counters (JSON) to this file every few seconds (the
-    /// CSI node plugin serves them as per-volume Prometheus metrics; a spec only).
-    #[arg(skip)]
+    /// Write a snapshot of the mount's counters (JSON: bytes read, written and fetched from
+    /// the store, request latencies) to this file every 5 s (the CSI node plugin serves them
+    /// as per-volume Prometheus metrics; hidden from the help: for the benchmark and tools).
+    #[arg(long, hide = true)]
     pub metrics_file: Option<PathBuf>,
     /// Take over the already initialized connection of `fuse_fd` from the process whose
     /// `journal` this is (it died or is being replaced; a spec only).

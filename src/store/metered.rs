@@ -79,7 +79,9 @@ impl Bucket for Metered {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> Result<Bytes> {
-        timed("get", self.inner.get_range(key, range, if_match)).await
+        let data = timed("get", self.inner.get_range(key, range, if_match)).await?;
+        crate::telemetry::add(crate::telemetry::Counter::BytesFetched, data.len() as u64);
+        Ok(data)
     }
 
     async fn put(&self, key: &str, data: Payload, opts: &PutOptions) -> Result<PutResult> {
