@@ -50,28 +50,20 @@ impl Times {
 
     /// `from` was renamed to `to` (a directory: every key below it).
     pub fn rename(&mut self, from: &str, to: &str) {
-        let moved: Vec<String> = self
-            .0
-            .keys()
-            .filter(|k| k.starts_with(from))
-            .cloned()
-            .collect();
-        for k in moved {
-            if let Some(t) = self.0.remove(&k) {
-                self.0.insert(format!("{to}{}", &k[from.len()..]), t);
+        fn moved<T>(map: &mut HashMap<String, T>, from: &str, to: &str) {
+            let keys: Vec<String> = map
+                .keys()
+                .filter(|k| k.starts_with(from))
+                .cloned()
+                .collect();
+            for k in keys {
+                if let Some(t) = map.remove(&k) {
+                    map.insert(format!("{to}{}", &k[from.len()..]), t);
+                }
             }
         }
-        let moved: Vec<String> = self
-            .1
-            .keys()
-            .filter(|k| k.starts_with(from))
-            .cloned()
-            .collect();
-        for k in moved {
-            if let Some(t) = self.1.remove(&k) {
-                self.1.insert(format!("{to}{}", &k[from.len()..]), t);
-            }
-        }
+        moved(&mut self.0, from, to);
+        moved(&mut self.1, from, to);
     }
 
     /// `key` is gone.
@@ -439,15 +431,7 @@ impl Fs {
         rdev: u32,
     ) -> FsResult<Attr> {
         self.writable()?;
-        let p = self.parent_dir(parent)?;
-        meta::check_name(name, libc::EINVAL)?;
-        match self.resolve(parent, name).await {
-            Ok(_) => return Err(FsError::new(libc::EEXIST, format!("{name:?} exists"))),
-            Err(e) if e.errno == libc::ENOENT => {}
-            Err(e) => return Err(e),
-        }
-        let key = format!("{}{name}", p.key);
-        meta::check_key(&key)?;
+        let key = self.new_key(parent, name, "").await?;
         let now = SystemTime::now();
         let mut m = meta::new_meta(kind | (mode.perm & 0o7777), mode.uid, mode.gid, now);
         if rdev != 0 {

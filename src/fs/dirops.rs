@@ -175,15 +175,7 @@ impl Fs {
         gid: u32,
     ) -> FsResult<Attr> {
         self.writable()?;
-        let p = self.parent_dir(parent)?;
-        meta::check_name(name, libc::EINVAL)?;
-        match self.resolve(parent, name).await {
-            Ok(_) => return Err(FsError::new(libc::EEXIST, format!("{name:?} exists"))),
-            Err(e) if e.errno == libc::ENOENT => {}
-            Err(e) => return Err(e),
-        }
-        let key = format!("{}{name}/", p.key);
-        meta::check_key(&key)?;
+        let key = self.new_key(parent, name, "/").await?;
         let m = if self.cfg.persist_metadata {
             meta::new_meta(libc::S_IFDIR | (perm & 0o7777), uid, gid, SystemTime::now())
         } else {
@@ -354,6 +346,21 @@ impl Fs {
 
     /// Move the object of `inode` to `new_key`: a server-side copy then a delete. A file
     /// open for writing and not stored yet is just pointed at its new name.
+    /// The key of a new entry `name` (+ `suffix`) of the directory `parent`: the name
+    /// checked, not taken (`EEXIST`), the key within the store's limit (`ENAMETOOLONG`).
+    pub(super) async fn new_key(&self, parent: u64, name: &str, suffix: &str) -> FsResult<String> {
+        let p = self.parent_dir(parent)?;
+        meta::check_name(name, libc::EINVAL)?;
+        match self.resolve(parent, name).await {
+            Ok(_) => return Err(FsError::new(libc::EEXIST, format!("{name:?} exists"))),
+            Err(e) if e.errno == libc::ENOENT => {}
+            Err(e) => return Err(e),
+        }
+        let key = format!("{}{name}{suffix}", p.key);
+        meta::check_key(&key)?;
+        Ok(key)
+    }
+
     async fn rename_file(&self, inode: &Inode, new_key: &str) -> FsResult<()> {
         if self.settle_for_rename(inode.ino, new_key).await? {
             // Nothing of ours is stored under the old name; what is there is replaced.
@@ -472,21 +479,14 @@ impl Fs {
         gid: u32,
     ) -> FsResult<Attr> {
         self.writable()?;
-        let p = self.parent_dir(parent)?;
+        self.parent_dir(parent)?;
         if !self.store.features().metadata {
             return Err(FsError::new(
                 libc::ENOTSUP,
                 "symbolic links need object metadata, which this store does not keep",
             ));
         }
-        meta::check_name(name, libc::EINVAL)?;
-        match self.resolve(parent, name).await {
-            Ok(_) => return Err(FsError::new(libc::EEXIST, format!("{name:?} exists"))),
-            Err(e) if e.errno == libc::ENOENT => {}
-            Err(e) => return Err(e),
-        }
-        let key = format!("{}{name}", p.key);
-        meta::check_key(&key)?;
+        let key = self.new_key(parent, name, "").await?;
         let now = std::time::SystemTime::now();
         let m = meta::new_meta(meta::S_IFLNK | 0o777, uid, gid, now);
         let opts = PutOptions {
