@@ -87,7 +87,21 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
     }
-    UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))
+    // Bound (and listening) under another name, then renamed into place: the socket never
+    // exists unanswered, so a client that sees it connects (no ECONNREFUSED window).
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener =
+        UnixListener::bind(&tmp).with_context(|| format!("listening on {}", tmp.display()))?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("listening on {}", path.display()));
+    }
+    Ok(listener)
 }
 
 /// Serve `services` on the unix socket `endpoint` until `shutdown` completes.
