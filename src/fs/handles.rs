@@ -121,15 +121,7 @@ impl Fs {
             kept.insert(ino, version);
             same
         };
-        let mut spec = readers::Spec {
-            store: self.store.clone(),
-            key: inode.key.clone(),
-            size: attr.size,
-            etag: etag.clone(),
-            cfg: self.cfg.read,
-            budget: self.budget.clone(),
-            cached: None,
-        };
+        let mut spec = self.readers_spec(&inode, attr.size, etag.clone());
         let mut backing = None;
         if let (Some(rc), Some(etag), false) = (&self.read_cache, etag, inode.local) {
             let version = readcache::Version {
@@ -241,15 +233,24 @@ impl Fs {
     async fn readers_of(&self, ino: u64) -> FsResult<readers::Readers> {
         let attr = self.getattr(ino).await?;
         let inode = self.inode(ino)?;
-        Ok(readers::Readers::new(readers::Spec {
+        Ok(readers::Readers::new(self.readers_spec(
+            &inode,
+            attr.size,
+            inode.stat.etag.clone(),
+        )))
+    }
+
+    /// What the readers of `inode` (`size` bytes, pinned to `etag`) are made from.
+    fn readers_spec(&self, inode: &Inode, size: u64, etag: Option<String>) -> readers::Spec {
+        readers::Spec {
             store: self.store.clone(),
             key: inode.key.clone(),
-            size: attr.size,
-            etag: inode.stat.etag.clone(),
+            size,
+            etag,
             cfg: self.cfg.read,
             budget: self.budget.clone(),
             cached: None,
-        }))
+        }
     }
 
     /// Write `data` at `offset` through handle `fh`.

@@ -16,7 +16,7 @@ use crate::store::{Meta, ObjectInfo};
 /// File type bits of st_mode.
 pub const S_IFMT: u32 = 0o170000;
 /// The file-type bits of FIFOs, sockets and character and block devices.
-pub const SPECIAL_TYPES: [u32; 4] = [0o010000, 0o140000, 0o020000, 0o060000];
+pub const SPECIAL_TYPES: [u32; 4] = [libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR, libc::S_IFBLK];
 /// Symbolic link.
 pub const S_IFLNK: u32 = 0o120000;
 /// Regular file.

@@ -93,16 +93,23 @@ impl Fs {
 
     /// The options an upload of `ino` carries now: its metadata and Content-Type.
     pub(super) fn upload_options(&self, ino: u64) -> PutOptions {
+        let set = self.open_file(ino).and_then(|f| f.set_mtime());
+        self.upload_options_with(ino, set)
+    }
+
+    /// [`Fs::upload_options`], `set` being the modification time set since the last write
+    /// (the open file's, known by the caller once it left the table at close).
+    fn upload_options_with(&self, ino: u64, set: Option<SystemTime>) -> PutOptions {
         let key = self.inode(ino).map(|i| i.key).unwrap_or_default();
         PutOptions {
-            meta: self.upload_meta(ino),
+            meta: self.upload_meta(ino, set),
             content_type: meta::content_type(&key),
             condition: None,
         }
     }
 
     /// The metadata an upload of `ino` carries now.
-    pub(super) fn upload_meta(&self, ino: u64) -> crate::store::Meta {
+    fn upload_meta(&self, ino: u64, set: Option<SystemTime>) -> crate::store::Meta {
         if !self.cfg.persist_metadata {
             return Default::default();
         }
@@ -120,11 +127,7 @@ impl Fs {
             );
         }
         let attr = self.attr_of(&inode);
-        let mtime = self
-            .open_file(ino)
-            .and_then(|f| f.set_mtime())
-            .unwrap_or(now);
-        meta::set_mtime(&mut m, mtime);
+        meta::set_mtime(&mut m, set.unwrap_or(now));
         meta::set_times(&mut m, attr.atime, now);
         m
     }
@@ -274,12 +277,7 @@ impl Fs {
         if !staged.is_dirty() {
             return Ok(());
         }
-        let mut opts = self.upload_options(ino);
-        if self.cfg.persist_metadata
-            && let Some(t) = set
-        {
-            meta::set_mtime(&mut opts.meta, t);
-        }
+        let opts = self.upload_options_with(ino, set);
         let result = staged
             .upload(self.cfg.write, self.budget.clone(), &self.cache, opts)
             .await;
@@ -314,12 +312,8 @@ impl Fs {
         }
         // The metadata as it is now (a single PUT sends it; a multipart upload sent it at
         // its start, so a time set since is stored by a metadata copy once it completes).
-        let mut opts = self.upload_options(ino);
-        let set = set.filter(|_| self.cfg.persist_metadata);
-        if let Some(t) = set {
-            meta::set_mtime(&mut opts.meta, t);
-        }
-        let recopy = set.is_some() && writer.is_multipart();
+        let opts = self.upload_options_with(ino, set);
+        let recopy = self.cfg.persist_metadata && set.is_some() && writer.is_multipart();
         writer.set_options(opts.clone());
         let mut result = writer.finish().await;
         if result.is_ok()

@@ -108,13 +108,11 @@ fn file_type(kind: Kind) -> FileType {
         Kind::Dir => FileType::Directory,
         Kind::File => FileType::RegularFile,
         Kind::Symlink => FileType::Symlink,
-        Kind::Special(t) => match t {
-            0o010000 => FileType::NamedPipe,
-            0o140000 => FileType::Socket,
-            0o020000 => FileType::CharDevice,
-            0o060000 => FileType::BlockDevice,
-            _ => FileType::RegularFile,
-        },
+        Kind::Special(libc::S_IFIFO) => FileType::NamedPipe,
+        Kind::Special(libc::S_IFSOCK) => FileType::Socket,
+        Kind::Special(libc::S_IFCHR) => FileType::CharDevice,
+        Kind::Special(libc::S_IFBLK) => FileType::BlockDevice,
+        Kind::Special(_) => FileType::RegularFile,
     }
 }
 

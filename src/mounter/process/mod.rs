@@ -655,12 +655,14 @@ impl Mounter for ProcessMounter {
 
     fn volumes(&self) -> Vec<super::VolumeReport> {
         use std::sync::atomic::Ordering;
+        // The binds are read once per scrape, not once per mount.
+        let binds = self.records.all_binds();
         self.records
             .all()
             .into_iter()
             .map(|r| {
                 let sup = self.supervised(&r.target);
-                let binds = self.binds_of(&r.target).len();
+                let binds = binds.iter().filter(|b| b.mount == r.target).count();
                 super::VolumeReport {
                     pods: if binds > 0 { binds } else { 1 },
                     restarts: sup
