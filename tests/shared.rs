@@ -294,3 +294,43 @@ async fn pods_of_a_staged_volume_share_one_mount_and_another_identity_gets_its_o
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mountinfo.contains(&d.kubelet().display().to_string()));
 }
+
+#[tokio::test]
+async fn a_staging_path_through_a_symlink_is_refused_and_nothing_is_mounted_beyond_it() {
+    let s3 = s3();
+    let d = Driver::start();
+    let mut node = d.node().await;
+    let id = "pv-evil";
+    let ctx = static_context(&s3, &unique("evil"));
+    // A link planted on the way to the staging path, pointing out of kubelet's directory.
+    let outside = tempfile::tempdir().unwrap();
+    let pv = d.kubelet().join("plugins/kubernetes.io/csi/pv");
+    std::fs::create_dir_all(&pv).unwrap();
+    std::os::unix::fs::symlink(outside.path(), pv.join(id)).unwrap();
+    let staging = staging_of(&d, id);
+    let e = node
+        .node_stage_volume(stage_req(id, &staging, ctx.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("symlink"), "{}", e.message());
+    let target = d.target("pod-evil");
+    let mut req = publish_req(&s3, id, &target, ctx);
+    req.staging_target_path = staging.display().to_string();
+    let e = node.node_publish_volume(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // Nothing was made or mounted beyond the link, nor left running.
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(&outside.path().display().to_string()));
+    assert!(!mountinfo.contains(&d.kubelet().display().to_string()));
+    assert!(mounts(&d).is_empty());
+    // Non-canonical staging paths never reach the mounter.
+    for bad in ["relative/path", "/a/../b", "/a//b"] {
+        let e = node
+            .node_stage_volume(stage_req(id, Path::new(bad), HashMap::new()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
+    }
+}
