@@ -91,6 +91,15 @@ pub struct CsiArgs {
     /// `max-cache-size`; also never more than the state directory has free).
     #[arg(long, default_value = "50G", value_parser = pail::options::parse_size)]
     pub node_cache_size: u64,
+    /// Node plugin: the node's read cache, shared by every mount with `read-cache` (root
+    /// only; a hostPath keeps it across plugin restarts and upgrades); default: `cache/` in
+    /// the state directory.
+    #[arg(long)]
+    pub shared_cache_dir: Option<PathBuf>,
+    /// Node plugin: most bytes the node's read cache holds (0: no node cache; each mount
+    /// keeps its own copies in its staging space).
+    #[arg(long, default_value = "10G", value_parser = pail::options::parse_size)]
+    pub shared_cache_size: u64,
     /// Node plugin: most memory all mounts of the node reserve together (each its
     /// `memory-limit`, which its cgroup enforces); default: half of the node's memory.
     #[arg(long, value_parser = pail::options::parse_size)]
@@ -168,6 +177,15 @@ fn node_service(args: &CsiArgs) -> anyhow::Result<NodeService> {
         },
     });
     mounter.uids = args.mount_uids;
+    if args.shared_cache_size > 0 {
+        let dir = args
+            .shared_cache_dir
+            .clone()
+            .unwrap_or_else(|| args.state_dir.join("cache"));
+        mounter
+            .enable_node_cache(&dir, args.shared_cache_size)
+            .with_context(|| format!("the node cache in {}", dir.display()))?;
+    }
     mounter.budget = NodeBudget {
         max_volumes: args.max_volumes_per_node as usize,
         memory: Some(node_memory),

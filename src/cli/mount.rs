@@ -192,6 +192,32 @@ fn store_auth(auth: &Auth, s: &pail::options::StoreArgs) -> pail::store::Auth {
     }
 }
 
+/// The node plugin's cache, as the file system asks it.
+struct NodeCopies(pail::mounter::nodecache::Client);
+
+impl pail::fs::SharedCopies for NodeCopies {
+    fn get(&self, v: &pail::fs::ObjectVersion) -> Option<pail::fs::SharedCopy> {
+        let c = self.0.get(&v.key, &v.etag, v.size)?;
+        Some(pail::fs::SharedCopy {
+            file: c.file,
+            sums: c.sums,
+            revalidate: c.revalidate,
+        })
+    }
+
+    fn offer(&self, v: &pail::fs::ObjectVersion, file: &std::fs::File, sums: &[u32]) {
+        self.0.offer(&v.key, &v.etag, v.size, file, sums);
+    }
+
+    fn back(&self, file: &std::fs::File) -> Option<u32> {
+        self.0.back(file)
+    }
+
+    fn unback(&self, id: u32) {
+        self.0.unback(id);
+    }
+}
+
 /// The file system's settings, from the flags.
 fn fs_config(args: &MountArgs, prefix: &str) -> FsConfig {
     let v = &args.volume;
@@ -222,6 +248,15 @@ fn fs_config(args: &MountArgs, prefix: &str) -> FsConfig {
         memory_limit: v.buffer_budget(),
         persist_metadata: v.persist_metadata,
         read_cache: v.read_cache,
+        shared_copies: args
+            .shared_cache
+            .as_ref()
+            .filter(|_| v.read_cache)
+            .map(|socket| {
+                pail::fs::SharedCopiesRef(std::sync::Arc::new(NodeCopies(
+                    pail::mounter::nodecache::Client::new(socket.clone()),
+                )))
+            }),
         journal: args.journal.clone(),
         resume: args.resume,
     }

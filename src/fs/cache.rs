@@ -116,6 +116,17 @@ impl Cache {
     }
 }
 
+impl Cache {
+    /// A file held beside the cache, outside its space (a copy the node gave).
+    pub fn foreign(self: &Arc<Self>, file: File) -> CacheFile {
+        CacheFile {
+            file,
+            reserved: 0,
+            cache: self.clone(),
+        }
+    }
+}
+
 /// One file of the cache and the bytes reserved for it (given back when dropped).
 #[derive(Debug)]
 pub struct CacheFile {

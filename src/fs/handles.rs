@@ -129,7 +129,7 @@ impl Fs {
                 etag,
                 size: attr.size,
             };
-            if let Some(entry) = rc.entry(version) {
+            if let Some(entry) = rc.entry(version).await {
                 if entry.is_verified() {
                     backing = Some(entry.clone());
                 }

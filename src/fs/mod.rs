@@ -38,6 +38,7 @@ pub use inode::{Kind, ROOT_INO};
 pub use journal::InitParams;
 pub use read::ReadConfig;
 pub use readcache::Entry as CachedObject;
+pub use readcache::{SharedCopies, SharedCopiesRef, SharedCopy, Version as ObjectVersion};
 pub use write::WriteConfig;
 
 use crate::store::{BucketExt, SharedBucket};
@@ -82,6 +83,8 @@ pub struct FsConfig {
     /// Keep object data on local disk (in `cache_dir`, within `max_cache_size`) across
     /// opens.
     pub read_cache: bool,
+    /// The node's copies, shared with the node's other mounts (under the CSI node plugin).
+    pub shared_copies: Option<SharedCopiesRef>,
     /// Where to keep the tables a successor process needs to take over the mount.
     pub journal: Option<std::path::PathBuf>,
     /// Take over from the predecessor whose journal this is.
@@ -106,6 +109,7 @@ impl Default for FsConfig {
             memory_limit: 1 << 30,
             persist_metadata: false,
             read_cache: false,
+            shared_copies: None,
             journal: None,
             resume: false,
         }
@@ -323,6 +327,7 @@ impl Fs {
                 budget.clone(),
                 (cfg.read.part_size / 2).max(readcache::BLOCK),
                 6,
+                cfg.shared_copies.as_ref().map(|s| s.0.clone()),
             ));
             let weak = Arc::downgrade(&rc);
             cache.set_reclaim(move |n| weak.upgrade().map(|rc| rc.evict(n)).unwrap_or(0));

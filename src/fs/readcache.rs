@@ -6,6 +6,9 @@
 //! meanwhile, reads of blocks being loaded wait for them. Every 1 MiB block is checksummed
 //! (CRC-32C) when written and verified before it is first served; a block that fails is
 //! dropped and read from the store. One entry serves every reader of the mount.
+//!
+//! Under the CSI node plugin the copies are the node's ([`SharedCopies`]): a mount asks the
+//! plugin for a copy before loading an object, and offers the plugin what it loaded.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -38,6 +41,48 @@ pub struct Version {
     pub size: u64,
 }
 
+/// The node's store of verified local copies, shared by the mounts of a node (the CSI node
+/// plugin's): a mount asks it before loading an object, and offers it each object it loaded.
+pub trait SharedCopies: Send + Sync {
+    /// A read-only copy of `v` with its block checksums, if the node has one this mount may
+    /// be given.
+    fn get(&self, v: &Version) -> Option<SharedCopy>;
+    /// Offer the loaded and verified copy of `v` held in `file`, with its block checksums.
+    fn offer(&self, v: &Version, file: &std::fs::File, sums: &[u32]);
+    /// Register `file` as a backing file of this mount's FUSE connection (passthrough, for
+    /// a mount without CAP_SYS_ADMIN); its id.
+    fn back(&self, _file: &std::fs::File) -> Option<u32> {
+        None
+    }
+    /// Close a backing file [`SharedCopies::back`] registered.
+    fn unback(&self, _id: u32) {}
+}
+
+/// A copy the node gave.
+#[derive(Debug)]
+pub struct SharedCopy {
+    /// The file, opened read-only.
+    pub file: std::fs::File,
+    /// CRC-32C of each block.
+    pub sums: Vec<u32>,
+    /// Another identity stored it: the mount first checks with its own credentials that it
+    /// may read the object, in that version.
+    pub revalidate: bool,
+}
+
+/// The node's copies, as the file system's settings hold them.
+#[derive(Clone)]
+pub struct SharedCopiesRef(pub Arc<dyn SharedCopies>);
+
+impl std::fmt::Debug for SharedCopiesRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedCopies")
+    }
+}
+
+/// Copies of the node held open by one mount, at most (each holds a descriptor).
+const SHARED_HELD: usize = 4096;
+
 /// A cached object.
 pub struct Entry {
     version: Version,
@@ -53,6 +98,8 @@ pub struct Entry {
     /// The parts loaded last, still in memory: a reader following the load is served from
     /// them, not from the file.
     fresh: Mutex<std::collections::VecDeque<(u64, Bytes)>>,
+    /// The node's copy (not this mount's staging space, never offered back).
+    from_node: bool,
 }
 
 /// Loaded parts kept in memory per entry.
@@ -89,6 +136,12 @@ impl Entry {
         self.settled.load(Ordering::Acquire)
     }
 
+    /// It is the node's copy (tests).
+    #[cfg(test)]
+    pub fn is_from_node(&self) -> bool {
+        self.from_node
+    }
+
     /// The file holding the object.
     pub fn file(&self) -> &std::fs::File {
         &self.file.file
@@ -111,6 +164,26 @@ impl Entry {
         }
     }
 
+    /// Read and verify every block loaded and not verified yet.
+    fn verify_all(&self) {
+        let mut buf = vec![0u8; BLOCK as usize];
+        for b in 0..self.states.len() {
+            if self.state(b) != READY {
+                continue;
+            }
+            let n = self.block_len(b);
+            if self
+                .file()
+                .read_exact_at(&mut buf[..n], b as u64 * BLOCK)
+                .is_err()
+            {
+                self.states[b].store(MISSING, Ordering::Release);
+                continue;
+            }
+            self.verify(b, &buf[..n]);
+        }
+    }
+
     fn block_len(&self, b: usize) -> usize {
         let start = b as u64 * BLOCK;
         (self.version.size - start).min(BLOCK) as usize
@@ -126,6 +199,7 @@ pub struct ReadCache {
     concurrency: usize,
     entries: Mutex<HashMap<Version, Arc<Entry>>>,
     tick: AtomicU64,
+    shared: Option<Arc<dyn SharedCopies>>,
     /// Reads answered from the cache.
     pub hits: AtomicU64,
 }
@@ -142,6 +216,7 @@ impl ReadCache {
         budget: Budget,
         part_size: u64,
         concurrency: usize,
+        shared: Option<Arc<dyn SharedCopies>>,
     ) -> ReadCache {
         ReadCache {
             cache,
@@ -151,13 +226,100 @@ impl ReadCache {
             concurrency: concurrency.max(1),
             entries: Mutex::new(HashMap::new()),
             tick: AtomicU64::new(0),
+            shared,
             hits: AtomicU64::new(0),
         }
     }
 
+    fn new_entry(version: Version, file: CacheFile, sums: Vec<u32>, now: u64) -> Entry {
+        let blocks = version.size.div_ceil(BLOCK) as usize;
+        let from_node = !sums.is_empty();
+        let state = if from_node { READY } else { MISSING };
+        Entry {
+            version,
+            file,
+            states: (0..blocks).map(|_| AtomicU8::new(state)).collect(),
+            sums: if from_node {
+                sums.into_iter().map(AtomicU32::new).collect()
+            } else {
+                (0..blocks).map(|_| AtomicU32::new(0)).collect()
+            },
+            changed: tokio::sync::Notify::new(),
+            stopped: AtomicBool::new(false),
+            settled: AtomicBool::new(false),
+            last_used: AtomicU64::new(now),
+            fresh: Mutex::new(std::collections::VecDeque::new()),
+            from_node,
+        }
+    }
+
+    /// The node's copy of `version`, when it has one this mount may read.
+    async fn node_copy(
+        &self,
+        shared: Arc<dyn SharedCopies>,
+        version: &Version,
+        now: u64,
+    ) -> Option<Arc<Entry>> {
+        let v = version.clone();
+        let copy = tokio::task::spawn_blocking(move || shared.get(&v))
+            .await
+            .ok()
+            .flatten()?;
+        let blocks = version.size.div_ceil(BLOCK) as usize;
+        if copy.sums.len() != blocks || copy.file.metadata().ok()?.len() != version.size {
+            return None;
+        }
+        if copy.revalidate {
+            // Another identity loaded it: served only if this mount's own credentials may
+            // read the object, in this version, now.
+            match self.store.head(&version.key).await {
+                Ok(Some(info))
+                    if info.size == version.size
+                        && info.etag.as_deref() == Some(version.etag.as_str()) => {}
+                _ => return None,
+            }
+        }
+        let file = self.cache.foreign(copy.file);
+        let entry = Arc::new(Self::new_entry(version.clone(), file, copy.sums, now));
+        let mut entries = lock(&self.entries);
+        if let Some(e) = entries.get(version) {
+            return Some(e.clone());
+        }
+        let held = entries.values().filter(|e| e.from_node).count();
+        if held >= SHARED_HELD {
+            // Close the least recently used of the node's copies this mount holds.
+            let mut order: Vec<(u64, Version)> = entries
+                .iter()
+                .filter(|(_, e)| e.from_node)
+                .map(|(v, e)| (e.last_used.load(Ordering::Relaxed), v.clone()))
+                .collect();
+            order.sort_by_key(|(tick, _)| *tick);
+            for (_, v) in order.into_iter().take(held + 1 - SHARED_HELD) {
+                if let Some(e) = entries.remove(&v) {
+                    e.stopped.store(true, Ordering::Release);
+                    e.changed.notify_waiters();
+                }
+            }
+        }
+        entries.insert(version.clone(), entry.clone());
+        drop(entries);
+        // Checked once, in the background, so that the kernel may read it directly.
+        let e = entry.clone();
+        tokio::spawn(async move {
+            let _ = tokio::task::spawn_blocking({
+                let e = e.clone();
+                move || e.verify_all()
+            })
+            .await;
+            e.settled.store(true, Ordering::Release);
+            e.changed.notify_waiters();
+        });
+        Some(entry)
+    }
+
     /// The entry of `version`, loading it when it is new; `None` when it cannot be cached
     /// (empty, or no room even after evicting every unused entry).
-    pub fn entry(self: &Arc<Self>, version: Version) -> Option<Arc<Entry>> {
+    pub async fn entry(self: &Arc<Self>, version: Version) -> Option<Arc<Entry>> {
         if version.size == 0 {
             return None;
         }
@@ -166,23 +328,17 @@ impl ReadCache {
             e.last_used.store(now, Ordering::Relaxed);
             return Some(e.clone());
         }
+        if let Some(shared) = &self.shared
+            && let Some(e) = self.node_copy(shared.clone(), &version, now).await
+        {
+            return Some(e);
+        }
         let mut file = self.cache.file().ok()?;
         if file.grow(version.size).is_err() {
             self.evict(version.size);
             file.grow(version.size).ok()?;
         }
-        let blocks = version.size.div_ceil(BLOCK) as usize;
-        let entry = Arc::new(Entry {
-            version: version.clone(),
-            file,
-            states: (0..blocks).map(|_| AtomicU8::new(MISSING)).collect(),
-            sums: (0..blocks).map(|_| AtomicU32::new(0)).collect(),
-            changed: tokio::sync::Notify::new(),
-            stopped: AtomicBool::new(false),
-            settled: AtomicBool::new(false),
-            last_used: AtomicU64::new(now),
-            fresh: Mutex::new(std::collections::VecDeque::new()),
-        });
+        let entry = Arc::new(Self::new_entry(version.clone(), file, Vec::new(), now));
         let mut entries = lock(&self.entries);
         if let Some(e) = entries.get(&version) {
             // Another opener won the race: use its entry (ours gives its room back).
@@ -242,21 +398,16 @@ impl ReadCache {
                 // Verify the whole file once, while it is hot, so that the kernel may read
                 // it directly (passthrough) from the next open.
                 let e = entry.clone();
+                let shared = this.shared.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; BLOCK as usize];
-                    for b in 0..e.states.len() {
-                        if e.state(b) != READY {
-                            continue;
-                        }
-                        let n = e.block_len(b);
-                        if e.file()
-                            .read_exact_at(&mut buf[..n], b as u64 * BLOCK)
-                            .is_err()
-                        {
-                            e.states[b].store(MISSING, Ordering::Release);
-                            continue;
-                        }
-                        e.verify(b, &buf[..n]);
+                    e.verify_all();
+                    // The node keeps a copy for the mounts and pods that come next.
+                    if let Some(shared) = shared
+                        && e.is_verified()
+                    {
+                        let sums: Vec<u32> =
+                            e.sums.iter().map(|s| s.load(Ordering::Acquire)).collect();
+                        shared.offer(&e.version, e.file(), &sums);
                     }
                 })
                 .await;
@@ -383,6 +534,12 @@ impl ReadCache {
         .flatten()?;
         self.hits.fetch_add(1, Ordering::Relaxed);
         Some(data)
+    }
+
+    /// The entry of `version`, if the mount holds one (tests).
+    #[cfg(test)]
+    pub fn peek(&self, version: &Version) -> Option<Arc<Entry>> {
+        lock(&self.entries).get(version).cloned()
     }
 
     /// Damage block `b` of `version`'s file (tests of the checksum).

@@ -44,11 +44,13 @@ impl FuseFs {
     pub fn new(fs: Arc<Fs>, rt: Handle, initialized: Arc<session::Initialized>) -> Self {
         let ttl = fs.config().metadata_ttl;
         FuseFs {
-            fs,
+            fs: fs.clone(),
             rt,
             ttl,
             initialized,
-            passthrough: Arc::default(),
+            passthrough: Arc::new(passthrough::Passthrough::new(
+                fs.config().shared_copies.clone(),
+            )),
         }
     }
 

@@ -1,24 +1,42 @@
 //! FUSE passthrough of the read cache: which open handles the kernel serves straight from
 //! a verified local copy, one backing file per inode as the kernel requires, and the opens
-//! the kernel would refuse to mix with them.
+//! the kernel would refuse to mix with them. Registering a backing file needs
+//! CAP_SYS_ADMIN: a mount without it (the CSI node plugin's) has the plugin register it.
 
 use std::sync::Arc;
 
 use fuser::{BackingId, Errno, FileHandle, FopenFlags, ReplyOpen};
 
-use crate::fs::CachedObject;
+use crate::fs::{CachedObject, SharedCopiesRef};
 
 /// Files the kernel reads directly from the read cache (FUSE passthrough): one backing file
 /// per inode, the same for all its open handles as the kernel requires, kept after they
 /// close for the next open. The kernel takes no other kind of open of an inode it reads
 /// directly, and passthrough is only used for an inode none of whose handles use its page
 /// cache.
-#[derive(Default)]
 pub(super) struct Passthrough {
     /// The kernel supports it, the read cache is on, and registering a backing file has not
     /// been refused (it needs CAP_SYS_ADMIN).
     pub(super) enabled: std::sync::atomic::AtomicBool,
     state: std::sync::Mutex<PassthroughState>,
+    /// This process may not register backing files itself (no CAP_SYS_ADMIN).
+    own_denied: std::sync::atomic::AtomicBool,
+    /// The node plugin, which registers them for it.
+    node: Option<SharedCopiesRef>,
+}
+
+/// A registered backing file: by this process, or by the node plugin (closed through it).
+enum Registered {
+    Own(BackingId),
+    Node(u32, SharedCopiesRef),
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Registered::Node(id, node) = self {
+            node.0.unback(*id);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -34,7 +52,7 @@ struct InodeIo {
     cached: usize,
     /// The registered backing file: held while passthrough handles are open, then kept
     /// (weakly: the read cache may still evict it) so that the next open reuses it.
-    backing: Option<(BackingId, Backed)>,
+    backing: Option<(Registered, Backed)>,
 }
 
 enum Backed {
@@ -55,6 +73,38 @@ impl Backed {
 const IDLE_BACKINGS: usize = 1024;
 
 impl Passthrough {
+    /// Passthrough for a mount whose node plugin (`node`, if any) registers backing files
+    /// when this process may not.
+    pub(super) fn new(node: Option<SharedCopiesRef>) -> Passthrough {
+        Passthrough {
+            enabled: Default::default(),
+            state: Default::default(),
+            own_denied: Default::default(),
+            node,
+        }
+    }
+
+    /// Register `object`'s file as a backing file: ourselves, else through the plugin.
+    fn register(&self, reply: &ReplyOpen, object: &CachedObject) -> Option<Registered> {
+        use std::sync::atomic::Ordering;
+        if !self.own_denied.load(Ordering::Relaxed) {
+            match reply.open_backing(object.file()) {
+                Ok(id) => return Some(Registered::Own(id)),
+                Err(e) => {
+                    self.own_denied.store(true, Ordering::Relaxed);
+                    if self.node.is_none() {
+                        self.enabled.store(false, Ordering::Relaxed);
+                        tracing::info!(error = %e, "FUSE passthrough is not available (it needs CAP_SYS_ADMIN); cached files are read through pail");
+                        return None;
+                    }
+                }
+            }
+        }
+        let node = self.node.as_ref()?;
+        let id = node.0.back(object.file())?;
+        Some(Registered::Node(id, node.clone()))
+    }
+
     /// Answer an open of `ino` as handle `fh`; `object` is a verified local copy the kernel
     /// may read directly; `keep` lets the kernel keep its cached pages. While the kernel
     /// reads an inode directly, it takes no other kind of open of it: those (a write, another
@@ -87,19 +137,17 @@ impl Passthrough {
                     // Another version is being read directly: this one cannot be opened.
                     false
                 } else {
-                    match reply.open_backing(object.file()) {
-                        Ok(id) => {
+                    match self.register(&reply, &object) {
+                        Some(registered) => {
                             tracing::debug!(
                                 ino,
                                 "passthrough: the kernel reads this file from its local copy"
                             );
-                            io.backing = Some((id, Backed::Idle(std::sync::Weak::new())));
+                            io.backing = Some((registered, Backed::Idle(std::sync::Weak::new())));
                             true
                         }
-                        Err(e) => {
-                            self.enabled.store(false, Ordering::Relaxed);
+                        None => {
                             io.backing = None;
-                            tracing::info!(error = %e, "FUSE passthrough is not available (it needs CAP_SYS_ADMIN); cached files are read through pail");
                             false
                         }
                     }
@@ -112,8 +160,19 @@ impl Passthrough {
             _ => false,
         };
         if direct {
-            let (id, _) = io.backing.as_ref().expect("set above");
-            reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
+            let (registered, _) = io.backing.as_ref().expect("set above");
+            match registered {
+                Registered::Own(id) => {
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id)
+                }
+                Registered::Node(raw, _) => {
+                    // SAFETY: the plugin registered `raw` on this connection; it stays open
+                    // until `Registered` is dropped (not by this wrapper: into_raw).
+                    let id = unsafe { reply.wrap_backing(*raw) };
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                    let _ = id.into_raw();
+                }
+            }
             io.passthrough += 1;
             st.handles.insert(fh, (ino, true));
             return true;

@@ -10,6 +10,7 @@ mod fake;
 pub mod identity;
 pub mod kernel;
 pub mod logs;
+pub mod nodecache;
 pub mod process;
 pub mod ready;
 pub mod state;

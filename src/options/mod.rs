@@ -272,6 +272,11 @@ pub struct MountArgs {
     /// as per-volume Prometheus metrics; hidden from the help: for the benchmark and tools).
     #[arg(long, hide = true)]
     pub metrics_file: Option<PathBuf>,
+    /// The node cache's socket: copies of objects are asked of and offered to the CSI node
+    /// plugin (a spec only).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_cache: Option<PathBuf>,
     /// Take over the already initialized connection of `fuse_fd` from the process whose
     /// `journal` this is (it died or is being replaced; a spec only).
     #[arg(skip)]
@@ -348,6 +353,7 @@ impl MountArgs {
             fuse_fd: None,
             journal: None,
             metrics_file: None,
+            shared_cache: None,
             resume: false,
             run_as: None,
             memory_capacity: None,

@@ -144,7 +144,7 @@ async fn a_second_read_comes_from_the_disk_cache_and_a_new_version_never_does() 
         fs.read_cache
             .as_ref()
             .unwrap()
-            .entry(Version {
+            .peek(&Version {
                 key: "big".into(),
                 etag: fs.inode(a.ino).unwrap().stat.etag.unwrap(),
                 size: body.len() as u64,
@@ -192,7 +192,7 @@ async fn a_damaged_block_is_read_from_the_store_and_never_served() {
     };
     // Damage it only once the load's own verification pass is over.
     until(|| {
-        rc.entry(version.clone())
+        rc.peek(&version)
             .is_some_and(|e| e.is_verified() && e.is_settled())
     })
     .await;
@@ -230,7 +230,7 @@ async fn the_data_cache_stays_within_its_space_and_staging_takes_precedence() {
         etag: fs.inode(last.ino).unwrap().stat.etag.unwrap(),
         size: size as u64,
     };
-    until(|| rc.entry(version.clone()).is_some_and(|e| e.is_verified())).await;
+    until(|| rc.peek(&version).is_some_and(|e| e.is_verified())).await;
     let gets = store.count(Op::Get);
     assert_eq!(read_via(&fs, last.ino).await.0, data(size));
     assert_eq!(store.count(Op::Get), gets, "f3 came from the disk cache");
@@ -241,4 +241,133 @@ async fn the_data_cache_stays_within_its_space_and_staging_takes_precedence() {
     fs.flush(fh, 7).await.unwrap();
     fs.release(fh).await.unwrap();
     assert!(fs.cache_used() <= 5 * BLOCK);
+}
+
+/// Bytes and block sums of a copy.
+type Copy = (Vec<u8>, Vec<u32>);
+
+/// The node's copies, as a test keeps them: in memory, files copied in.
+#[derive(Default)]
+struct Node {
+    copies: Mutex<HashMap<Version, Copy>>,
+    revalidate: std::sync::atomic::AtomicBool,
+}
+
+impl crate::fs::SharedCopies for Node {
+    fn get(&self, v: &Version) -> Option<crate::fs::SharedCopy> {
+        let (data, sums) = lock(&self.copies).get(v).cloned()?;
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &data).unwrap();
+        Some(crate::fs::SharedCopy {
+            file,
+            sums,
+            revalidate: self.revalidate.load(Ordering::Relaxed),
+        })
+    }
+
+    fn offer(&self, v: &Version, file: &std::fs::File, sums: &[u32]) {
+        use std::os::unix::fs::FileExt;
+        let mut data = vec![0u8; v.size as usize];
+        file.read_exact_at(&mut data, 0).unwrap();
+        lock(&self.copies).insert(v.clone(), (data, sums.to_vec()));
+    }
+}
+
+#[tokio::test]
+async fn a_new_mount_reads_what_another_loaded_from_the_nodes_copy_and_revalidates_anothers() {
+    let store = memory();
+    let body = data(3 * BLOCK as usize + 17);
+    put(store.as_ref(), "f", &body).await;
+    let node = Arc::new(Node::default());
+    let mount = |dir: &std::path::Path| {
+        Fs::new(
+            store.clone(),
+            FsConfig {
+                shared_copies: Some(crate::fs::SharedCopiesRef(node.clone())),
+                ..cached(dir, 64 << 20)
+            },
+        )
+    };
+    let d1 = tempfile::tempdir().unwrap();
+    let first = mount(d1.path());
+    let a = first.lookup(ROOT_INO, "f").await.unwrap();
+    assert_eq!(read_via(&first, a.ino).await.0, body);
+    until(|| !lock(&node.copies).is_empty()).await;
+    drop(first);
+    // The next mount (a pod restarted): no GET of the object.
+    let d2 = tempfile::tempdir().unwrap();
+    let second = mount(d2.path());
+    let a = second.lookup(ROOT_INO, "f").await.unwrap();
+    let gets = store.count(Op::Get);
+    let (got, _) = read_via(&second, a.ino).await;
+    assert!(got == body);
+    assert_eq!(store.count(Op::Get), gets, "read from the node's copy");
+    // A copy another identity stored: this mount asks the store (HEAD) first.
+    node.revalidate.store(true, Ordering::Relaxed);
+    let d3 = tempfile::tempdir().unwrap();
+    let third = mount(d3.path());
+    let a = third.lookup(ROOT_INO, "f").await.unwrap();
+    let (heads, gets) = (store.count(Op::Head), store.count(Op::Get));
+    assert!(read_via(&third, a.ino).await.0 == body);
+    assert!(
+        store.count(Op::Head) > heads,
+        "revalidated with its own credentials"
+    );
+    assert_eq!(store.count(Op::Get), gets);
+    // A copy whose blocks do not match their sums is read from the store instead.
+    let version = lock(&node.copies).keys().next().cloned().unwrap();
+    lock(&node.copies).get_mut(&version).unwrap().0[BLOCK as usize + 3] ^= 0xff;
+    node.revalidate.store(false, Ordering::Relaxed);
+    let d4 = tempfile::tempdir().unwrap();
+    let fourth = mount(d4.path());
+    let a = fourth.lookup(ROOT_INO, "f").await.unwrap();
+    let gets = store.count(Op::Get);
+    assert!(
+        read_via(&fourth, a.ino).await.0 == body,
+        "the damaged block came from the store"
+    );
+    assert!(store.count(Op::Get) > gets);
+}
+
+#[tokio::test]
+async fn a_copy_another_identity_stored_is_served_only_while_the_store_confirms_its_version() {
+    let store = memory();
+    let body = data(BLOCK as usize);
+    put(store.as_ref(), "f", &body).await;
+    let node = Arc::new(Node {
+        revalidate: true.into(),
+        ..Node::default()
+    });
+    let d = tempfile::tempdir().unwrap();
+    let fs = Fs::new(
+        store.clone(),
+        FsConfig {
+            shared_copies: Some(crate::fs::SharedCopiesRef(node.clone())),
+            ..cached(d.path(), 64 << 20)
+        },
+    );
+    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
+    let v = Version {
+        key: "f".into(),
+        etag: fs.inode(a.ino).unwrap().stat.etag.unwrap(),
+        size: body.len() as u64,
+    };
+    let sums = vec![crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &body) as u32];
+    lock(&node.copies).insert(v.clone(), (body.clone(), sums));
+    let rc = fs.read_cache.clone().unwrap();
+    let heads = store.count(Op::Head);
+    assert!(
+        rc.entry(v.clone()).await.unwrap().is_from_node(),
+        "the store confirms it"
+    );
+    assert!(store.count(Op::Head) > heads);
+    // The object changed in the store since: the node's copy of the old version is not
+    // given to a mount that cannot confirm it.
+    rc.evict(u64::MAX);
+    put(store.as_ref(), "f", &data(BLOCK as usize + 1)).await;
+    let e = rc.entry(v.clone()).await.unwrap();
+    assert!(
+        !e.is_from_node(),
+        "served a version the store no longer confirms"
+    );
 }

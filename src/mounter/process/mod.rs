@@ -99,7 +99,9 @@ pub struct ProcessMounter {
     /// Where events of mounts go (Kubernetes Events on their pods).
     pub events: Option<super::EventSink>,
     /// Mounts kept alive: the plugin holds their connection and replaces a dead process.
-    supervised: Mutex<HashMap<PathBuf, Arc<Supervised>>>,
+    supervised: Arc<Mutex<HashMap<PathBuf, Arc<Supervised>>>>,
+    /// The node's read cache and the socket its mounts reach it on.
+    node_cache: Option<(Arc<super::nodecache::NodeCache>, PathBuf)>,
 }
 
 /// At most `max` bytes of the regular file at `path`, written by a mount process in its
@@ -159,8 +161,43 @@ impl ProcessMounter {
             budget: NodeBudget::default(),
             max_failed_restarts: supervisor::MAX_FAILED_STARTS,
             events: None,
-            supervised: Mutex::new(HashMap::new()),
+            supervised: Arc::default(),
+            node_cache: None,
         })
+    }
+
+    /// Keep a read cache for the node in `dir` (root only), of at most `max` bytes, which
+    /// mounts with `read-cache` ask before loading an object and offer what they loaded;
+    /// they reach it on a socket in the state directory.
+    pub fn enable_node_cache(&mut self, dir: &Path, max: u64) -> std::io::Result<()> {
+        use super::nodecache::{NodeCache, peer_of};
+        let cache = NodeCache::open(dir, max, self.records.root())?;
+        let socket = self.records.root().join("cache.sock");
+        let records = self.records.clone();
+        let supervised = self.supervised.clone();
+        cache.serve(
+            &socket,
+            move |uid| {
+                // The kernel named the user; the plugin's own records say which mount has it.
+                let r = records
+                    .all()
+                    .into_iter()
+                    .find(|r| r.uid == uid && uid != 0)?;
+                let spec = records.load_spec(&r.target)?;
+                Some(peer_of(&spec, uid))
+            },
+            Arc::new(move |target: &Path| {
+                let sup = lock(&supervised).get(target).cloned()?;
+                sup.fuse.try_clone().ok()
+            }),
+        )?;
+        self.node_cache = Some((cache, socket));
+        Ok(())
+    }
+
+    /// The node's read cache, when it keeps one.
+    pub fn node_cache(&self) -> Option<&Arc<super::nodecache::NodeCache>> {
+        self.node_cache.as_ref().map(|(c, _)| c)
     }
 
     fn spawner(&self) -> Spawner {
@@ -340,6 +377,10 @@ impl ProcessMounter {
             .map_err(|e| MountError::Io(format!("making the mount's directory: {e}")))?;
         debug_assert!(private.ends_with(super::state::slug(target)));
         a.cache_dir = Some(self.records.cache_path(target));
+        a.shared_cache = match &self.node_cache {
+            Some((_, socket)) if a.volume.read_cache => Some(socket.clone()),
+            _ => None,
+        };
         a.log_file = Some(self.records.log_path(target));
         a.journal = Some(self.records.journal_path(target));
         a.metrics_file = Some(self.records.metrics_path(target));

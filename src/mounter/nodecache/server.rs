@@ -1,0 +1,822 @@
+//! The plugin's side of the node cache: its directory and index, the socket mount
+//! processes reach it on, and the copying in of offered objects.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+
+use md5::Digest;
+use serde::{Deserialize, Serialize};
+
+use super::{BLOCK, MAX_MESSAGE, Reply, Request, wire};
+
+/// Who a connected mount is, as the plugin's records say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Which objects its keys name (digest of its store, bucket and prefix).
+    pub namespace: String,
+    /// Who it reads them as (digest of its identity and options).
+    pub group: String,
+    /// Its user: an offered file must be its own.
+    pub uid: u32,
+    /// Its mount point (whose FUSE connection backing files are registered on).
+    pub target: PathBuf,
+}
+
+/// Where the plugin finds a mount's FUSE connection (a duplicate of its descriptor).
+pub type FuseOf = dyn Fn(&Path) -> Option<OwnedFd> + Send + Sync;
+
+/// Backing files one connection may hold registered at once.
+const MAX_BACKINGS: usize = 4096;
+
+/// `FUSE_DEV_IOC_BACKING_CLOSE`: `_IOW(229, 2, uint32_t)`.
+const FUSE_DEV_IOC_BACKING_CLOSE: libc::c_ulong = 0x4004_e502;
+
+fn close_backing(fuse: &OwnedFd, id: u32) -> std::io::Result<()> {
+    // SAFETY: the ioctl reads one u32 from a live buffer.
+    let r = unsafe {
+        libc::ioctl(
+            fuse.as_raw_fd(),
+            FUSE_DEV_IOC_BACKING_CLOSE as _,
+            &id as *const u32,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// What the index keeps of one copy (also its `<id>.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    namespace: String,
+    key: String,
+    etag: String,
+    size: u64,
+    /// The group whose mount loaded it.
+    group: String,
+    /// Its bytes match the store's MD5 ETag.
+    md5: bool,
+    sums: Vec<u32>,
+}
+
+#[derive(Default)]
+struct Index {
+    entries: HashMap<String, (Meta, u64)>,
+    used: u64,
+    tick: u64,
+}
+
+struct Job {
+    id: String,
+    meta: Meta,
+    file: std::fs::File,
+}
+
+/// The node's cache.
+pub struct NodeCache {
+    dir: PathBuf,
+    max: u64,
+    index: Mutex<Index>,
+    jobs: SyncSender<Job>,
+    /// Offers queued or being copied (the same one is not queued twice).
+    pending: Mutex<std::collections::HashSet<String>>,
+    /// The device offered files must be on (the mounts' private directories).
+    offer_dev: Option<u64>,
+    /// The device of the cache's own files.
+    own_dev: Option<u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of `parts`, each length-prefixed.
+pub fn digest(parts: &[&[u8]]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in parts {
+        ctx.update(&(part.len() as u64).to_le_bytes());
+        ctx.update(part);
+    }
+    hex(ctx.finish().as_ref())
+}
+
+fn is_id(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The MD5 an ETag names, when it is a plain one (not a multipart or encrypted object's).
+fn etag_md5(etag: &str) -> Option<String> {
+    let e = etag.trim_matches('"');
+    (e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit())).then(|| e.to_ascii_lowercase())
+}
+
+fn crc(data: &[u8]) -> u32 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
+}
+
+/// Offers waiting to be copied, at most.
+const QUEUE: usize = 256;
+
+impl NodeCache {
+    /// The cache in `dir` (made root-only), holding at most `max` bytes; files offered must
+    /// be on the device of `offers_from` (the mounts' own directories). Copies left by an
+    /// earlier plugin are kept.
+    pub fn open(dir: &Path, max: u64, offers_from: &Path) -> std::io::Result<Arc<NodeCache>> {
+        match std::fs::symlink_metadata(dir) {
+            Ok(m) if !m.is_dir() => {
+                return Err(std::io::Error::other(format!(
+                    "{} is not a directory",
+                    dir.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(_) => std::fs::create_dir_all(dir)?,
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
+        let cache = Arc::new(NodeCache {
+            dir: dir.to_path_buf(),
+            max,
+            index: Mutex::new(Index::default()),
+            jobs,
+            pending: Mutex::default(),
+            offer_dev: std::fs::metadata(offers_from).ok().map(|m| m.dev()),
+            own_dev: std::fs::metadata(dir).ok().map(|m| m.dev()),
+        });
+        cache.load();
+        let worker = Arc::downgrade(&cache);
+        std::thread::Builder::new()
+            .name("pail-node-cache".into())
+            .spawn(move || {
+                for job in queue {
+                    let Some(cache) = worker.upgrade() else { break };
+                    let id = job.id.clone();
+                    if let Err(e) = cache.copy_in(job) {
+                        tracing::debug!(error = %e, "an offered copy was not kept");
+                    }
+                    lock(&cache.pending).remove(&id);
+                }
+            })?;
+        Ok(cache)
+    }
+
+    /// Read the index an earlier plugin left; remove what is not a complete copy.
+    fn load(&self) {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut found: Vec<(std::time::SystemTime, String, Meta)> = Vec::new();
+        let mut names = Vec::new();
+        for e in dir.flatten() {
+            names.push(e.file_name().to_string_lossy().into_owned());
+        }
+        for name in &names {
+            let Some(id) = name.strip_suffix(".json").filter(|id| is_id(id)) else {
+                continue;
+            };
+            let meta: Option<Meta> = std::fs::File::open(self.dir.join(name)).ok().and_then(|f| {
+                let mut buf = Vec::new();
+                use std::io::Read;
+                f.take(MAX_MESSAGE as u64).read_to_end(&mut buf).ok()?;
+                serde_json::from_slice(&buf).ok()
+            });
+            let data = std::fs::symlink_metadata(self.dir.join(id)).ok();
+            match (meta, data) {
+                (Some(meta), Some(d))
+                    if d.is_file()
+                        && d.len() == meta.size
+                        && meta.sums.len() as u64 == meta.size.div_ceil(BLOCK) =>
+                {
+                    found.push((
+                        d.modified().unwrap_or(std::time::UNIX_EPOCH),
+                        id.to_string(),
+                        meta,
+                    ));
+                }
+                _ => {}
+            }
+        }
+        found.sort_by_key(|(t, _, _)| *t);
+        let mut ix = lock(&self.index);
+        for (_, id, meta) in found {
+            ix.tick += 1;
+            ix.used += meta.size;
+            let t = ix.tick;
+            ix.entries.insert(id, (meta, t));
+        }
+        for name in names {
+            let id = name.strip_suffix(".json").unwrap_or(&name);
+            if !ix.entries.contains_key(id) {
+                let _ = std::fs::remove_file(self.dir.join(&name));
+            }
+        }
+        let kept = ix.entries.len();
+        drop(ix);
+        self.evict(0);
+        if kept > 0 {
+            tracing::info!(copies = kept, dir = %self.dir.display(), "node cache: kept the copies of the earlier plugin");
+        }
+    }
+
+    /// Bytes the cache holds.
+    pub fn used(&self) -> u64 {
+        lock(&self.index).used
+    }
+
+    /// Copies the cache holds.
+    pub fn len(&self) -> usize {
+        lock(&self.index).entries.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn id(namespace: &str, key: &str, etag: &str, size: u64) -> String {
+        digest(&[
+            namespace.as_bytes(),
+            key.as_bytes(),
+            etag.as_bytes(),
+            &size.to_le_bytes(),
+        ])
+    }
+
+    /// Drop least recently used copies until `need` more bytes fit.
+    fn evict(&self, need: u64) {
+        let mut ix = lock(&self.index);
+        while ix.used + need > self.max && !ix.entries.is_empty() {
+            let Some(id) = ix
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(id, _)| id.clone())
+            else {
+                break;
+            };
+            if let Some((meta, _)) = ix.entries.remove(&id) {
+                ix.used -= meta.size;
+                // Mounts holding it open keep reading it; the space comes back when they close.
+                let _ = std::fs::remove_file(self.dir.join(format!("{id}.json")));
+                let _ = std::fs::remove_file(self.dir.join(&id));
+            }
+        }
+    }
+
+    /// A copy of `key` in version `etag`/`size` for `peer`: the file, its sums, and whether
+    /// the mount must check it may read the object first.
+    pub fn get(
+        &self,
+        peer: &Peer,
+        key: &str,
+        etag: &str,
+        size: u64,
+    ) -> Option<(std::fs::File, Vec<u32>, bool)> {
+        let id = Self::id(&peer.namespace, key, etag, size);
+        let (sums, revalidate) = {
+            let mut ix = lock(&self.index);
+            ix.tick += 1;
+            let tick = ix.tick;
+            let (meta, used) = ix.entries.get_mut(&id)?;
+            let revalidate = meta.group != peer.group;
+            if revalidate && !meta.md5 {
+                // Bytes another identity loaded that the plugin could not match to the store.
+                return None;
+            }
+            *used = tick;
+            (meta.sums.clone(), revalidate)
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(self.dir.join(&id))
+            .ok()?;
+        Some((file, sums, revalidate))
+    }
+
+    /// `peer` offers its copy of `key` in `file`: queued to be copied in (dropped when the
+    /// queue is full, the copy is known, or the file is not a plain file of the mount's
+    /// own on the expected device).
+    pub fn offer(
+        &self,
+        peer: &Peer,
+        key: String,
+        etag: String,
+        size: u64,
+        sums: Vec<u32>,
+        file: OwnedFd,
+    ) -> bool {
+        if size == 0 || size > self.max || sums.len() as u64 != size.div_ceil(BLOCK) {
+            return false;
+        }
+        let file = std::fs::File::from(file);
+        let Ok(m) = file.metadata() else {
+            return false;
+        };
+        if !m.is_file()
+            || m.len() < size
+            || m.uid() != peer.uid
+            || self.offer_dev.is_some_and(|d| d != m.dev())
+        {
+            return false;
+        }
+        let id = Self::id(&peer.namespace, &key, &etag, size);
+        if let Some((meta, _)) = lock(&self.index).entries.get(&id)
+            && (meta.group == peer.group || meta.md5)
+        {
+            return false;
+        }
+        if !lock(&self.pending).insert(id.clone()) {
+            return false;
+        }
+        let md5 = false;
+        let meta = Meta {
+            namespace: peer.namespace.clone(),
+            key,
+            etag,
+            size,
+            group: peer.group.clone(),
+            md5,
+            sums,
+        };
+        match self.jobs.try_send(Job {
+            id: id.clone(),
+            meta,
+            file,
+        }) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                lock(&self.pending).remove(&id);
+                false
+            }
+        }
+    }
+
+    /// Copy an offered file in, checking every block against its sum.
+    fn copy_in(&self, job: Job) -> std::io::Result<()> {
+        let Job { id, mut meta, file } = job;
+        self.evict(meta.size);
+        let tmp = self.dir.join(format!("{id}.tmp"));
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        let want_md5 = etag_md5(&meta.etag);
+        let mut md5 = md5::Md5::new();
+        let mut buf = vec![0u8; BLOCK as usize];
+        let result = (|| {
+            for (b, sum) in meta.sums.iter().enumerate() {
+                let off = b as u64 * BLOCK;
+                let n = (meta.size - off).min(BLOCK) as usize;
+                file.read_exact_at(&mut buf[..n], off)?;
+                if crc(&buf[..n]) != *sum {
+                    return Err(std::io::Error::other(format!(
+                        "block {b} fails its checksum"
+                    )));
+                }
+                if want_md5.is_some() {
+                    md5.update(&buf[..n]);
+                }
+                out.write_all(&buf[..n])?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        meta.md5 = want_md5.is_some_and(|w| hex(&md5.finalize()) == w);
+        let json = serde_json::to_vec(&meta).map_err(std::io::Error::other)?;
+        let meta_tmp = self.dir.join(format!("{id}.json.tmp"));
+        std::fs::write(&meta_tmp, json)?;
+        std::fs::rename(&tmp, self.dir.join(&id))?;
+        std::fs::rename(&meta_tmp, self.dir.join(format!("{id}.json")))?;
+        let mut ix = lock(&self.index);
+        ix.tick += 1;
+        let tick = ix.tick;
+        ix.used += meta.size;
+        if let Some((old, _)) = ix.entries.insert(id, (meta, tick)) {
+            ix.used -= old.size;
+        }
+        Ok(())
+    }
+
+    /// Wait until every queued offer is copied in or dropped (tests, shutdown).
+    pub fn settle(&self) {
+        for _ in 0..2000 {
+            if lock(&self.pending).is_empty() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// Serve mounts at `socket`; `resolve` names the mount of a connecting user (`None`:
+    /// the connection is refused).
+    pub fn serve(
+        self: &Arc<Self>,
+        socket: &Path,
+        resolve: impl Fn(u32) -> Option<Peer> + Send + Sync + 'static,
+        fuse_of: Arc<FuseOf>,
+    ) -> std::io::Result<()> {
+        let _ = std::fs::remove_file(socket);
+        let listener = UnixListener::bind(socket)?;
+        // Mount processes run as users of their own: they may connect; who they are is
+        // asked of the kernel for each connection.
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))?;
+        let cache = Arc::downgrade(self);
+        let resolve = Arc::new(resolve);
+        std::thread::Builder::new()
+            .name("pail-node-cache-listen".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(conn) = conn else { continue };
+                    let Some(cache) = cache.upgrade() else { break };
+                    let Some(peer) = peer_uid(&conn).and_then(|uid| resolve(uid)) else {
+                        tracing::debug!("node cache: a connection from no mount of this node");
+                        continue;
+                    };
+                    let fuse_of = fuse_of.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("pail-node-cache-conn".into())
+                        .spawn(move || cache.serve_conn(conn, peer, &*fuse_of));
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Register `file` as a backing file of `peer`'s FUSE connection: a plain file on the
+    /// node's disk (its own copy or one of the node's), never one on a FUSE file system.
+    fn back(&self, fuse: Option<&OwnedFd>, file: OwnedFd) -> Option<u32> {
+        let fuse = fuse?;
+        let file = std::fs::File::from(file);
+        let m = file.metadata().ok()?;
+        let local = [self.offer_dev, self.own_dev].contains(&Some(m.dev()));
+        if !m.is_file() || !local {
+            return None;
+        }
+        match fuser::BackingId::create_raw(fuse, &file) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::debug!(error = %e, "registering a backing file failed");
+                None
+            }
+        }
+    }
+
+    fn serve_conn(&self, conn: UnixStream, peer: Peer, fuse_of: &FuseOf) {
+        let mut fuse: Option<OwnedFd> = None;
+        let mut backings: std::collections::HashSet<u32> = Default::default();
+        self.serve_requests(&conn, &peer, fuse_of, &mut fuse, &mut backings);
+        // The mount process is gone or misbehaved: its registrations go with it (handles
+        // open through them keep their file).
+        if let Some(fuse) = &fuse {
+            for id in backings {
+                let _ = close_backing(fuse, id);
+            }
+        }
+    }
+
+    fn serve_requests(
+        &self,
+        conn: &UnixStream,
+        peer: &Peer,
+        fuse_of: &FuseOf,
+        fuse: &mut Option<OwnedFd>,
+        backings: &mut std::collections::HashSet<u32>,
+    ) {
+        while let Ok((body, fd)) = wire::recv(conn, MAX_MESSAGE) {
+            let reply = match serde_json::from_slice::<Request>(&body) {
+                Ok(Request::Get { key, etag, size }) => match self.get(peer, &key, &etag, size) {
+                    Some((file, sums, revalidate)) => {
+                        let reply = Reply {
+                            hit: true,
+                            sums,
+                            revalidate,
+                            backing: 0,
+                        };
+                        let body = serde_json::to_vec(&reply).unwrap_or_default();
+                        if wire::send(conn, &body, Some(file.as_fd())).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    None => Reply::default(),
+                },
+                Ok(Request::Put {
+                    key,
+                    etag,
+                    size,
+                    sums,
+                }) => {
+                    let hit = match fd {
+                        Some(fd) => self.offer(peer, key, etag, size, sums, fd),
+                        None => false,
+                    };
+                    Reply {
+                        hit,
+                        ..Reply::default()
+                    }
+                }
+                Ok(Request::Backing) => {
+                    if fuse.is_none() {
+                        *fuse = fuse_of(&peer.target);
+                    }
+                    let id = match fd {
+                        Some(fd) if backings.len() < MAX_BACKINGS => self.back(fuse.as_ref(), fd),
+                        _ => None,
+                    };
+                    backings.extend(id);
+                    Reply {
+                        hit: id.is_some(),
+                        backing: id.unwrap_or(0),
+                        ..Reply::default()
+                    }
+                }
+                Ok(Request::Unback { id }) => {
+                    let closed = backings.remove(&id)
+                        && fuse.as_ref().is_some_and(|f| close_backing(f, id).is_ok());
+                    Reply {
+                        hit: closed,
+                        ..Reply::default()
+                    }
+                }
+                Err(_) => return,
+            };
+            let body = serde_json::to_vec(&reply).unwrap_or_default();
+            if wire::send(conn, &body, None).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The user of the process at the other end of `conn`, as the kernel recorded it.
+fn peer_uid(conn: &UnixStream) -> Option<u32> {
+    // SAFETY: getsockopt into a ucred of the right size.
+    unsafe {
+        let mut cred: libc::ucred = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        let r = libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        );
+        (r == 0).then_some(cred.uid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, Write};
+
+    fn peer(group: &str, uid: u32) -> Peer {
+        Peer {
+            namespace: "ns".into(),
+            group: group.into(),
+            uid,
+            target: PathBuf::from("/mnt"),
+        }
+    }
+
+    fn sums(data: &[u8]) -> Vec<u32> {
+        data.chunks(BLOCK as usize).map(crc).collect()
+    }
+
+    /// A file holding `data`, as a mount offers it.
+    fn offered(data: &[u8]) -> OwnedFd {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(data).unwrap();
+        f.rewind().unwrap();
+        f.into()
+    }
+
+    fn md5_etag(data: &[u8]) -> String {
+        format!("\"{}\"", hex(&md5::Md5::digest(data)))
+    }
+
+    fn body(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    fn read_all(f: &std::fs::File) -> Vec<u8> {
+        let mut out = vec![0u8; f.metadata().unwrap().len() as usize];
+        f.read_exact_at(&mut out, 0).unwrap();
+        out
+    }
+
+    fn cache(dir: &Path, max: u64) -> Arc<NodeCache> {
+        // Offers come from temporary files: no device bound in these tests.
+        let c = NodeCache::open(dir, max, Path::new("/nonexistent")).unwrap();
+        assert!(c.offer_dev.is_none());
+        c
+    }
+
+    #[test]
+    fn a_copy_is_served_to_its_identity_and_to_another_only_when_it_matches_the_md5_etag() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(&dir.path().join("c"), 64 << 20);
+        let data = body(3 * BLOCK as usize + 5, 1);
+        let a = peer("a", 0);
+        // An opaque ETag (multipart): kept for its own identity only.
+        assert!(c.offer(
+            &a,
+            "k".into(),
+            "\"x-2\"".into(),
+            data.len() as u64,
+            sums(&data),
+            offered(&data)
+        ));
+        c.settle();
+        let (f, s, revalidate) = c.get(&a, "k", "\"x-2\"", data.len() as u64).unwrap();
+        assert_eq!(
+            (read_all(&f), s, revalidate),
+            (data.clone(), sums(&data), false)
+        );
+        assert!(
+            c.get(&peer("b", 0), "k", "\"x-2\"", data.len() as u64)
+                .is_none()
+        );
+        assert!(
+            c.get(&a, "k", "\"other\"", data.len() as u64).is_none(),
+            "another version"
+        );
+        // A plain MD5 ETag that matches: another identity gets it, to revalidate first.
+        let etag = md5_etag(&data);
+        assert!(c.offer(
+            &a,
+            "m".into(),
+            etag.clone(),
+            data.len() as u64,
+            sums(&data),
+            offered(&data)
+        ));
+        c.settle();
+        let (f, _, revalidate) = c.get(&peer("b", 0), "m", &etag, data.len() as u64).unwrap();
+        assert_eq!((read_all(&f), revalidate), (data.clone(), true));
+        // Bytes that do not match the ETag they claim stay with their own identity.
+        let lie = md5_etag(b"something else");
+        assert!(c.offer(
+            &a,
+            "l".into(),
+            lie.clone(),
+            data.len() as u64,
+            sums(&data),
+            offered(&data)
+        ));
+        c.settle();
+        assert!(c.get(&a, "l", &lie, data.len() as u64).is_some());
+        assert!(c.get(&peer("b", 0), "l", &lie, data.len() as u64).is_none());
+    }
+
+    #[test]
+    fn an_offer_that_fails_its_checksums_or_is_not_the_mounts_own_plain_file_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(&dir.path().join("c"), 64 << 20);
+        let data = body(2 * BLOCK as usize, 2);
+        let a = peer("a", 0);
+        let mut bad = sums(&data);
+        bad[1] ^= 1;
+        assert!(c.offer(
+            &a,
+            "k".into(),
+            "e".into(),
+            data.len() as u64,
+            bad,
+            offered(&data)
+        ));
+        c.settle();
+        assert!(
+            c.get(&a, "k", "e", data.len() as u64).is_none(),
+            "a block failed its sum"
+        );
+        assert!(
+            !c.offer(
+                &peer("a", 4242),
+                "k".into(),
+                "e".into(),
+                data.len() as u64,
+                sums(&data),
+                offered(&data)
+            ),
+            "a file owned by another user"
+        );
+        let (r, _w) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(
+            !c.offer(
+                &a,
+                "k".into(),
+                "e".into(),
+                data.len() as u64,
+                sums(&data),
+                r.into()
+            ),
+            "not a regular file"
+        );
+        assert!(
+            !c.offer(
+                &a,
+                "k".into(),
+                "e".into(),
+                data.len() as u64 + 1,
+                sums(&data),
+                offered(&data)
+            ),
+            "shorter than claimed"
+        );
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn copies_stay_within_the_size_are_evicted_oldest_first_and_outlive_the_plugin() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        let c = cache(&path, 5 * BLOCK);
+        let a = peer("a", 0);
+        for i in 0..4u8 {
+            let data = body(2 * BLOCK as usize, i);
+            assert!(c.offer(
+                &a,
+                format!("k{i}"),
+                "e".into(),
+                data.len() as u64,
+                sums(&data),
+                offered(&data)
+            ));
+            c.settle();
+            assert!(c.used() <= 5 * BLOCK);
+            // k0 stays in use.
+            let _ = c.get(&a, "k0", "e", 2 * BLOCK);
+        }
+        assert!(c.get(&a, "k0", "e", 2 * BLOCK).is_some(), "in use, kept");
+        assert!(
+            c.get(&a, "k1", "e", 2 * BLOCK).is_none(),
+            "the least recently used went"
+        );
+        assert!(c.get(&a, "k3", "e", 2 * BLOCK).is_some());
+        drop(c);
+        std::fs::write(path.join("stray.tmp"), b"x").unwrap();
+        let again = cache(&path, 5 * BLOCK);
+        let (f, _, _) = again
+            .get(&a, "k3", "e", 2 * BLOCK)
+            .expect("kept across a restart");
+        assert_eq!(read_all(&f), body(2 * BLOCK as usize, 3));
+        assert!(!path.join("stray.tmp").exists(), "leftovers are removed");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "root only");
+    }
+
+    #[test]
+    fn mounts_reach_it_on_its_socket_and_strangers_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(&dir.path().join("c"), 64 << 20);
+        let socket = dir.path().join("cache.sock");
+        let allowed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let gate = allowed.clone();
+        c.serve(
+            &socket,
+            move |uid| {
+                gate.load(std::sync::atomic::Ordering::SeqCst)
+                    .then(|| peer("a", uid))
+            },
+            Arc::new(|_: &Path| None),
+        )
+        .unwrap();
+        let data = body(BLOCK as usize + 10, 9);
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&data).unwrap();
+        let client = super::super::Client::new(socket.clone());
+        assert!(client.get("k", "e", data.len() as u64).is_none());
+        assert!(client.offer("k", "e", data.len() as u64, &f, &sums(&data)));
+        c.settle();
+        let copy = client.get("k", "e", data.len() as u64).unwrap();
+        assert_eq!(read_all(&copy.file), data);
+        assert!(!copy.revalidate);
+        // The copy is read-only to the mount.
+        assert!(copy.file.write_at(b"x", 0).is_err());
+        // A user the plugin knows no mount of is not served.
+        allowed.store(false, std::sync::atomic::Ordering::SeqCst);
+        let stranger = super::super::Client::new(socket);
+        assert!(stranger.get("k", "e", data.len() as u64).is_none());
+    }
+}
