@@ -3,6 +3,7 @@
 //! against the S3 test server. Prints one table: medians of several runs, pail/direct, and
 //! the peak RSS of the mount process. Run with `scripts/bench.sh`.
 
+mod csi;
 mod work;
 
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use pail::store::{BucketExt, SharedBucket};
 use work::*;
 
 /// Whether the workload `name` runs: all of them, or those `PAIL_BENCH_ONLY` lists
-/// (comma-separated: seq, shuffle, pods, cache, random, write, ls, small, stat).
+/// (comma-separated: seq, shuffle, pods, restart, cache, random, write, ls, small, stat).
 fn only(name: &str) -> bool {
     match std::env::var("PAIL_BENCH_ONLY") {
         Ok(list) if !list.is_empty() => list.split(',').any(|w| w.trim() == name),
@@ -40,6 +41,10 @@ where
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+fn n_per_sec(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
 }
 
 fn read_file(path: PathBuf) -> Duration {
@@ -207,6 +212,55 @@ async fn main() {
         })
         .await;
         rows.push(row("8 pods x 1 GiB, a mount each".into(), "MB/s", r, true));
+    }
+
+    if only("restart") {
+        // A pod of the CSI driver reads the small files (8 readers), goes, and comes back on
+        // the node: its new mount reads them from the node cache (page cache dropped in
+        // between), asking the store only whether each changed.
+        println!(
+            "a pod's epoch over {} small files, then the pod restarted...",
+            e.small
+        );
+        let (mut first, mut again, mut direct) = (vec![], vec![], vec![]);
+        for _ in 0..e.runs {
+            let mut node = csi::Node::start(&e).await;
+            for (pod, out) in [("pod-1", &mut first), ("pod-2", &mut again)] {
+                let target = node.publish(&e, pod, "read-cache,metadata-ttl=60").await;
+                drop_caches();
+                let n = e.small;
+                let dir = target.join("small");
+                let t = blocking(move || mount_small_files(&dir, n, 8)).await;
+                out.push(n as f64 / t.as_secs_f64());
+                // The node keeps the copies in the background.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                node.unpublish(pod).await;
+            }
+            drop(node);
+            direct.push(n_per_sec(
+                e.small,
+                direct_small_files(&store, e.small, 8).await,
+            ));
+        }
+        let d = median(direct);
+        let (f, a) = (median(first), median(again));
+        println!(
+            "  the restarted pod read {:.1}x faster than its first epoch",
+            a / f
+        );
+        let name = |k: &str| format!("{} files of 64 KiB, 8 readers, {k}", e.small);
+        rows.push(row(
+            name("a pod's first epoch (CSI)"),
+            "files/s",
+            (f, d, None),
+            true,
+        ));
+        rows.push(row(
+            name("the pod restarted (node cache)"),
+            "files/s",
+            (a, d, None),
+            true,
+        ));
     }
 
     if only("cache") {
