@@ -15,10 +15,20 @@ const ANSWER: Duration = Duration::from_secs(5);
 /// How long to leave the plugin alone after a failed connection.
 const BACKOFF: Duration = Duration::from_secs(5);
 
-/// A mount's connection to the node cache.
+/// Connections a mount keeps, so that its readers' opens ask the plugin in parallel (the
+/// plugin serves each on a thread of its own).
+const CONNECTIONS: usize = 4;
+
+/// One connection, and when connecting last failed.
+type Slot = Mutex<(Option<UnixStream>, Option<Instant>)>;
+
+/// A mount's connections to the node cache.
 pub struct Client {
     socket: PathBuf,
-    conn: Mutex<(Option<UnixStream>, Option<Instant>)>,
+    /// The first also carries every passthrough registration and its closing (the plugin
+    /// keeps them per connection).
+    conns: Vec<Slot>,
+    next: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Client {
@@ -44,8 +54,20 @@ impl Client {
     pub fn new(socket: PathBuf) -> Client {
         Client {
             socket,
-            conn: Mutex::new((None, None)),
+            conns: (0..CONNECTIONS).map(|_| Mutex::new((None, None))).collect(),
+            next: Default::default(),
         }
+    }
+
+    /// A free connection for a lookup or an offer (else the next one in turn).
+    fn any(&self) -> std::sync::MutexGuard<'_, (Option<UnixStream>, Option<Instant>)> {
+        for slot in &self.conns {
+            if let Ok(st) = slot.try_lock() {
+                return st;
+            }
+        }
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.conns.len();
+        self.conns[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn ask(
@@ -53,7 +75,12 @@ impl Client {
         req: &Request,
         fd: Option<std::os::fd::BorrowedFd<'_>>,
     ) -> Option<(Reply, Option<OwnedFd>)> {
-        let mut st = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = match req {
+            Request::Backing | Request::Unback { .. } => {
+                self.conns[0].lock().unwrap_or_else(|p| p.into_inner())
+            }
+            _ => self.any(),
+        };
         if st.0.is_none() {
             if st.1.is_some_and(|t| t.elapsed() < BACKOFF) {
                 return None;
