@@ -8,6 +8,32 @@ use std::os::unix::net::UnixStream;
 /// Room for one descriptor's control message (`CMSG_SPACE(4)`, 8-byte aligned).
 const CONTROL: usize = 24;
 
+/// A message header of one buffer (`iov`) and room for one descriptor (`control`).
+fn header(iov: &mut libc::iovec, control: &mut [u64; CONTROL / 8]) -> libc::msghdr {
+    // SAFETY: a zeroed msghdr is valid; the caller keeps `iov` and `control` alive while
+    // the header is used.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = CONTROL as _;
+    msg
+}
+
+/// The result of a system call `f`, retried while interrupted.
+fn retried(mut f: impl FnMut() -> isize) -> std::io::Result<usize> {
+    loop {
+        let n = f();
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// Send `body`, with `fd` if any.
 pub fn send(sock: &UnixStream, body: &[u8], fd: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
     if body.len() > super::MAX_MESSAGE {
@@ -19,12 +45,8 @@ pub fn send(sock: &UnixStream, body: &[u8], fd: Option<BorrowedFd<'_>>) -> std::
         iov_len: head.len(),
     };
     let mut control = [0u64; CONTROL / 8];
-    // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
+    let mut msg = header(&mut iov, &mut control);
     if let Some(fd) = fd {
-        msg.msg_control = control.as_mut_ptr().cast();
         // SAFETY: CMSG_* only compute sizes and offsets within `control`.
         unsafe {
             msg.msg_controllen = libc::CMSG_SPACE(4) as _;
@@ -34,18 +56,12 @@ pub fn send(sock: &UnixStream, body: &[u8], fd: Option<BorrowedFd<'_>>) -> std::
             (*c).cmsg_len = libc::CMSG_LEN(4) as _;
             std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd.as_raw_fd());
         }
+    } else {
+        msg.msg_control = std::ptr::null_mut();
+        msg.msg_controllen = 0;
     }
-    let sent = loop {
-        // SAFETY: msg points at live buffers.
-        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
+    // SAFETY: msg points at live buffers.
+    let sent = retried(|| unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })?;
     let mut w = sock;
     w.write_all(&head[sent..])?;
     w.write_all(body)
@@ -61,23 +77,10 @@ pub fn recv(sock: &UnixStream, max: usize) -> std::io::Result<(Vec<u8>, Option<O
         iov_len: head.len(),
     };
     let mut control = [0u64; CONTROL / 8];
-    // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = CONTROL as _;
-    let got = loop {
-        // SAFETY: msg points at live buffers.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
+    let mut msg = header(&mut iov, &mut control);
+    // SAFETY: msg points at live buffers.
+    let got =
+        retried(|| unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) })?;
     let mut fds = Vec::new();
     // SAFETY: walking the control messages the kernel wrote into `control`.
     unsafe {
