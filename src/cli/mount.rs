@@ -196,13 +196,37 @@ fn store_auth(auth: &Auth, s: &pail::options::StoreArgs) -> pail::store::Auth {
 struct NodeCopies(pail::mounter::nodecache::Client);
 
 impl pail::fs::SharedCopies for NodeCopies {
-    fn get(&self, v: &pail::fs::ObjectVersion) -> Option<pail::fs::SharedCopy> {
-        let c = self.0.get(&v.key, &v.etag, v.size)?;
-        Some(pail::fs::SharedCopy {
-            file: c.file,
-            sums: c.sums,
-            revalidate: c.revalidate,
-        })
+    fn get(
+        &self,
+        v: &pail::fs::ObjectVersion,
+        answer: Option<(&pail::fs::NodeChallenge, &[u8])>,
+    ) -> pail::fs::NodeLookup {
+        use pail::fs::NodeLookup;
+        use pail::mounter::nodecache::{Challenge, Lookup};
+        let asked = answer.map(|(c, bytes)| {
+            let challenge = Challenge {
+                offset: c.range.start,
+                len: c.range.end - c.range.start,
+                nonce: c.nonce.clone(),
+            };
+            (challenge, bytes)
+        });
+        let asked = asked.as_ref().map(|(c, b)| (c, *b));
+        match self.0.get(&v.key, &v.etag, v.size, asked) {
+            Some(Lookup::Copy(c)) => NodeLookup::Copy(pail::fs::SharedCopy {
+                file: c.file,
+                sums: c.sums,
+                verified: c.verified,
+            }),
+            Some(Lookup::Prove(c)) => match c.offset.checked_add(c.len) {
+                Some(end) => NodeLookup::Prove(pail::fs::NodeChallenge {
+                    range: c.offset..end,
+                    nonce: c.nonce,
+                }),
+                None => NodeLookup::Miss,
+            },
+            None => NodeLookup::Miss,
+        }
     }
 
     fn offer(&self, v: &pail::fs::ObjectVersion, file: &std::fs::File, sums: &[u32]) {

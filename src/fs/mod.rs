@@ -38,7 +38,10 @@ pub use inode::{Kind, ROOT_INO};
 pub use journal::InitParams;
 pub use read::ReadConfig;
 pub use readcache::Entry as CachedObject;
-pub use readcache::{SharedCopies, SharedCopiesRef, SharedCopy, Version as ObjectVersion};
+pub use readcache::{
+    Challenge as NodeChallenge, NodeLookup, SharedCopies, SharedCopiesRef, SharedCopy,
+    Version as ObjectVersion,
+};
 pub use write::WriteConfig;
 
 use crate::store::{BucketExt, SharedBucket};

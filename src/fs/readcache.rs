@@ -45,8 +45,10 @@ pub struct Version {
 /// plugin's): a mount asks it before loading an object, and offers it each object it loaded.
 pub trait SharedCopies: Send + Sync {
     /// A read-only copy of `v` with its block checksums, if the node has one this mount may
-    /// be given.
-    fn get(&self, v: &Version) -> Option<SharedCopy>;
+    /// be given; or the proof the node asks first (a copy another identity stored), which
+    /// the mount answers by asking again with the bytes of that range, read from the store
+    /// with its own credentials.
+    fn get(&self, v: &Version, answer: Option<(&Challenge, &[u8])>) -> NodeLookup;
     /// Offer the loaded and verified copy of `v` held in `file`, with its block checksums.
     fn offer(&self, v: &Version, file: &std::fs::File, sums: &[u32]);
     /// Register `file` as a backing file of this mount's FUSE connection (passthrough, for
@@ -65,9 +67,34 @@ pub struct SharedCopy {
     pub file: std::fs::File,
     /// CRC-32C of each block.
     pub sums: Vec<u32>,
-    /// Another identity stored it: the mount first checks with its own credentials that it
-    /// may read the object, in that version.
-    pub revalidate: bool,
+    /// The node read every block back and found it matching its sum: the kernel may read
+    /// the file directly (passthrough) from the first open. Otherwise the mount verifies
+    /// each block before it serves it.
+    pub verified: bool,
+}
+
+/// What the node asks before it gives a copy another identity stored: the bytes `range` of
+/// the object, which only a mount that may read the object (in that version) can fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    /// The bytes asked for (at most [`MAX_CHALLENGE`]).
+    pub range: std::ops::Range<u64>,
+    /// The node's token for this challenge.
+    pub nonce: String,
+}
+
+/// The largest range a node may ask a mount to fetch as its proof.
+pub const MAX_CHALLENGE: u64 = 64 << 10;
+
+/// The node's answer to a lookup.
+#[derive(Debug)]
+pub enum NodeLookup {
+    /// No copy this mount may be given.
+    Miss,
+    /// A copy.
+    Copy(SharedCopy),
+    /// Prove first.
+    Prove(Challenge),
 }
 
 /// The node's copies, as the file system's settings hold them.
@@ -260,27 +287,46 @@ impl ReadCache {
         version: &Version,
         now: u64,
     ) -> Option<Arc<Entry>> {
-        let v = version.clone();
-        let copy = tokio::task::spawn_blocking(move || shared.get(&v))
-            .await
-            .ok()
-            .flatten()?;
+        let ask = {
+            let shared = shared.clone();
+            let v = version.clone();
+            move || shared.get(&v, None)
+        };
+        let mut lookup = tokio::task::spawn_blocking(ask).await.ok()?;
+        if let NodeLookup::Prove(challenge) = lookup {
+            // Another identity loaded it: the node gives it only to a mount that shows it
+            // may read the object, in this version, now — with bytes only the store gives.
+            let r = &challenge.range;
+            if r.start >= r.end || r.end > version.size || r.end - r.start > MAX_CHALLENGE {
+                return None;
+            }
+            let bytes = self
+                .store
+                .get_range(&version.key, r.clone(), Some(&version.etag))
+                .await
+                .ok()?;
+            let v = version.clone();
+            lookup =
+                tokio::task::spawn_blocking(move || shared.get(&v, Some((&challenge, &bytes))))
+                    .await
+                    .ok()?;
+        }
+        let NodeLookup::Copy(copy) = lookup else {
+            return None;
+        };
         let blocks = version.size.div_ceil(BLOCK) as usize;
         if copy.sums.len() != blocks || copy.file.metadata().ok()?.len() != version.size {
             return None;
         }
-        if copy.revalidate {
-            // Another identity loaded it: served only if this mount's own credentials may
-            // read the object, in this version, now.
-            match self.store.head(&version.key).await {
-                Ok(Some(info))
-                    if info.size == version.size
-                        && info.etag.as_deref() == Some(version.etag.as_str()) => {}
-                _ => return None,
-            }
-        }
+        let verified = copy.verified;
         let file = self.cache.foreign(copy.file);
         let entry = Arc::new(Self::new_entry(version.clone(), file, copy.sums, now));
+        if verified {
+            for s in &entry.states {
+                s.store(VERIFIED, Ordering::Release);
+            }
+            entry.settled.store(true, Ordering::Release);
+        }
         let mut entries = lock(&self.entries);
         if let Some(e) = entries.get(version) {
             return Some(e.clone());
@@ -303,6 +349,9 @@ impl ReadCache {
         }
         entries.insert(version.clone(), entry.clone());
         drop(entries);
+        if verified {
+            return Some(entry);
+        }
         // Checked once, in the background, so that the kernel may read it directly.
         let e = entry.clone();
         tokio::spawn(async move {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{MAX_MESSAGE, Reply, Request, wire};
+use super::{Challenge, MAX_MESSAGE, Reply, Request, wire};
 
 /// How long an answer may take.
 const ANSWER: Duration = Duration::from_secs(5);
@@ -45,8 +45,16 @@ pub struct Copy {
     pub file: std::fs::File,
     /// CRC-32C of each 1 MiB block.
     pub sums: Vec<u32>,
-    /// Another identity stored it.
-    pub revalidate: bool,
+    /// The plugin read it back and checked every block.
+    pub verified: bool,
+}
+
+/// The plugin's answer to a lookup.
+pub enum Lookup {
+    /// A copy.
+    Copy(Copy),
+    /// Another identity stored it: answer this challenge first.
+    Prove(Challenge),
 }
 
 impl Client {
@@ -118,20 +126,31 @@ impl Client {
         }
     }
 
-    /// The node's copy of `key` in version `etag`/`size`.
-    pub fn get(&self, key: &str, etag: &str, size: u64) -> Option<Copy> {
+    /// The node's copy of `key` in version `etag`/`size`; `answer` is a challenge the last
+    /// lookup got and the bytes it asked for.
+    pub fn get(
+        &self,
+        key: &str,
+        etag: &str,
+        size: u64,
+        answer: Option<(&Challenge, &[u8])>,
+    ) -> Option<Lookup> {
         let req = Request::Get {
             key: key.to_string(),
             etag: etag.to_string(),
             size,
+            proof: answer.map(|(c, bytes)| super::proof(&c.nonce, bytes)),
         };
         let (reply, fd) = self.ask(&req, None)?;
+        if let Some(c) = reply.challenge {
+            return Some(Lookup::Prove(c));
+        }
         let file = std::fs::File::from(fd?);
-        reply.hit.then_some(Copy {
+        reply.hit.then_some(Lookup::Copy(Copy {
             file,
             sums: reply.sums,
-            revalidate: reply.revalidate,
-        })
+            verified: reply.verified,
+        }))
     }
 
     /// Have the plugin register `file` as a backing file of this mount's FUSE connection;

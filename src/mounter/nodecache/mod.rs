@@ -9,8 +9,11 @@
 //! Who is served what: a copy stored by mounts of the same identity (the same Secret, or
 //! the same ServiceAccount, with the same bucket and options) is served as it is; a copy
 //! stored by another identity only when the plugin matched its bytes to the store's MD5
-//! ETag, and then the mount first checks, with its own credentials, that it may read that
-//! version (`HEAD`).
+//! ETag, and only to a mount that first proves it may read that version: the plugin names a
+//! random range of the object and a nonce, and hands the descriptor over only when the
+//! mount answers with the digest of the nonce and those bytes, which it can only have
+//! fetched from the store with its own credentials (a ranged GET pinned to the ETag). The
+//! plugin itself never talks to a mount's store (its endpoint is the volume author's).
 //!
 //! The plugin, which holds every mount's FUSE connection and CAP_SYS_ADMIN, also registers
 //! a mount's local copies as backing files of that connection (FUSE passthrough): a cached
@@ -20,7 +23,7 @@ mod client;
 mod server;
 mod wire;
 
-pub use client::Client;
+pub use client::{Client, Copy, Lookup};
 pub use server::{NodeCache, Peer};
 
 use serde::{Deserialize, Serialize};
@@ -37,6 +40,9 @@ pub enum Request {
         etag: String,
         /// Size.
         size: u64,
+        /// The answer to the challenge the last `Get` of this version got.
+        #[serde(default)]
+        proof: Option<String>,
     },
     /// Keep this copy (the descriptor travels with the request).
     Put {
@@ -67,12 +73,40 @@ pub struct Reply {
     /// Its block checksums.
     #[serde(default)]
     pub sums: Vec<u32>,
-    /// Stored by another identity: check with the mount's own credentials first.
+    /// Stored by another identity: prove first (no descriptor comes with this answer).
     #[serde(default)]
-    pub revalidate: bool,
+    pub challenge: Option<Challenge>,
+    /// The plugin read the copy back and every block matched its sum.
+    #[serde(default)]
+    pub verified: bool,
     /// The backing id registered (backing).
     #[serde(default)]
     pub backing: u32,
+}
+
+/// What a mount of another identity must show before it gets a copy: the digest
+/// ([`proof`]) of `nonce` and bytes `offset..offset + len` of the object.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Challenge {
+    /// First byte asked.
+    pub offset: u64,
+    /// Bytes asked (at most [`CHALLENGE`]).
+    pub len: u64,
+    /// Random, one use.
+    pub nonce: String,
+}
+
+/// Bytes a challenge asks for, at most.
+pub const CHALLENGE: u64 = 1024;
+
+/// The answer to a challenge with `nonce` whose bytes are `bytes`: MD5 of both, in hex.
+pub fn proof(nonce: &str, bytes: &[u8]) -> String {
+    use md5::Digest;
+    let mut h = md5::Md5::new();
+    h.update((nonce.len() as u64).to_le_bytes());
+    h.update(nonce.as_bytes());
+    h.update(bytes);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Largest message either side accepts (a request names one key; checksums of a large

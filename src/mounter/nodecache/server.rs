@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use md5::Digest;
 use serde::{Deserialize, Serialize};
 
-use super::{BLOCK, MAX_MESSAGE, Reply, Request, wire};
+use super::{BLOCK, CHALLENGE, Challenge, MAX_MESSAGE, Reply, Request, wire};
 
 /// Who a connected mount is, as the plugin's records say.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +72,34 @@ struct Index {
     entries: HashMap<String, (Meta, u64)>,
     used: u64,
     tick: u64,
+    /// Copies read back and checked since this plugin started.
+    checked: std::collections::HashSet<String>,
+}
+
+/// What [`NodeCache::get`] gives.
+#[derive(Debug)]
+pub enum Got {
+    /// The copy (read-only), its block sums, and whether the plugin checked every block.
+    Copy(std::fs::File, Vec<u32>, bool),
+    /// Another identity stored it: the peer must answer this first.
+    Prove(Challenge),
+}
+
+/// Copies the plugin reads back and checks before it first serves them, at most this large
+/// (a larger one is checked by the mount, block by block, as it reads).
+const CHECK_MAX: u64 = 64 << 20;
+
+/// Challenges outstanding, at most (past that, all are forgotten: their proofs fail and
+/// those mounts read the store).
+const CHALLENGES: usize = 4096;
+
+fn random_bytes<const N: usize>() -> Option<[u8; N]> {
+    use std::io::Read;
+    let mut b = [0u8; N];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .ok()?;
+    Some(b)
 }
 
 struct Job {
@@ -88,6 +116,8 @@ pub struct NodeCache {
     jobs: SyncSender<Job>,
     /// Offers queued or being copied (the same one is not queued twice).
     pending: Mutex<std::collections::HashSet<String>>,
+    /// Challenges given, by the peer's uid and the copy's id.
+    challenges: Mutex<HashMap<(u32, String), Challenge>>,
     /// The device offered files must be on (the mounts' private directories).
     offer_dev: Option<u64>,
     /// The device of the cache's own files.
@@ -152,6 +182,7 @@ impl NodeCache {
             index: Mutex::new(Index::default()),
             jobs,
             pending: Mutex::default(),
+            challenges: Mutex::default(),
             offer_dev: std::fs::metadata(offers_from).ok().map(|m| m.dev()),
             own_dev: std::fs::metadata(dir).ok().map(|m| m.dev()),
         });
@@ -266,44 +297,116 @@ impl NodeCache {
             else {
                 break;
             };
-            if let Some((meta, _)) = ix.entries.remove(&id) {
-                ix.used -= meta.size;
-                // Mounts holding it open keep reading it; the space comes back when they close.
-                let _ = std::fs::remove_file(self.dir.join(format!("{id}.json")));
-                let _ = std::fs::remove_file(self.dir.join(&id));
-            }
+            self.remove(&mut ix, &id);
         }
     }
 
-    /// A copy of `key` in version `etag`/`size` for `peer`: the file, its sums, and whether
-    /// the mount must check it may read the object first.
+    /// Forget copy `id` and remove its files (mounts holding it open keep reading it; the
+    /// space comes back when they close).
+    fn remove(&self, ix: &mut Index, id: &str) {
+        ix.checked.remove(id);
+        if let Some((meta, _)) = ix.entries.remove(id) {
+            ix.used -= meta.size;
+            let _ = std::fs::remove_file(self.dir.join(format!("{id}.json")));
+            let _ = std::fs::remove_file(self.dir.join(id));
+        }
+    }
+
+    /// A copy of `key` in version `etag`/`size` for `peer`. A copy another identity stored
+    /// is given only against `proof`, the answer to the challenge the peer's last lookup of
+    /// it got (else a new challenge).
     pub fn get(
         &self,
         peer: &Peer,
         key: &str,
         etag: &str,
         size: u64,
-    ) -> Option<(std::fs::File, Vec<u32>, bool)> {
+        proof: Option<&str>,
+    ) -> Option<Got> {
         let id = Self::id(&peer.namespace, key, etag, size);
-        let (sums, revalidate) = {
+        let (sums, other, checked) = {
             let mut ix = lock(&self.index);
             ix.tick += 1;
             let tick = ix.tick;
+            let checked = ix.checked.contains(&id);
             let (meta, used) = ix.entries.get_mut(&id)?;
-            let revalidate = meta.group != peer.group;
-            if revalidate && !meta.md5 {
+            let other = meta.group != peer.group;
+            if other && !meta.md5 {
                 // Bytes another identity loaded that the plugin could not match to the store.
                 return None;
             }
             *used = tick;
-            (meta.sums.clone(), revalidate)
+            (meta.sums.clone(), other, checked)
         };
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(self.dir.join(&id))
             .ok()?;
-        Some((file, sums, revalidate))
+        if other {
+            let asked = lock(&self.challenges).remove(&(peer.uid, id.clone()));
+            match (asked, proof) {
+                (Some(c), Some(proof)) => {
+                    let mut bytes = vec![0u8; c.len as usize];
+                    file.read_exact_at(&mut bytes, c.offset).ok()?;
+                    let want = super::proof(&c.nonce, &bytes);
+                    // Compared whole, whatever differs first.
+                    let same = want.len() == proof.len()
+                        && want
+                            .bytes()
+                            .zip(proof.bytes())
+                            .fold(0u8, |d, (a, b)| d | (a ^ b))
+                            == 0;
+                    if !same {
+                        tracing::debug!("node cache: a mount's proof did not match");
+                        return None;
+                    }
+                }
+                _ => return self.challenge(peer.uid, id, size).map(Got::Prove),
+            }
+        }
+        let verified = checked || size <= CHECK_MAX;
+        if !checked && verified && !self.check(&id, &file, &sums) {
+            return None;
+        }
+        Some(Got::Copy(file, sums, verified))
+    }
+
+    /// A new challenge for copy `id` of `size` bytes, given to `uid`.
+    fn challenge(&self, uid: u32, id: String, size: u64) -> Option<Challenge> {
+        let r: [u8; 24] = random_bytes()?;
+        let len = size.min(CHALLENGE);
+        let at = u64::from_le_bytes(r[..8].try_into().expect("8 bytes"));
+        let c = Challenge {
+            offset: at % (size - len + 1),
+            len,
+            nonce: hex(&r[8..]),
+        };
+        let mut all = lock(&self.challenges);
+        if all.len() >= CHALLENGES {
+            all.clear();
+        }
+        all.insert((uid, id), c.clone());
+        Some(c)
+    }
+
+    /// Read copy `id` back and check every block; a damaged copy is dropped.
+    fn check(&self, id: &str, file: &std::fs::File, sums: &[u32]) -> bool {
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut buf = vec![0u8; BLOCK as usize];
+        let good = sums.iter().enumerate().all(|(b, sum)| {
+            let off = b as u64 * BLOCK;
+            let n = (size.saturating_sub(off)).min(BLOCK) as usize;
+            n > 0 && file.read_exact_at(&mut buf[..n], off).is_ok() && crc(&buf[..n]) == *sum
+        });
+        let mut ix = lock(&self.index);
+        if good {
+            ix.checked.insert(id.to_string());
+        } else {
+            tracing::warn!("node cache: a copy failed its checksums when read back; dropped");
+            self.remove(&mut ix, id);
+        }
+        good
     }
 
     /// `peer` offers its copy of `key` in `file`: queued to be copied in (dropped when the
@@ -410,6 +513,7 @@ impl NodeCache {
         ix.tick += 1;
         let tick = ix.tick;
         ix.used += meta.size;
+        ix.checked.remove(&id);
         if let Some((old, _)) = ix.entries.insert(id, (meta, tick)) {
             ix.used -= old.size;
         }
@@ -502,13 +606,22 @@ impl NodeCache {
     ) {
         while let Ok((body, fd)) = wire::recv(conn, MAX_MESSAGE) {
             let reply = match serde_json::from_slice::<Request>(&body) {
-                Ok(Request::Get { key, etag, size }) => match self.get(peer, &key, &etag, size) {
-                    Some((file, sums, revalidate)) => {
+                Ok(Request::Get {
+                    key,
+                    etag,
+                    size,
+                    proof,
+                }) => match self.get(peer, &key, &etag, size, proof.as_deref()) {
+                    Some(Got::Prove(c)) => Reply {
+                        challenge: Some(c),
+                        ..Reply::default()
+                    },
+                    Some(Got::Copy(file, sums, verified)) => {
                         let reply = Reply {
                             hit: true,
                             sums,
-                            revalidate,
-                            backing: 0,
+                            verified,
+                            ..Reply::default()
                         };
                         let body = serde_json::to_vec(&reply).unwrap_or_default();
                         if wire::send(conn, &body, Some(file.as_fd())).is_err() {

@@ -39,6 +39,21 @@ fn read_all(f: &std::fs::File) -> Vec<u8> {
     out
 }
 
+/// The copy a lookup gave, if it gave one.
+fn copy(got: Option<Got>) -> Option<(std::fs::File, Vec<u32>, bool)> {
+    match got? {
+        Got::Copy(f, s, verified) => Some((f, s, verified)),
+        Got::Prove(_) => None,
+    }
+}
+
+fn challenge(got: Option<Got>) -> Challenge {
+    match got {
+        Some(Got::Prove(c)) => c,
+        other => panic!("no challenge: {other:?}"),
+    }
+}
+
 fn cache(dir: &Path, max: u64) -> Arc<NodeCache> {
     // Offers come from temporary files: no device bound in these tests.
     let c = NodeCache::open(dir, max, Path::new("/nonexistent")).unwrap();
@@ -62,20 +77,22 @@ fn a_copy_is_served_to_its_identity_and_to_another_only_when_it_matches_the_md5_
         offered(&data)
     ));
     c.settle();
-    let (f, s, revalidate) = c.get(&a, "k", "\"x-2\"", data.len() as u64).unwrap();
+    let (f, s, verified) = copy(c.get(&a, "k", "\"x-2\"", data.len() as u64, None)).unwrap();
     assert_eq!(
-        (read_all(&f), s, revalidate),
-        (data.clone(), sums(&data), false)
+        (read_all(&f), s, verified),
+        (data.clone(), sums(&data), true)
     );
     assert!(
-        c.get(&peer("b", 0), "k", "\"x-2\"", data.len() as u64)
+        c.get(&peer("b", 0), "k", "\"x-2\"", data.len() as u64, None)
             .is_none()
     );
     assert!(
-        c.get(&a, "k", "\"other\"", data.len() as u64).is_none(),
+        c.get(&a, "k", "\"other\"", data.len() as u64, None)
+            .is_none(),
         "another version"
     );
-    // A plain MD5 ETag that matches: another identity gets it, to revalidate first.
+    // A plain MD5 ETag that matches: another identity gets it once it proves it can read
+    // the object (the bytes of a random range, with the plugin's nonce).
     let etag = md5_etag(&data);
     assert!(c.offer(
         &a,
@@ -86,8 +103,37 @@ fn a_copy_is_served_to_its_identity_and_to_another_only_when_it_matches_the_md5_
         offered(&data)
     ));
     c.settle();
-    let (f, _, revalidate) = c.get(&peer("b", 0), "m", &etag, data.len() as u64).unwrap();
-    assert_eq!((read_all(&f), revalidate), (data.clone(), true));
+    let b = peer("b", 7);
+    let n = data.len() as u64;
+    let ch = challenge(c.get(&b, "m", &etag, n, None));
+    assert!(ch.len == CHALLENGE && ch.offset + ch.len <= n);
+    let range = ch.offset as usize..(ch.offset + ch.len) as usize;
+    // Wrong bytes: nothing, and the challenge is spent.
+    let mut wrong = data[range.clone()].to_vec();
+    wrong[0] ^= 1;
+    let guess = super::super::proof(&ch.nonce, &wrong);
+    assert!(c.get(&b, "m", &etag, n, Some(&guess)).is_none());
+    let right = super::super::proof(&ch.nonce, &data[range.clone()]);
+    assert!(
+        copy(c.get(&b, "m", &etag, n, Some(&right))).is_none(),
+        "a spent challenge is not answered twice"
+    );
+    // A fresh challenge, answered right: the copy.
+    let ch = challenge(c.get(&b, "m", &etag, n, None));
+    let range = ch.offset as usize..(ch.offset + ch.len) as usize;
+    let right = super::super::proof(&ch.nonce, &data[range]);
+    // Another uid cannot use b's challenge.
+    assert!(copy(c.get(&peer("b", 8), "m", &etag, n, Some(&right))).is_none());
+    let ch = challenge(c.get(&b, "m", &etag, n, None));
+    let range = ch.offset as usize..(ch.offset + ch.len) as usize;
+    let right = super::super::proof(&ch.nonce, &data[range]);
+    let (f, _, _) = copy(c.get(&b, "m", &etag, n, Some(&right))).unwrap();
+    assert_eq!(read_all(&f), data);
+    // Challenges land on random ranges.
+    let offsets: std::collections::HashSet<u64> = (0..8)
+        .map(|_| challenge(c.get(&b, "m", &etag, n, None)).offset)
+        .collect();
+    assert!(offsets.len() > 1);
     // Bytes that do not match the ETag they claim stay with their own identity.
     let lie = md5_etag(b"something else");
     assert!(c.offer(
@@ -99,8 +145,35 @@ fn a_copy_is_served_to_its_identity_and_to_another_only_when_it_matches_the_md5_
         offered(&data)
     ));
     c.settle();
-    assert!(c.get(&a, "l", &lie, data.len() as u64).is_some());
-    assert!(c.get(&peer("b", 0), "l", &lie, data.len() as u64).is_none());
+    assert!(copy(c.get(&a, "l", &lie, data.len() as u64, None)).is_some());
+    assert!(
+        c.get(&peer("b", 0), "l", &lie, data.len() as u64, None)
+            .is_none()
+    );
+}
+
+#[test]
+fn a_copy_damaged_on_disk_is_dropped_when_read_back_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c");
+    let c = cache(&path, 64 << 20);
+    let data = body(2 * BLOCK as usize + 3, 4);
+    let a = peer("a", 0);
+    let n = data.len() as u64;
+    assert!(c.offer(&a, "k".into(), "e".into(), n, sums(&data), offered(&data)));
+    c.settle();
+    let id = NodeCache::id("ns", "k", "e", n);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path.join(&id))
+        .unwrap()
+        .write_at(b"?", BLOCK + 1)
+        .unwrap();
+    assert!(
+        c.get(&a, "k", "e", n, None).is_none(),
+        "failed when read back"
+    );
+    assert!(c.is_empty() && !path.join(&id).exists());
 }
 
 #[test]
@@ -121,7 +194,7 @@ fn an_offer_that_fails_its_checksums_or_is_not_the_mounts_own_plain_file_is_not_
     ));
     c.settle();
     assert!(
-        c.get(&a, "k", "e", data.len() as u64).is_none(),
+        c.get(&a, "k", "e", data.len() as u64, None).is_none(),
         "a block failed its sum"
     );
     assert!(
@@ -180,20 +253,21 @@ fn copies_stay_within_the_size_are_evicted_oldest_first_and_outlive_the_plugin()
         c.settle();
         assert!(c.used() <= 5 * BLOCK);
         // k0 stays in use.
-        let _ = c.get(&a, "k0", "e", 2 * BLOCK);
+        let _ = c.get(&a, "k0", "e", 2 * BLOCK, None);
     }
-    assert!(c.get(&a, "k0", "e", 2 * BLOCK).is_some(), "in use, kept");
     assert!(
-        c.get(&a, "k1", "e", 2 * BLOCK).is_none(),
+        c.get(&a, "k0", "e", 2 * BLOCK, None).is_some(),
+        "in use, kept"
+    );
+    assert!(
+        c.get(&a, "k1", "e", 2 * BLOCK, None).is_none(),
         "the least recently used went"
     );
-    assert!(c.get(&a, "k3", "e", 2 * BLOCK).is_some());
+    assert!(c.get(&a, "k3", "e", 2 * BLOCK, None).is_some());
     drop(c);
     std::fs::write(path.join("stray.tmp"), b"x").unwrap();
     let again = cache(&path, 5 * BLOCK);
-    let (f, _, _) = again
-        .get(&a, "k3", "e", 2 * BLOCK)
-        .expect("kept across a restart");
+    let (f, _, _) = copy(again.get(&a, "k3", "e", 2 * BLOCK, None)).expect("kept across a restart");
     assert_eq!(read_all(&f), body(2 * BLOCK as usize, 3));
     assert!(!path.join("stray.tmp").exists(), "leftovers are removed");
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -220,16 +294,19 @@ fn mounts_reach_it_on_its_socket_and_strangers_are_refused() {
     let mut f = tempfile::tempfile().unwrap();
     f.write_all(&data).unwrap();
     let client = super::super::Client::new(socket.clone());
-    assert!(client.get("k", "e", data.len() as u64).is_none());
+    assert!(client.get("k", "e", data.len() as u64, None).is_none());
     assert!(client.offer("k", "e", data.len() as u64, &f, &sums(&data)));
     c.settle();
-    let copy = client.get("k", "e", data.len() as u64).unwrap();
+    let Some(super::super::Lookup::Copy(copy)) = client.get("k", "e", data.len() as u64, None)
+    else {
+        panic!("no copy");
+    };
     assert_eq!(read_all(&copy.file), data);
-    assert!(!copy.revalidate);
+    assert!(copy.verified, "read back and checked by the plugin");
     // The copy is read-only to the mount.
     assert!(copy.file.write_at(b"x", 0).is_err());
     // A user the plugin knows no mount of is not served.
     allowed.store(false, std::sync::atomic::Ordering::SeqCst);
     let stranger = super::super::Client::new(socket);
-    assert!(stranger.get("k", "e", data.len() as u64).is_none());
+    assert!(stranger.get("k", "e", data.len() as u64, None).is_none());
 }
