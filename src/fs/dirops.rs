@@ -6,7 +6,14 @@ use std::time::SystemTime;
 
 use super::dir::DirSnapshot;
 use super::*;
-use crate::store::{CopyOptions, Payload, PutOptions};
+use crate::store::{CopyOptions, Listing, Payload, PutOptions};
+
+/// Lookups of unknown names of one directory within the metadata TTL after which the
+/// directory is listed.
+const LOOKUPS_BEFORE_LISTING: u32 = 32;
+
+/// Entries past which such a listing is given up.
+const LOOKUP_LISTING_MAX: usize = 100_000;
 
 impl Fs {
     /// Open directory `ino`.
@@ -62,10 +69,53 @@ impl Fs {
         self.inodes().add_lookups(ino, 1);
     }
 
+    /// Many names of directory `ino` (key `key`) looked up that the mount did not know (a
+    /// data loader opening each file of a data set by name): list it once — a LIST per
+    /// 1,000 entries instead of a HEAD per name — so that the next lookups are answered
+    /// from the listing for the metadata TTL. True when it was listed now. Not with
+    /// `--persist-metadata` (a listing has no object metadata), nor for a directory of more
+    /// than [`LOOKUP_LISTING_MAX`] entries.
+    pub(super) async fn list_for_lookups(&self, ino: u64, key: &str) -> bool {
+        let ttl = self.cfg.metadata_ttl;
+        if self.cfg.persist_metadata || ttl.is_zero() {
+            return false;
+        }
+        {
+            let now = std::time::Instant::now();
+            let mut counts = self.lookups_in.lock().unwrap_or_else(|p| p.into_inner());
+            if counts.len() >= 4096 {
+                counts.retain(|_, (_, since)| now.duration_since(*since) < ttl);
+            }
+            let c = counts.entry(ino).or_insert((0, now));
+            if now.duration_since(c.1) >= ttl {
+                *c = (0, now);
+            }
+            c.0 = c.0.saturating_add(1);
+            if c.0 != LOOKUPS_BEFORE_LISTING {
+                return false;
+            }
+        }
+        self.counters.listings.fetch_add(1, Ordering::Relaxed);
+        let generation = self.listings.generation();
+        match self.store.list_dir_upto(key, LOOKUP_LISTING_MAX).await {
+            Ok(Some(listing)) => {
+                let listing = (*self.listings.put(key, listing, generation)).clone();
+                self.list_dir_with(ino, Some(listing)).await.is_ok()
+            }
+            _ => false,
+        }
+    }
+
     async fn list_dir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
+        self.list_dir_with(ino, None).await
+    }
+
+    /// The entries of directory `ino`, from `listing` if given.
+    async fn list_dir_with(&self, ino: u64, given: Option<Listing>) -> FsResult<Vec<DirEntry>> {
         let dir = self.inode(ino)?;
-        let mut listing = match self.listings.get(&dir.key) {
-            Some(kept) if !self.cfg.persist_metadata => (*kept).clone(),
+        let kept = given.or_else(|| self.listings.get(&dir.key).map(|l| (*l).clone()));
+        let mut listing = match kept {
+            Some(kept) if !self.cfg.persist_metadata => kept,
             _ => {
                 self.counters.listings.fetch_add(1, Ordering::Relaxed);
                 let generation = self.listings.generation();

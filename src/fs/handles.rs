@@ -136,7 +136,7 @@ impl Fs {
                 spec.cached = Some((rc.clone(), entry));
             }
         }
-        let fh = self.new_fh(ino, Handle::Read(Arc::new(readers::Readers::new(spec))));
+        let fh = self.new_fh(ino, Handle::Read(self.readers_for(ino, spec)));
         Ok(Opened {
             fh,
             keep_cache,
@@ -227,6 +227,23 @@ impl Fs {
             Handle::Dir(_) => Err(FsError::new(libc::EISDIR, "is a directory")),
             Handle::Lost { .. } => Err(lost()),
         }
+    }
+
+    /// The readers of the handles of `ino` open now, if they read what `spec` does; else
+    /// new ones, which later handles share.
+    fn readers_for(&self, ino: u64, spec: readers::Spec) -> Arc<readers::Readers> {
+        let mut open = lock(&self.open_readers);
+        if let Some(r) = open.get(&ino).and_then(std::sync::Weak::upgrade)
+            && r.reads_as(&spec)
+        {
+            return r;
+        }
+        if open.len() >= 4096 {
+            open.retain(|_, r| r.strong_count() > 0);
+        }
+        let r = Arc::new(readers::Readers::new(spec));
+        open.insert(ino, Arc::downgrade(&r));
+        r
     }
 
     /// Readers of `ino` as the store holds it now.

@@ -274,6 +274,10 @@ pub struct Fs {
     journal: Option<Mutex<journal::Journal>>,
     /// The version of each file whose pages the kernel may hold (read since it last changed).
     kept: Mutex<HashMap<u64, PagesOf>>,
+    /// The readers shared by the read handles of each inode open now.
+    open_readers: Mutex<HashMap<u64, std::sync::Weak<readers::Readers>>>,
+    /// Lookups of unknown names asked of the store, by directory, since the time given.
+    lookups_in: Mutex<HashMap<u64, (u32, Instant)>>,
     /// Counters.
     pub counters: Counters,
 }
@@ -344,6 +348,8 @@ impl Fs {
             read_cache,
             listings,
             kept: Mutex::new(HashMap::new()),
+            open_readers: Mutex::new(HashMap::new()),
+            lookups_in: Mutex::new(HashMap::new()),
             journal,
             store,
             cfg,
@@ -556,6 +562,16 @@ impl Fs {
                 }
             } else if inodes.is_negative(parent, name, now) {
                 return Err(FsError::not_found(format!("{}{name}", p.key)));
+            }
+        }
+        if self.list_for_lookups(parent, &p.key).await {
+            // The listing filled the table: a name it has is answered from it (one it
+            // lacks is still asked of the store).
+            let inodes = self.inodes();
+            if let Some(child) = inodes.child(parent, name)
+                && (child.local || child.expiry > Instant::now())
+            {
+                return Ok(self.attr_of(child));
             }
         }
         self.counters.remote_lookups.fetch_add(1, Ordering::Relaxed);

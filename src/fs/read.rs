@@ -20,6 +20,10 @@ use super::error::{FsError, FsResult};
 use super::readcache::{Entry, ReadCache};
 use crate::store::SharedBucket;
 
+/// How far around a reader's stream a read still belongs to it: above the kernel's
+/// read-ahead (`--read-ahead`, 4 MiB by default).
+pub(super) const NEAR: u64 = 8 << 20;
+
 /// Tunables of the prefetcher.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadConfig {
@@ -148,6 +152,16 @@ impl Reader {
         let in_queue = offset >= self.next_offset && offset < self.queue_end;
         let in_recent = self.recent.iter().any(|r| r.contains(offset));
         let sequential = offset == self.next_offset || in_queue || in_recent;
+        if !sequential
+            && offset < self.next_offset
+            && offset + NEAR >= self.next_offset
+            && !self.queue.is_empty()
+        {
+            // A little behind the stream (another handle of the file lagging, pages the
+            // kernel dropped): read it aside; the stream goes on where it was. Further back
+            // is a new stream.
+            return self.read_aside(offset, end).await;
+        }
         if !sequential {
             return self.read_random(offset, end).await;
         }
@@ -268,6 +282,14 @@ impl Reader {
     async fn read_random(&mut self, offset: u64, end: u64) -> FsResult<Bytes> {
         self.abort_queue();
         self.window = self.cfg.initial_window;
+        let data = self.read_aside(offset, end).await?;
+        self.next_offset = end;
+        self.queue_end = end;
+        Ok(data)
+    }
+
+    /// One exact GET of `offset..end`, the stream left as it is.
+    async fn read_aside(&mut self, offset: u64, end: u64) -> FsResult<Bytes> {
         self.requests += 1;
         let _held = self.budget.take(end - offset).await;
         let data = self
@@ -280,8 +302,6 @@ impl Reader {
                 format!("{:?}: short read at {offset}", self.key),
             ));
         }
-        self.next_offset = end;
-        self.queue_end = end;
         Ok(data)
     }
 }

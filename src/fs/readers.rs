@@ -3,6 +3,10 @@
 //! its prefetched parts are the fastest answer), else to a free reader, else to a new one,
 //! up to [`MAX_READERS`]; past that it waits for one. Data loaders that share a descriptor
 //! among threads (pread of shuffled blocks) so get what a descriptor per thread gets.
+//! The readers are shared by every read handle of one version of a file that is open at
+//! once (the pods reading one data set through binds of one mount): the kernel's misses of
+//! each continue the same streams, so the object is fetched and prefetched once, not once
+//! per handle.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,16 +15,12 @@ use bytes::Bytes;
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use super::error::FsResult;
-use super::read::Reader;
+use super::read::{NEAR, Reader};
 use super::readcache::{Entry, ReadCache};
 
 /// Most readers of one handle (each with its own prefetch, all within the mount's memory
 /// budget).
 pub const MAX_READERS: usize = 8;
-
-/// How far around a reader's stream a read still belongs to it: above the kernel's
-/// read-ahead (`--read-ahead`, 4 MiB by default).
-const NEAR: u64 = 8 << 20;
 
 /// One reader and where its stream stands (kept outside its lock, so that a read can tell
 /// whether it continues a busy reader's stream).
@@ -144,6 +144,17 @@ impl Readers {
         // All busy: wait for each in turn.
         let i = self.turn.fetch_add(1, Ordering::Relaxed) % slots.len();
         Err(slots[i].clone())
+    }
+
+    /// They read what `spec` reads (the same object version, from the same cache entry).
+    pub fn reads_as(&self, spec: &Spec) -> bool {
+        let a = &self.spec;
+        let same_entry = match (&a.cached, &spec.cached) {
+            (None, None) => true,
+            (Some((_, x)), Some((_, y))) => Arc::ptr_eq(x, y),
+            _ => false,
+        };
+        a.key == spec.key && a.size == spec.size && a.etag == spec.etag && same_entry
     }
 
     /// GET requests sent by its readers so far (tests).

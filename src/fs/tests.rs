@@ -313,6 +313,105 @@ async fn slightly_out_of_order_reads_are_served_from_the_prefetched_parts() {
 }
 
 #[tokio::test]
+async fn a_storm_of_lookups_in_one_directory_lists_it_once_instead_of_a_head_per_name() {
+    let store = memory();
+    for i in 0..200 {
+        put(store.as_ref(), &format!("d/f{i:03}"), &data(i + 1)).await;
+    }
+    let fs = fs_over(store.clone());
+    let d = fs.lookup(ROOT_INO, "d").await.unwrap();
+    let (heads, lists) = (store.count(Op::Head), store.count(Op::List));
+    for i in 0..200 {
+        let a = fs.lookup(d.ino, &format!("f{i:03}")).await.unwrap();
+        assert_eq!(a.size, i as u64 + 1);
+    }
+    let heads = store.count(Op::Head) - heads;
+    let lists = store.count(Op::List) - lists;
+    assert!(heads <= 32, "{heads} HEADs for 200 lookups");
+    assert!(lists <= 2, "{lists} listings");
+    // A name the listing does not have is still asked of the store.
+    put(store.as_ref(), "d/later", b"x").await;
+    assert_eq!(fs.lookup(d.ino, "later").await.unwrap().size, 1);
+    assert!(fs.lookup(d.ino, "absent").await.is_err());
+    // With object metadata kept, lookups stay HEADs (a listing has none).
+    let fs = Fs::new(
+        store.clone(),
+        FsConfig {
+            persist_metadata: true,
+            ..config()
+        },
+    );
+    let d = fs.lookup(ROOT_INO, "d").await.unwrap();
+    let lists = store.count(Op::List);
+    for i in 0..100 {
+        fs.lookup(d.ino, &format!("f{i:03}")).await.unwrap();
+    }
+    assert_eq!(store.count(Op::List), lists);
+}
+
+#[tokio::test]
+async fn handles_of_one_file_open_at_once_share_its_readers_and_fetch_it_once() {
+    let store = memory();
+    let bytes = data(40_000);
+    put(store.as_ref(), "f", &bytes).await;
+    // Two handles (two pods' binds of one mount) reading it together: the kernel's page
+    // cache is one for both, so it asks pail for each page once, of whichever handle read
+    // it first — here, the chunks alternately.
+    let fs = fs_over(store.clone());
+    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
+    let (h1, h2) = (
+        fs.open(a.ino, OpenMode::default()).await.unwrap(),
+        fs.open(a.ino, OpenMode::default()).await.unwrap(),
+    );
+    let readers = |fh: u64| {
+        let h = fs.handle(fh).unwrap();
+        let h = h.try_lock().unwrap();
+        match &*h {
+            Handle::Read(r) => r.clone(),
+            _ => panic!("not a read handle"),
+        }
+    };
+    assert!(Arc::ptr_eq(&readers(h1), &readers(h2)), "shared");
+    let gets = store.count(Op::Get);
+    for (i, off) in (0..bytes.len() as u64).step_by(1000).enumerate() {
+        let fh = [h1, h2][i % 2];
+        if off == 30_000 {
+            // A handle lagging behind (pages the kernel dropped) reads aside: the stream
+            // goes on without starting over.
+            let got = fs.read(h2, 5_000, 1000).await.unwrap();
+            assert_eq!(&got[..], &bytes[5_000..6_000]);
+        }
+        let got = fs.read(fh, off, 1000).await.unwrap();
+        assert_eq!(&got[..], &bytes[off as usize..off as usize + 1000]);
+    }
+    let shared = store.count(Op::Get) - gets;
+    // The same through one handle alone.
+    let alone = fs_over(store.clone());
+    let b = alone.lookup(ROOT_INO, "f").await.unwrap();
+    let h = alone.open(b.ino, OpenMode::default()).await.unwrap();
+    let gets = store.count(Op::Get);
+    for off in (0..bytes.len() as u64).step_by(1000) {
+        alone.read(h, off, 1000).await.unwrap();
+    }
+    let one = store.count(Op::Get) - gets;
+    assert_eq!(
+        shared,
+        one + 1,
+        "one stream for both handles, and the read aside"
+    );
+    fs.release(h1).await.unwrap();
+    fs.release(h2).await.unwrap();
+    // Once all are closed, the next open starts afresh.
+    let h3 = fs.open(a.ino, OpenMode::default()).await.unwrap();
+    let h = fs.handle(h3).unwrap();
+    if let Handle::Read(r) = &*h.lock().await {
+        assert_eq!(r.requests(), 0, "new readers");
+    } else {
+        panic!("not a read handle");
+    }
+}
+
+#[tokio::test]
 async fn listings_of_more_than_ten_thousand_entries_page_with_stable_offsets() {
     let store = memory();
     for i in 0..10_050 {

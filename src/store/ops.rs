@@ -41,6 +41,14 @@ pub trait BucketExt: Bucket {
     /// One level of the listing below the directory key `dir` ("" for the bucket root),
     /// all pages. Keys that cannot be file names, and `dir`'s own marker, are left out.
     async fn list_dir(&self, dir: &str) -> Result<Listing> {
+        Ok(self
+            .list_dir_upto(dir, usize::MAX)
+            .await?
+            .expect("no bound"))
+    }
+
+    /// [`BucketExt::list_dir`], given up (`None`) once it passes `max` entries.
+    async fn list_dir_upto(&self, dir: &str, max: usize) -> Result<Option<Listing>> {
         let mut listing = Listing::default();
         let mut opts = ListOptions {
             delimiter: true,
@@ -65,6 +73,9 @@ pub trait BucketExt: Bucket {
                     listing.files.push((name, info));
                 }
             }
+            if listing.files.len() + listing.dirs.len() > max {
+                return Ok(None);
+            }
             match page.next {
                 Some(t) => opts.token = Some(t),
                 None => break,
@@ -72,7 +83,7 @@ pub trait BucketExt: Bucket {
         }
         listing.dirs.sort();
         listing.dirs.dedup();
-        Ok(listing)
+        Ok(Some(listing))
     }
 
     /// Whether anything exists under the directory key `dir` (which ends in `/`): an
