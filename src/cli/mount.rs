@@ -393,8 +393,24 @@ fn mount_and_serve(spec: &MountSpec) -> anyhow::Result<()> {
                     .with_context(|| format!("serving FUSE descriptor {fd}"))?,
             }
         }
-        None => pail::fuse::mount(fs.clone(), rt.handle().clone(), &args.mountpoint, &mcfg)
-            .with_context(|| format!("mounting at {}", args.mountpoint.display()))?,
+        // As root, mount the connection here: replies of several pieces are then written on
+        // its descriptor (fuser keeps the one it mounts to itself). Where mount(2) is not
+        // allowed (a container without CAP_SYS_ADMIN), fuser mounts through fusermount3.
+        None => match mount_here(&args.mountpoint, &mcfg) {
+            Some(fd) => pail::fuse::serve_mounted(
+                fs.clone(),
+                rt.handle().clone(),
+                fd,
+                &args.mountpoint,
+                &mcfg,
+            )
+            .inspect_err(|_| {
+                let _ = lazy_unmount(&args.mountpoint);
+            })
+            .with_context(|| format!("serving the mount at {}", args.mountpoint.display()))?,
+            None => pail::fuse::mount(fs.clone(), rt.handle().clone(), &args.mountpoint, &mcfg)
+                .with_context(|| format!("mounting at {}", args.mountpoint.display()))?,
+        },
     };
     if args.fuse_fd.is_none() && args.volume.read_ahead > 0 {
         // Root only; the CSI node plugin sets it for the mounts it makes.
@@ -432,4 +448,20 @@ fn mount_and_serve(spec: &MountSpec) -> anyhow::Result<()> {
         mounted.join()?;
     }
     Ok(())
+}
+
+/// Mount a FUSE connection at `mountpoint` with mount(2), when this process may (root with
+/// CAP_SYS_ADMIN); its descriptor, or `None` to let fuser mount.
+fn mount_here(mountpoint: &std::path::Path, cfg: &MountConfig) -> Option<OwnedFd> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    match pail::mounter::kernel::mount_fuse(mountpoint, &cfg.fsname, cfg.read_only) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            tracing::debug!(error = %e, "mount(2) refused; mounting through fuser");
+            None
+        }
+    }
 }

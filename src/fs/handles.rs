@@ -8,6 +8,8 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 
+use crate::store::Payload;
+
 use super::open::{Content, How};
 use super::stage::Staged;
 use super::*;
@@ -201,8 +203,14 @@ impl Fs {
         Ok((self.attr_of(&self.inode(inode.ino)?), fh))
     }
 
-    /// Read up to `len` bytes at `offset` from handle `fh`.
+    /// Read up to `len` bytes at `offset` from handle `fh`, in one buffer.
     pub async fn read(&self, fh: u64, offset: u64, len: u32) -> FsResult<Bytes> {
+        Ok(self.read_parts(fh, offset, len).await?.to_bytes())
+    }
+
+    /// Read up to `len` bytes at `offset` from handle `fh`, in the pieces the store sent
+    /// them in (a FUSE reply is written from them without joining them).
+    pub async fn read_parts(&self, fh: u64, offset: u64, len: u32) -> FsResult<Payload> {
         let h = self.handle(fh)?;
         let mut h = h.lock().await;
         if let Handle::Lost { ino, write: false } = &*h {
@@ -220,8 +228,8 @@ impl Fs {
                 let mut c = w.file.content.lock().await;
                 self.to_staged(w.ino, &mut c).await?;
                 match &mut *c {
-                    Content::Staged(s) => s.read(offset, len).await,
-                    _ => Ok(Bytes::new()),
+                    Content::Staged(s) => s.read(offset, len).await.map(Payload::from),
+                    _ => Ok(Payload::new()),
                 }
             }
             Handle::Dir(_) => Err(FsError::new(libc::EISDIR, "is a directory")),

@@ -166,6 +166,15 @@ impl Bucket for Tracked {
         self.inner.get_range(key, range, if_match).await
     }
 
+    async fn get_parts(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<Payload> {
+        self.inner.get_parts(key, range, if_match).await
+    }
+
     async fn put(&self, key: &str, data: Payload, opts: &PutOptions) -> Result<PutResult> {
         let r = self.inner.put(key, data, opts).await;
         self.changed();

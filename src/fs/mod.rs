@@ -31,6 +31,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Mutex as AsyncMutex;
 
+/// Data in the pieces the store sent it in ([`Fs::read_parts`]).
+pub use crate::store::Payload;
 pub use attrs::SetAttr;
 pub use dir::DirEntry;
 pub use error::{FsError, FsResult};

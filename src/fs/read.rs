@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use bytes::{Bytes, BytesMut};
+use crate::store::Payload;
 use tokio::task::JoinHandle;
 
 use std::sync::Arc;
@@ -48,18 +48,20 @@ impl Default for ReadConfig {
 struct Part {
     start: u64,
     end: u64,
-    task: JoinHandle<FsResult<Bytes>>,
+    task: JoinHandle<FsResult<Payload>>,
     held: Held,
 }
 
+/// A consumed part, in the pieces the store sent it in.
 struct Ready {
     start: u64,
-    data: Bytes,
+    end: u64,
+    data: Payload,
 }
 
 impl Ready {
     fn end(&self) -> u64 {
-        self.start + self.data.len() as u64
+        self.end
     }
     fn contains(&self, off: u64) -> bool {
         off >= self.start && off < self.end()
@@ -137,17 +139,18 @@ impl Reader {
         self.cached = Some((cache, entry));
     }
 
-    /// Read up to `len` bytes at `offset`.
-    pub async fn read(&mut self, offset: u64, len: u32) -> FsResult<Bytes> {
+    /// Read up to `len` bytes at `offset`: pieces of the parts the store sent, not joined
+    /// (a FUSE reply is written from them as they are).
+    pub async fn read(&mut self, offset: u64, len: u32) -> FsResult<Payload> {
         if offset >= self.size || len == 0 {
-            return Ok(Bytes::new());
+            return Ok(Payload::new());
         }
         let end = (offset + len as u64).min(self.size);
         if let Some((cache, entry)) = &self.cached
             && let Some(data) = cache.read(entry, offset, end).await
         {
             self.next_offset = end;
-            return Ok(data);
+            return Ok(Payload::from(data));
         }
         let in_queue = offset >= self.next_offset && offset < self.queue_end;
         let in_recent = self.recent.iter().any(|r| r.contains(offset));
@@ -170,20 +173,13 @@ impl Reader {
             self.queue_end = offset;
         }
         self.fill(offset.max(self.next_offset), false).await;
-        let mut out = BytesMut::new();
+        let mut out = Payload::new();
         let mut pos = offset;
         while pos < end {
             if let Some(r) = self.recent.iter().find(|r| r.contains(pos)) {
-                let from = (pos - r.start) as usize;
-                let to = ((end.min(r.end())) - r.start) as usize;
-                if out.is_empty() && pos + (to - from) as u64 == end {
-                    // The whole answer is one slice: no copy.
-                    let slice = r.data.slice(from..to);
-                    self.advance(end).await;
-                    return Ok(slice);
-                }
-                out.extend_from_slice(&r.data[from..to]);
-                pos += (to - from) as u64;
+                let to = end.min(r.end());
+                out.extend(r.data.slice(pos - r.start..to - r.start));
+                pos = to;
                 continue;
             }
             // Drop parts wholly before `pos`, then wait for the one holding it.
@@ -206,7 +202,7 @@ impl Reader {
                 Ok(r) => r?,
                 Err(e) => return Err(FsError::new(libc::EIO, format!("read task: {e}"))),
             };
-            if data.len() as u64 != part.end - part.start {
+            if data.len() != part.end - part.start {
                 return Err(FsError::new(
                     libc::EIO,
                     format!(
@@ -223,6 +219,7 @@ impl Reader {
             drop(part.held);
             self.recent.push_back(Ready {
                 start: part.start,
+                end: part.end,
                 data,
             });
             while self.recent.len() > 2 {
@@ -232,7 +229,7 @@ impl Reader {
             self.fill(pos, false).await;
         }
         self.advance(end).await;
-        Ok(out.freeze())
+        Ok(out)
     }
 
     async fn advance(&mut self, end: u64) {
@@ -259,7 +256,7 @@ impl Reader {
             self.requests += 1;
             let task = tokio::spawn(async move {
                 store
-                    .get_range(&key, start..end, etag.as_deref())
+                    .get_parts(&key, start..end, etag.as_deref())
                     .await
                     .map_err(FsError::from)
             });
@@ -279,7 +276,7 @@ impl Reader {
         }
     }
 
-    async fn read_random(&mut self, offset: u64, end: u64) -> FsResult<Bytes> {
+    async fn read_random(&mut self, offset: u64, end: u64) -> FsResult<Payload> {
         self.abort_queue();
         self.window = self.cfg.initial_window;
         let data = self.read_aside(offset, end).await?;
@@ -289,14 +286,14 @@ impl Reader {
     }
 
     /// One exact GET of `offset..end`, the stream left as it is.
-    async fn read_aside(&mut self, offset: u64, end: u64) -> FsResult<Bytes> {
+    async fn read_aside(&mut self, offset: u64, end: u64) -> FsResult<Payload> {
         self.requests += 1;
         let _held = self.budget.take(end - offset).await;
         let data = self
             .store
-            .get_range(&self.key, offset..end, self.etag.as_deref())
+            .get_parts(&self.key, offset..end, self.etag.as_deref())
             .await?;
-        if data.len() as u64 != end - offset {
+        if data.len() != end - offset {
             return Err(FsError::new(
                 libc::EIO,
                 format!("{:?}: short read at {offset}", self.key),

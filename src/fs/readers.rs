@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use crate::store::Payload;
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use super::error::FsResult;
@@ -83,7 +83,7 @@ impl Readers {
     }
 
     /// Read up to `len` bytes at `offset`, on the reader [`Readers`] picks.
-    pub async fn read(&self, offset: u64, len: u32) -> FsResult<Bytes> {
+    pub async fn read(&self, offset: u64, len: u32) -> FsResult<Payload> {
         let (slot, mut reader) = match self.pick(offset, len) {
             Ok(ready) => ready,
             Err(slot) => {

@@ -256,6 +256,37 @@ async fn exclusive_create_of_an_existing_file_is_eexist() {
 }
 
 #[tokio::test]
+async fn a_read_across_two_parts_is_answered_from_both_without_joining_them() {
+    let store = memory();
+    let bytes = data(8_000);
+    put(store.as_ref(), "big", &bytes).await;
+    let fs = fs_over(store);
+    let a = fs.lookup(ROOT_INO, "big").await.unwrap();
+    let fh = fs.open(a.ino, OpenMode::default()).await.unwrap();
+    // Parts are 1024 bytes once the window opens: read on until a read straddles two.
+    let mut off = 0u64;
+    let mut straddled = false;
+    while off < 8_000 {
+        let got = fs.read_parts(fh, off, 700).await.unwrap();
+        let end = (off + 700).min(8_000);
+        assert_eq!(
+            got.to_bytes(),
+            &bytes[off as usize..end as usize],
+            "at {off}"
+        );
+        if got.chunks().len() > 1 {
+            straddled = true;
+            assert_eq!(got.len(), end - off);
+        }
+        off = end;
+    }
+    assert!(
+        straddled,
+        "some read crossed a part boundary and kept both pieces"
+    );
+}
+
+#[tokio::test]
 async fn sequential_reads_prefetch_in_parts_and_random_reads_fetch_only_the_range() {
     let store = memory();
     let bytes = data(20_000);

@@ -2,6 +2,7 @@
 //! task, so the FUSE session threads never wait on the network.
 
 mod passthrough;
+mod reply;
 mod resume;
 mod session;
 
@@ -22,7 +23,7 @@ use tokio::runtime::Handle;
 use crate::fs::{Attr, CreateMode, Fs, FsError, Kind, OpenMode, SetAttr};
 
 pub use resume::{ResumePair, serve_resumed};
-pub use session::{MountConfig, Mounted, lazy_unmount, mount, serve_fd};
+pub use session::{MountConfig, Mounted, lazy_unmount, mount, serve_fd, serve_mounted};
 
 /// Largest read/write request the kernel may send (1 MiB).
 const MAX_IO: u32 = 1 << 20;
@@ -36,14 +37,30 @@ pub struct FuseFs {
     ttl: Duration,
     initialized: Arc<session::Initialized>,
     passthrough: Arc<passthrough::Passthrough>,
+    /// Replies of several pieces, when the session's descriptor is known.
+    vectored: Option<Arc<reply::Vectored>>,
 }
 
 impl FuseFs {
     /// An adapter running the core's futures on `rt`; `initialized` is set once the kernel's
-    /// INIT is answered.
-    pub fn new(fs: Arc<Fs>, rt: Handle, initialized: Arc<session::Initialized>) -> Self {
+    /// INIT is answered. With `fd`, the descriptor the session reads, data replies are
+    /// written from the pieces the store sent (else joined into one buffer first).
+    pub fn new(
+        fs: Arc<Fs>,
+        rt: Handle,
+        initialized: Arc<session::Initialized>,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Self {
         let ttl = fs.config().metadata_ttl;
+        let vectored = fd.and_then(|fd| match reply::Vectored::new(fd) {
+            Ok(v) => Some(Arc::new(v)),
+            Err(e) => {
+                tracing::debug!(error = %e, "no vectored replies");
+                None
+            }
+        });
         FuseFs {
+            vectored,
             fs: fs.clone(),
             rt,
             ttl,
@@ -449,7 +466,7 @@ impl Filesystem for FuseFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -458,11 +475,16 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let unique = req.unique().0;
+        let vectored = self.vectored.clone();
         self.spawn("read", move |fs, _| async move {
-            match fs.read(fh.0, offset, size).await {
+            match fs.read_parts(fh.0, offset, size).await {
                 Ok(data) => {
-                    crate::telemetry::add(crate::telemetry::Counter::BytesRead, data.len() as u64);
-                    reply.data(&data)
+                    crate::telemetry::add(crate::telemetry::Counter::BytesRead, data.len());
+                    match vectored {
+                        Some(v) => v.data(unique, &data, reply),
+                        None => reply.data(&data.to_bytes()),
+                    }
                 }
                 Err(e) => reply.error(errno(&e, "read")),
             }

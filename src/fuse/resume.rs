@@ -8,7 +8,7 @@
 //! (`FUSE_NOTIFY_RESEND`, Linux ≥ 6.9), so operations in flight at the crash are retried.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
@@ -148,7 +148,7 @@ pub fn serve_resumed(
     let c = config(cfg);
     let acl = c.acl;
     let initialized = Arc::new(Initialized::default());
-    let fuse = FuseFs::new(fs, rt, initialized.clone());
+    let fuse = FuseFs::new(fs, rt, initialized.clone(), Some(pair.session.as_fd()));
     // Reads the INIT written above and answers it into the pair.
     let session = Session::from_fd(fuse, pair.session, acl, c)?;
     let mut reply = vec![0u8; 4096];

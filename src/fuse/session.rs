@@ -3,7 +3,7 @@
 //! unprivileged daemon serve, and a crashed daemon be replaced).
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -122,7 +122,7 @@ pub(super) fn run(
 /// Mount `fs` at `mountpoint`. Returns once the kernel has completed the FUSE handshake.
 pub fn mount(fs: Arc<Fs>, rt: Handle, mountpoint: &Path, cfg: &MountConfig) -> io::Result<Mounted> {
     let initialized = Arc::new(Initialized::default());
-    let fuse = FuseFs::new(fs, rt, initialized.clone());
+    let fuse = FuseFs::new(fs, rt, initialized.clone(), None);
     let mut session = Session::new(fuse, mountpoint, &config(cfg))?;
     let unmounter = session.unmount_callable();
     run(
@@ -133,12 +133,27 @@ pub fn mount(fs: Arc<Fs>, rt: Handle, mountpoint: &Path, cfg: &MountConfig) -> i
     )
 }
 
+/// Serve `fs` on `fd`, which this process mounted at `mountpoint` itself (as root, without
+/// fusermount): as [`serve_fd`], and [`Mounted::unmount`] unmounts `mountpoint`.
+pub fn serve_mounted(
+    fs: Arc<Fs>,
+    rt: Handle,
+    fd: OwnedFd,
+    mountpoint: &Path,
+    cfg: &MountConfig,
+) -> io::Result<Mounted> {
+    let mut m = serve_fd(fs, rt, fd, cfg)?;
+    m.mountpoint = Some(mountpoint.to_path_buf());
+    Ok(m)
+}
+
 /// Serve `fs` on an already mounted `/dev/fuse` descriptor.
 pub fn serve_fd(fs: Arc<Fs>, rt: Handle, fd: OwnedFd, cfg: &MountConfig) -> io::Result<Mounted> {
     let c = config(cfg);
     let acl = c.acl;
     let initialized = Arc::new(Initialized::default());
-    let session = Session::from_fd(FuseFs::new(fs, rt, initialized.clone()), fd, acl, c)?;
+    let fuse = FuseFs::new(fs, rt, initialized.clone(), Some(fd.as_fd()));
+    let session = Session::from_fd(fuse, fd, acl, c)?;
     run(session, initialized, None, None)
 }
 
@@ -152,8 +167,12 @@ impl Mounted {
 
     /// Unmount (when this process mounted) and wait for the session thread.
     pub fn unmount(mut self) -> io::Result<()> {
-        if let Some(mut u) = self.unmounter.take()
-            && let Err(e) = u.unmount()
+        let result = match (self.unmounter.take(), &self.mountpoint) {
+            (Some(mut u), _) => u.unmount(),
+            (None, Some(mp)) => unmount_now(mp),
+            (None, None) => Ok(()),
+        };
+        if let Err(e) = result
             && let Some(mp) = &self.mountpoint
         {
             if e.raw_os_error() != Some(libc::EINVAL) {
@@ -175,13 +194,22 @@ impl Mounted {
     }
 }
 
+/// `umount`: fails (EBUSY) while the mount is in use.
+fn unmount_now(path: &Path) -> io::Result<()> {
+    umount_with(path, 0)
+}
+
 /// `umount -l`: detach the mount even if it is busy or its daemon is gone.
 pub fn lazy_unmount(path: &Path) -> io::Result<()> {
+    umount_with(path, libc::MNT_DETACH)
+}
+
+fn umount_with(path: &Path, flags: libc::c_int) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
-    let r = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    let r = unsafe { libc::umount2(c.as_ptr(), flags) };
     let err = io::Error::last_os_error();
     match (r, err.raw_os_error()) {
         (0, _) => Ok(()),

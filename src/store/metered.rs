@@ -84,6 +84,17 @@ impl Bucket for Metered {
         Ok(data)
     }
 
+    async fn get_parts(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<Payload> {
+        let data = timed("get", self.inner.get_parts(key, range, if_match)).await?;
+        crate::telemetry::add(crate::telemetry::Counter::BytesFetched, data.len());
+        Ok(data)
+    }
+
     async fn put(&self, key: &str, data: Payload, opts: &PutOptions) -> Result<PutResult> {
         timed("put", self.inner.put(key, data, opts)).await
     }

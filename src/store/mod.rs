@@ -85,7 +85,8 @@ pub struct ListOptions {
     pub max_keys: Option<u32>,
 }
 
-/// The body of a write: chunks as they were written, sent without being joined.
+/// Bytes in the pieces they came in: the body of a write (chunks as they were written),
+/// or object data as it arrived from the store; sent on without being joined.
 #[derive(Debug, Default, Clone)]
 pub struct Payload(Vec<Bytes>);
 
@@ -115,6 +116,33 @@ impl Payload {
     /// The chunks.
     pub fn chunks(&self) -> &[Bytes] {
         &self.0
+    }
+
+    /// Bytes `range` (clamped to the length), sharing the pieces: no copy.
+    pub fn slice(&self, range: Range<u64>) -> Payload {
+        let mut out = Payload::new();
+        let mut pos = 0u64;
+        for b in &self.0 {
+            let (start, end) = (pos, pos + b.len() as u64);
+            pos = end;
+            if end <= range.start {
+                continue;
+            }
+            if start >= range.end {
+                break;
+            }
+            let from = range.start.saturating_sub(start) as usize;
+            let to = (range.end.min(end) - start) as usize;
+            out.push(b.slice(from..to));
+        }
+        out
+    }
+
+    /// Append all pieces of `other`.
+    pub fn extend(&mut self, other: Payload) {
+        for b in other.0 {
+            self.push(b);
+        }
     }
 
     /// All bytes in one buffer (copies unless there is a single chunk).
@@ -259,6 +287,19 @@ pub trait Bucket: Send + Sync + fmt::Debug {
         if_match: Option<&str>,
     ) -> Result<Bytes>;
 
+    /// [`Bucket::get_range`], the data in the pieces it arrived in (stores that receive it
+    /// in pieces skip joining them).
+    async fn get_parts(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<Payload> {
+        self.get_range(key, range, if_match)
+            .await
+            .map(Payload::from)
+    }
+
     /// Write a whole object in one request.
     async fn put(&self, key: &str, data: Payload, opts: &PutOptions) -> Result<PutResult>;
 
@@ -341,4 +382,30 @@ pub(crate) fn check_key(key: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod payload_tests {
+    use super::*;
+
+    #[test]
+    fn a_slice_of_pieces_shares_them_and_holds_exactly_the_range() {
+        let p: Payload = [&b"abc"[..], b"", b"defg", b"hi"]
+            .into_iter()
+            .map(Bytes::from_static)
+            .collect();
+        assert_eq!(p.len(), 9);
+        assert_eq!(p.chunks().len(), 3, "empty pieces are not kept");
+        for start in 0..=9u64 {
+            for end in start..=11 {
+                let s = p.slice(start..end);
+                let want = &b"abcdefghi"[start as usize..(end.min(9)) as usize];
+                assert_eq!(&s.to_bytes()[..], want, "{start}..{end}");
+                assert!(s.chunks().iter().all(|c| !c.is_empty()));
+            }
+        }
+        let mid = p.slice(2..8);
+        assert_eq!(mid.chunks().len(), 3);
+        assert_eq!(mid.chunks()[1].as_ptr(), p.chunks()[1].as_ptr(), "no copy");
+    }
 }

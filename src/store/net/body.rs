@@ -11,6 +11,8 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use object_store::client::{HttpError, HttpErrorKind, HttpResponseBody};
 
+use crate::store::Payload;
+
 /// Most bytes of an answer that is not object data.
 pub const MAX_DOCUMENT: u64 = 8 << 20;
 /// Most bytes of an error answer read (its code is near the start; the rest is dropped).
@@ -40,20 +42,28 @@ impl std::fmt::Display for BodyError {
 }
 
 /// Read `resp`'s body: at most `limit` bytes, else [`BodyError::TooLong`] once the length
-/// header or the bytes received pass it.
-pub async fn read(resp: reqwest::Response, limit: u64) -> Result<Bytes, BodyError> {
+/// header or the bytes received pass it. The body is kept in the pieces it arrived in (no
+/// assembly copy): object data goes on to FUSE replies made of those pieces.
+pub async fn read_parts(resp: reqwest::Response, limit: u64) -> Result<Payload, BodyError> {
     if resp.content_length().is_some_and(|n| n > limit) {
         return Err(BodyError::TooLong { limit });
     }
     let mut resp = resp;
-    let mut buf = BytesMut::with_capacity(resp.content_length().unwrap_or(0).min(limit) as usize);
+    let mut parts = Payload::new();
+    let mut len = 0u64;
     while let Some(chunk) = resp.chunk().await.map_err(BodyError::Transport)? {
-        if (buf.len() + chunk.len()) as u64 > limit {
+        len += chunk.len() as u64;
+        if len > limit {
             return Err(BodyError::TooLong { limit });
         }
-        buf.extend_from_slice(&chunk);
+        parts.push(chunk);
     }
-    Ok(buf.freeze())
+    Ok(parts)
+}
+
+/// [`read_parts`] in one buffer (documents, which are parsed whole).
+pub async fn read(resp: reqwest::Response, limit: u64) -> Result<Bytes, BodyError> {
+    read_parts(resp, limit).await.map(|p| p.to_bytes())
 }
 
 /// Read at most `limit` bytes of `resp`'s body and drop the rest (error answers: only their

@@ -169,8 +169,8 @@ impl Call {
 pub struct Answer {
     /// Its headers.
     pub headers: HeaderMap,
-    /// Its body.
-    pub body: Bytes,
+    /// Its body, in the pieces it arrived in.
+    pub body: Payload,
 }
 
 impl Answer {
@@ -342,12 +342,12 @@ impl Client {
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = if call.method == Method::HEAD {
-            Bytes::new()
+            Payload::new()
         } else if status.is_success() {
             // Object data is bounded by the range asked for, anything else by the largest
             // document S3 sends; more is refused as it arrives, never buffered.
             let limit = call.expect_len.unwrap_or(body::MAX_DOCUMENT);
-            match body::read(resp, limit).await {
+            match body::read_parts(resp, limit).await {
                 Ok(b) => b,
                 Err(body::BodyError::TooLong { limit }) => {
                     let msg = format!(
@@ -364,10 +364,10 @@ impl Client {
                 }
             }
         } else {
-            body::read_start(resp, body::MAX_ERROR_BODY).await
+            Payload::from(body::read_start(resp, body::MAX_ERROR_BODY).await)
         };
         let code = if !status.is_success() || call.error_in_body {
-            xml::error_code(&body)
+            xml::error_code(&body.to_bytes())
         } else {
             None
         };

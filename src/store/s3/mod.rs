@@ -232,7 +232,7 @@ impl Bucket for S3Bucket {
             call = call.query("max-keys", n.to_string());
         }
         let answer = self.client.send(&call).await?;
-        let page = xml::list_page(&answer.body)?;
+        let page = xml::list_page(&answer.body.to_bytes())?;
         Ok(Page {
             objects: page.objects,
             prefixes: page.prefixes,
@@ -246,9 +246,18 @@ impl Bucket for S3Bucket {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> Result<Bytes> {
+        Ok(self.get_parts(key, range, if_match).await?.to_bytes())
+    }
+
+    async fn get_parts(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<Payload> {
         check_key(key)?;
         if range.start >= range.end {
-            return Ok(Bytes::new());
+            return Ok(Payload::new());
         }
         let mut call = Call::new(Method::GET, key).header(
             http::header::RANGE,
@@ -321,7 +330,7 @@ impl Bucket for S3Bucket {
         call.error_in_body = true;
         let answer = self.client.send(&call).await?;
         Ok(PutResult {
-            etag: xml::etag(&answer.body),
+            etag: xml::etag(&answer.body.to_bytes()),
         })
     }
 

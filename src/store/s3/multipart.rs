@@ -39,7 +39,7 @@ impl S3Upload {
         Ok(S3Upload {
             client,
             key: key.to_string(),
-            id: xml::upload_id(&answer.body)?,
+            id: xml::upload_id(&answer.body.to_bytes())?,
             condition: opts.condition.clone(),
             etags: Arc::default(),
             done: false,
@@ -63,7 +63,7 @@ impl S3Upload {
         let (client, etags, key) = (self.client.clone(), self.etags.clone(), self.key.clone());
         Box::pin(async move {
             let answer = client.send(&call).await?;
-            let etag = xml::etag(&answer.body)
+            let etag = xml::etag(&answer.body.to_bytes())
                 .or_else(|| answer.header("etag"))
                 .ok_or_else(|| {
                     StoreError::new(
@@ -127,7 +127,7 @@ impl Upload for S3Upload {
         let answer = self.client.send(&call).await?;
         self.done = true;
         Ok(PutResult {
-            etag: xml::etag(&answer.body).or_else(|| answer.header("etag")),
+            etag: xml::etag(&answer.body.to_bytes()).or_else(|| answer.header("etag")),
         })
     }
 
