@@ -140,6 +140,24 @@ note_host_state() {
     [ -e "$p" ] || echo "$p" >>"$LAB/created"
   done
   sysctl -n vm.overcommit_memory kernel.panic kernel.panic_on_oops >"$LAB/sysctl-before"
+  pail_cgroups >"$LAB/cgroups-before"
+}
+
+# The cgroups of pail's mount processes in the host's hierarchies (keepMountsOnRestart puts
+# them there, out of kubepods), deepest first.
+pail_cgroups() { find /sys/fs/cgroup -maxdepth 3 -type d -path '*/pail.slice*' 2>/dev/null | sort -r; }
+
+# Remove the pail cgroups this run made: mount processes killed with the cluster never ran
+# their plugin's cleanup, and their empty cgroups would stay behind.
+remove_pail_cgroups() {
+  local c
+  [ -f "$LAB/cgroups-before" ] || return 0
+  for c in $(pail_cgroups); do
+    grep -qxF "$c" "$LAB/cgroups-before" || rmdir "$c" 2>/dev/null
+  done
+  for c in $(pail_cgroups); do
+    grep -qxF "$c" "$LAB/cgroups-before" || { log "LEFT: cgroup $c"; return 1; }
+  done
 }
 
 # A user of the API server: a random token in tokens.csv (user, groups) and a kubeconfig.
@@ -268,6 +286,7 @@ teardown() {
     [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} + 2>/dev/null
     [ -d "$c" ] && log "LEFT: cgroup $c" && left=1
   done
+  remove_pail_cgroups || left=1
   if [ -f "$LAB/created" ]; then
     while read -r p; do
       case $p in

@@ -253,6 +253,7 @@ PY
   wait_until "kubelet to republish the volume with its token" 120 token_rewritten "$file" "$before"
   [ "$(mount_processes | tr '\n' ' ')" = "$pid" ] || die "the republish remounted ($pid -> $(mount_processes | tr '\n' ' '))"
   # A pod whose ServiceAccount names no role: a clear event, and never the node's identity.
+  expect_warning norole FailedMount
   run_pod_as norole "  serviceAccountName: norole" "$volume" 'echo should-not > /data/nope.txt'
   wait_until "a FailedMount event for norole naming the missing annotation" 120 \
     failed_mount_says norole "default/norole has no eks.amazonaws.com/role-arn annotation"
@@ -330,6 +331,7 @@ YAML
   [ "$(mount_processes | count)" -eq 2 ] || die "another ServiceAccount shares a mount ($(mount_processes | count) processes)"
   [ "$(pail_mounts | count)" -eq 5 ] || die "expected two mounts and three binds: $(pail_mounts)"
   # kill -9 of the shared process while both trainers read.
+  expect_warning 'trainers-[^/]*' MountProcessDied
   local pid before_a before_b
   pid=$(shared_mount_pid 2)
   [ -n "$pid" ] || die "no mount bound into two pods"
@@ -424,6 +426,10 @@ done'
   wait_until "per-volume read counters of the streamer's volume" 60 volume_read_bytes e2e-static
   log "  metrics: $(plugin_metrics | grep '^pail_volume_read_bytes_total' | head -1)"
   before=$(reads_ok)
+  # While no plugin is registered (this restart, the upgrades below), the kubelet's periodic
+  # republish of running pods' volumes (requiresRepublish: tokens for pod identity) fails
+  # once or twice and is retried; the mounts serve on meanwhile.
+  expect_warning '[^/]+' FailedMount 'MountVolume.SetUp failed .* not found in the list of registered CSI drivers'
   kc delete pod -n kube-system "$old" --wait=true --timeout=180s >/dev/null
   wait_until "a new node plugin pod Ready and registered" 120 plugin_ready "$old"
   wait_until "3 more whole reads of big.bin" 120 reads_at_least $((before + 3))
@@ -431,6 +437,7 @@ done'
   [ "$(mount_processes | tr '\n' ' ')" = "$pid" ] || die "the same version replaced the mount process ($pid -> $(mount_processes | tr '\n' ' '))"
   log "  plugin restart: streamer read big.bin $(reads_ok) times (${before} before), mount process $pid kept"
   # kill -9 of the mount process: the plugin starts a successor on the same connection.
+  expect_warning streamer MountProcessDied
   before=$(reads_ok)
   kill -9 "${pid% }"
   wait_until "a successor mount process" 30 mount_process_changed "$pid"
@@ -492,15 +499,26 @@ scenario_upgrade_uninstall() {
   node_is_clean || die "node not clean after uninstall"
 }
 
-# Warning Events of pail's on pods other than the streamer and the trainers (whose mount
-# process is killed on purpose): a pod deleted normally, a volume unmounted as asked, gets none.
+# Warning Events a scenario causes on purpose: POD REASON [MESSAGE], extended regular
+# expressions matched from the start of "POD/REASON: MESSAGE"; every other Warning Event on
+# a pod fails the run.
+EXPECTED_WARNINGS=()
+expect_warning() { EXPECTED_WARNINGS+=("$1/$2: ${3:-}"); }
+
+# Warning Events on pods that no scenario expected: a pod deleted normally, a volume
+# unmounted as asked, a pod scheduled and started, get none.
 unwanted_warnings() {
-  kc get events -A --field-selector type=Warning \
+  local pat
+  pat=$(IFS='|'; echo "${EXPECTED_WARNINGS[*]}")
+  kc get events -A --field-selector type=Warning,involvedObject.kind=Pod \
     -o 'jsonpath={range .items[*]}{.involvedObject.name}/{.reason}: {.message}{"\n"}{end}' |
-    grep -E '^[^/]+/(MountProcessDied|MountError|CredentialsRefreshFailed):' | grep -Ev '^(streamer|trainers-[^/]*)/' || true
+    { if [ -n "$pat" ]; then grep -Ev "^($pat)"; else cat; fi; } || true
 }
 
 run_scenarios() {
+  # The lab runs no cluster DNS: the kubelet says so for the chart's host-network pods
+  # (ClusterFirstWithHostNet, right on a real cluster) and falls back to the host's resolver.
+  expect_warning 'pail-(node|controller)-[^/]*' MissingClusterDNS
   helm_install
   scenario_static_pv
   assert_loopback_listeners # with everything running
