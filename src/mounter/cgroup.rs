@@ -165,21 +165,28 @@ impl Placement {
         Ok(files)
     }
 
-    /// Remove the (empty) cgroup of the mount `name`.
+    /// Remove the cgroup of the mount `name`, once the processes just killed in it are gone
+    /// (waiting up to a second for them).
     pub fn remove(&self, name: &str) {
         let child = format!("mount-{name}");
-        match hierarchies(&self.root) {
-            Ok(None) => {
-                let _ = std::fs::remove_dir(self.root.join(self.own("")).join(SLICE).join(&child));
-            }
-            Ok(Some(list)) => {
-                for (dir, controllers) in list {
-                    let _ = std::fs::remove_dir(
-                        dir.join(self.own(&controllers)).join(SLICE).join(&child),
-                    );
+        let dirs: Vec<PathBuf> = match hierarchies(&self.root) {
+            Ok(None) => vec![self.root.join(self.own("")).join(SLICE).join(&child)],
+            Ok(Some(list)) => list
+                .into_iter()
+                .map(|(dir, controllers)| dir.join(self.own(&controllers)).join(SLICE).join(&child))
+                .collect(),
+            Err(_) => return,
+        };
+        for dir in dirs {
+            for _ in 0..20 {
+                match std::fs::remove_dir(&dir) {
+                    // Tasks still leaving it.
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    _ => break,
                 }
             }
-            Err(_) => {}
         }
     }
 
