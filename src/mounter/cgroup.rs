@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 /// The cgroup of pail's mount processes.
 pub const SLICE: &str = "pail.slice";
 
+/// How old the cgroup of a mount that is gone must be before a sweep removes it.
+const MIN_SWEEP_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Node-wide limits of all mount processes together.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {
@@ -165,19 +168,24 @@ impl Placement {
         Ok(files)
     }
 
+    /// The `pail.slice` directories, one per hierarchy that has one.
+    fn slices(&self) -> Vec<PathBuf> {
+        match hierarchies(&self.root) {
+            Ok(None) => vec![self.root.join(self.own("")).join(SLICE)],
+            Ok(Some(list)) => list
+                .into_iter()
+                .map(|(dir, controllers)| dir.join(self.own(&controllers)).join(SLICE))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Remove the cgroup of the mount `name`, once the processes just killed in it are gone
     /// (waiting up to a second for them).
     pub fn remove(&self, name: &str) {
         let child = format!("mount-{name}");
-        let dirs: Vec<PathBuf> = match hierarchies(&self.root) {
-            Ok(None) => vec![self.root.join(self.own("")).join(SLICE).join(&child)],
-            Ok(Some(list)) => list
-                .into_iter()
-                .map(|(dir, controllers)| dir.join(self.own(&controllers)).join(SLICE).join(&child))
-                .collect(),
-            Err(_) => return,
-        };
-        for dir in dirs {
+        for dir in self.slices() {
+            let dir = dir.join(&child);
             for _ in 0..20 {
                 match std::fs::remove_dir(&dir) {
                     // Tasks still leaving it.
@@ -188,6 +196,40 @@ impl Placement {
                 }
             }
         }
+    }
+
+    /// Remove the empty cgroups of mounts not in `live` (their processes died with the node
+    /// or a plugin that never cleaned up); returns how many went. A cgroup that still holds a
+    /// process cannot be removed and stays.
+    pub fn sweep(&self, live: &std::collections::HashSet<String>) -> usize {
+        let mut removed = 0;
+        for slice in self.slices() {
+            let Ok(entries) = std::fs::read_dir(&slice) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(mount) = name.strip_prefix("mount-") else {
+                    continue;
+                };
+                // A cgroup made in the last minute may be one another plugin on this host
+                // (tests run several) just prepared for a process about to join it.
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= MIN_SWEEP_AGE);
+                if !live.contains(mount)
+                    && old
+                    && e.file_type().is_ok_and(|t| t.is_dir())
+                    && std::fs::remove_dir(e.path()).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        removed
     }
 
     /// The memory limit of the mount `name`'s cgroup, as the kernel holds it.
@@ -277,6 +319,45 @@ mod tests {
         }
         p.remove("abc");
         assert!(!dir.path().join("memory/pail.slice/mount-abc").exists());
+    }
+
+    #[test]
+    fn a_sweep_removes_the_empty_cgroups_of_mounts_that_are_gone_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cgroup.controllers"), "memory pids").unwrap();
+        std::fs::write(dir.path().join("cgroup.procs"), "").unwrap();
+        let slice = dir.path().join(SLICE);
+        for d in [
+            "mount-gone",
+            "mount-live",
+            "mount-busy",
+            "mount-new",
+            "other",
+        ] {
+            std::fs::create_dir_all(slice.join(d)).unwrap();
+            if d == "mount-busy" {
+                // A cgroup with a process in it cannot be removed (here: a file in it).
+                std::fs::write(slice.join("mount-busy/cgroup.procs"), "42").unwrap();
+            }
+            if d != "mount-new" {
+                let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+                std::fs::File::open(slice.join(d))
+                    .unwrap()
+                    .set_modified(hour_ago)
+                    .unwrap();
+            }
+        }
+        let p = Placement {
+            root: dir.path().to_path_buf(),
+            host: true,
+            limits: Limits::default(),
+        };
+        let live = ["live".to_string()].into_iter().collect();
+        assert_eq!(p.sweep(&live), 1);
+        assert!(!slice.join("mount-gone").exists());
+        for kept in ["mount-live", "mount-busy", "mount-new", "other"] {
+            assert!(slice.join(kept).exists(), "{kept}");
+        }
     }
 
     #[test]

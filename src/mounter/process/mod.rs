@@ -255,6 +255,20 @@ impl ProcessMounter {
                 }
             }
         }
+        // Cgroups of mounts no record names any more (their processes died with the node,
+        // or with a plugin that never cleaned up) go; those of recorded mounts stay.
+        if let Some(p) = &self.cgroups {
+            let live = self
+                .records
+                .all()
+                .iter()
+                .map(|r| super::state::slug(&r.target))
+                .collect();
+            let swept = p.sweep(&live);
+            if swept > 0 {
+                tracing::info!(swept, "removed the cgroups of mounts that are gone");
+            }
+        }
         adopted
     }
 
