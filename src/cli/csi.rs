@@ -158,6 +158,7 @@ fn node_service(args: &CsiArgs) -> anyhow::Result<NodeService> {
     if args.node_id.is_empty() {
         bail!("--node-id is required in node mode");
     }
+    raise_open_files();
     let pail_bin = std::env::current_exe().context("locating the pail binary")?;
     let mut mounter = ProcessMounter::new(pail_bin, &args.state_dir, args.kubelet_dir.join("pods"))
         .with_context(|| format!("state directory {}", args.state_dir.display()))?;
@@ -201,6 +202,7 @@ fn node_service(args: &CsiArgs) -> anyhow::Result<NodeService> {
     mounter.follow_logs();
     cluster.remove_startup_taint_when_registered();
     let recorded = mounter.mount_count();
+    mounter.sweep_cgroups();
     if recorded > 0 {
         let adopted = mounter.adopt_live();
         tracing::info!(
@@ -311,4 +313,22 @@ pub fn run(args: CsiArgs) -> anyhow::Result<()> {
         let services = services(&args)?;
         pail::csi::serve(&args.endpoint, services, shutdown).await
     })
+}
+
+/// Raise the soft limit of open files to the hard one: the node plugin holds every mount's
+/// FUSE connection, their pidfds and the node cache's queued offers.
+fn raise_open_files() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::debug!(error = %std::io::Error::last_os_error(), "could not raise the open-files limit");
+            }
+        }
+    }
 }

@@ -114,8 +114,8 @@ pub struct NodeCache {
     max: u64,
     index: Mutex<Index>,
     jobs: SyncSender<Job>,
-    /// Offers queued or being copied (the same one is not queued twice).
-    pending: Mutex<std::collections::HashSet<String>>,
+    /// Offers queued or being copied (the same one is not queued twice), with their sizes.
+    pending: Mutex<Pending>,
     /// Challenges given, by the peer's uid and the copy's id.
     challenges: Mutex<HashMap<(u32, String), Challenge>>,
     /// The device offered files must be on (the mounts' private directories).
@@ -156,8 +156,43 @@ fn crc(data: &[u8]) -> u32 {
     crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
 }
 
-/// Offers waiting to be copied, at most.
-const QUEUE: usize = 256;
+/// Offers waiting to be copied, at most: a pod reading a data set of small files offers
+/// them faster than they are copied in, and an offer that finds the queue full is lost.
+const QUEUE: usize = 4096;
+/// Bytes of offers waiting, at most (their files stay open, and so on disk, until copied);
+/// one offer is always taken when none waits.
+const QUEUE_BYTES: u64 = 1 << 30;
+
+/// Offers that may wait: [`QUEUE`], or a quarter of the open files this process may have
+/// (each waiting offer holds one).
+fn queue_len() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer to a local rlimit.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    };
+    QUEUE.min((soft / 4).max(64) as usize)
+}
+
+/// Offers queued or being copied.
+#[derive(Default)]
+struct Pending {
+    sizes: HashMap<String, u64>,
+    bytes: u64,
+}
+
+impl Pending {
+    fn remove(&mut self, id: &str) {
+        if let Some(n) = self.sizes.remove(id) {
+            self.bytes -= n;
+        }
+    }
+}
 
 impl NodeCache {
     /// The cache in `dir` (made root-only), holding at most `max` bytes; files offered must
@@ -175,7 +210,7 @@ impl NodeCache {
             Err(_) => std::fs::create_dir_all(dir)?,
         }
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(queue_len());
         let cache = Arc::new(NodeCache {
             dir: dir.to_path_buf(),
             max,
@@ -441,8 +476,13 @@ impl NodeCache {
         {
             return false;
         }
-        if !lock(&self.pending).insert(id.clone()) {
-            return false;
+        {
+            let mut p = lock(&self.pending);
+            if p.sizes.contains_key(&id) || (p.bytes > 0 && p.bytes + size > QUEUE_BYTES) {
+                return false;
+            }
+            p.sizes.insert(id.clone(), size);
+            p.bytes += size;
         }
         let md5 = false;
         let meta = Meta {
@@ -523,7 +563,7 @@ impl NodeCache {
     /// Wait until every queued offer is copied in or dropped (tests, shutdown).
     pub fn settle(&self) {
         for _ in 0..2000 {
-            if lock(&self.pending).is_empty() {
+            if lock(&self.pending).sizes.is_empty() {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));

@@ -310,3 +310,49 @@ fn mounts_reach_it_on_its_socket_and_strangers_are_refused() {
     let stranger = super::super::Client::new(socket);
     assert!(stranger.get("k", "e", data.len() as u64, None).is_none());
 }
+
+#[test]
+fn a_burst_of_offers_from_a_pod_reading_a_data_set_of_small_files_is_all_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(&dir.path().join("c"), 1 << 30);
+    let a = peer("a", 0);
+    let n = queue_len().min(600);
+    // Made first, so that the offers come faster than one copy is made.
+    let files: Vec<(Vec<u8>, OwnedFd)> = (0..n)
+        .map(|i| {
+            let d = body(4096, i as u8);
+            let f = offered(&d);
+            (d, f)
+        })
+        .collect();
+    for (i, (d, f)) in files.into_iter().enumerate() {
+        assert!(
+            c.offer(&a, format!("k{i}"), "e".into(), 4096, sums(&d), f),
+            "offer {i} was dropped"
+        );
+    }
+    c.settle();
+    for i in 0..n {
+        let (f, _, _) = copy(c.get(&a, &format!("k{i}"), "e", 4096, None)).expect("kept");
+        assert_eq!(read_all(&f), body(4096, i as u8));
+    }
+}
+
+#[test]
+fn offers_waiting_are_bounded_by_their_bytes_but_one_is_always_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(&dir.path().join("c"), u64::MAX);
+    let a = peer("a", 0);
+    // Pretend a large offer waits: the next one past the bound is refused.
+    {
+        let mut p = lock(&c.pending);
+        p.sizes.insert("waiting".into(), QUEUE_BYTES - 10);
+        p.bytes = QUEUE_BYTES - 10;
+    }
+    let d = body(4096, 1);
+    assert!(!c.offer(&a, "k".into(), "e".into(), 4096, sums(&d), offered(&d)));
+    lock(&c.pending).remove("waiting");
+    assert!(c.offer(&a, "k".into(), "e".into(), 4096, sums(&d), offered(&d)));
+    c.settle();
+    assert!(copy(c.get(&a, "k", "e", 4096, None)).is_some());
+}

@@ -255,8 +255,12 @@ impl ProcessMounter {
                 }
             }
         }
-        // Cgroups of mounts no record names any more (their processes died with the node,
-        // or with a plugin that never cleaned up) go; those of recorded mounts stay.
+        adopted
+    }
+
+    /// Remove the cgroups of mounts no record names any more (their processes died with the
+    /// node, or with a plugin that never cleaned up); those of recorded mounts stay.
+    pub fn sweep_cgroups(&self) {
         if let Some(p) = &self.cgroups {
             let live = self
                 .records
@@ -269,7 +273,6 @@ impl ProcessMounter {
                 tracing::info!(swept, "removed the cgroups of mounts that are gone");
             }
         }
-        adopted
     }
 
     /// The directory `path` is reached from: `pods/` for targets, kubelet's for shared
