@@ -50,16 +50,35 @@ pub async fn read_parts(resp: reqwest::Response, limit: u64) -> Result<Payload, 
     }
     let mut resp = resp;
     let mut parts = Payload::new();
+    // Small pieces (a store sending a byte at a time) are joined, so that the pieces of a
+    // body number at most about two per PIECE bytes however it was sent.
+    let mut small = BytesMut::new();
     let mut len = 0u64;
     while let Some(chunk) = resp.chunk().await.map_err(BodyError::Transport)? {
         len += chunk.len() as u64;
         if len > limit {
             return Err(BodyError::TooLong { limit });
         }
-        parts.push(chunk);
+        if chunk.len() >= PIECE {
+            if !small.is_empty() {
+                parts.push(small.split().freeze());
+            }
+            parts.push(chunk);
+        } else {
+            small.extend_from_slice(&chunk);
+            if small.len() >= PIECE {
+                parts.push(small.split().freeze());
+            }
+        }
+    }
+    if !small.is_empty() {
+        parts.push(small.freeze());
     }
     Ok(parts)
 }
+
+/// Pieces of a body smaller than this are joined with their neighbours.
+const PIECE: usize = 64 << 10;
 
 /// [`read_parts`] in one buffer (documents, which are parsed whole).
 pub async fn read(resp: reqwest::Response, limit: u64) -> Result<Bytes, BodyError> {
@@ -178,6 +197,11 @@ mod tests {
 
     /// A server answering every request with `len` bytes, with or without a length header.
     async fn server(len: usize, chunked: bool) -> String {
+        server_in(len, chunked, 64 << 10).await
+    }
+
+    /// The same, sending `piece` bytes at a time (chunks of that size when `chunked`).
+    async fn server_in(len: usize, chunked: bool, piece: usize) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
@@ -194,10 +218,11 @@ mod tests {
                     if conn.write_all(head.as_bytes()).await.is_err() {
                         return;
                     }
-                    let block = vec![b'x'; 64 << 10];
+                    let block: Vec<u8> = (0..piece).map(|i| b'a' + (i % 26) as u8).collect();
                     let mut sent = 0;
                     while sent < len {
                         let n = block.len().min(len - sent);
+                        let block = &block[..];
                         let piece = if chunked {
                             let mut p = format!("{n:x}\r\n").into_bytes();
                             p.extend_from_slice(&block[..n]);
@@ -234,5 +259,22 @@ mod tests {
             let resp = client.get(&url).send().await.unwrap();
             assert_eq!(read_start(resp, 1000).await.len(), 1000);
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_sent_a_byte_at_a_time_is_kept_in_few_pieces() {
+        crate::store::init_crypto();
+        let client = reqwest::Client::new();
+        let len = 300_000;
+        let url = server_in(len, true, 1).await;
+        let resp = client.get(&url).send().await.unwrap();
+        let parts = read_parts(resp, len as u64).await.unwrap();
+        assert_eq!(parts.len(), len as u64);
+        assert!(
+            parts.chunks().len() <= 2 * len / PIECE + 1,
+            "{} pieces",
+            parts.chunks().len()
+        );
+        assert!(parts.to_bytes().iter().all(|&b| b == b'a'));
     }
 }
