@@ -79,9 +79,7 @@ impl Bucket for Metered {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> Result<Bytes> {
-        let data = timed("get", self.inner.get_range(key, range, if_match)).await?;
-        crate::telemetry::add(crate::telemetry::Counter::BytesFetched, data.len() as u64);
-        Ok(data)
+        Ok(self.get_parts(key, range, if_match).await?.to_bytes())
     }
 
     async fn get_parts(
