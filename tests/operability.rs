@@ -75,7 +75,10 @@ async fn a_volumes_log_lines_and_counters_reach_the_node_plugins_output_and_metr
     }
 
     // Counters: the mount process writes them every 5 s; the plugin serves them per volume.
-    let labels = "{volume_id=\"vol-ops\",namespace=\"ml\"}";
+    // The mount label: a digest of the mount point, the same for every series of the mount.
+    let mount = pail::mounter::state::slug(&t);
+    let vl = format!("volume_id=\"vol-ops\",namespace=\"ml\",mount=\"{mount}\"");
+    let labels = format!("{{{vl}}}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let metrics = loop {
         let m = d.metrics();
@@ -98,15 +101,20 @@ async fn a_volumes_log_lines_and_counters_reach_the_node_plugins_output_and_metr
         value(&metrics, &format!("pail_volume_up{labels}")),
         Some(1.0)
     );
-    let get_ok = "pail_volume_store_request_seconds_count{volume_id=\"vol-ops\",namespace=\"ml\",op=\"get\",status=\"ok\"}";
-    assert!(value(&metrics, get_ok) >= Some(1.0), "{metrics}");
+    let get_ok =
+        format!("pail_volume_store_request_seconds_count{{{vl},op=\"get\",status=\"ok\"}}");
+    assert!(value(&metrics, &get_ok) >= Some(1.0), "{metrics}");
     assert!(
-        metrics.contains("pail_volume_fuse_operation_seconds_bucket{volume_id=\"vol-ops\",namespace=\"ml\",op=\"read\""),
+        metrics.contains(&format!(
+            "pail_volume_fuse_operation_seconds_bucket{{{vl},op=\"read\""
+        )),
         "{metrics}"
     );
     // Failed operations are counted by their errno.
     assert!(
-        metrics.contains("pail_volume_fuse_operation_seconds_count{volume_id=\"vol-ops\",namespace=\"ml\",op=\"lookup\",status=\"ENOENT\"}"),
+        metrics.contains(&format!(
+            "pail_volume_fuse_operation_seconds_count{{{vl},op=\"lookup\",status=\"ENOENT\"}}"
+        )),
         "{metrics}"
     );
     assert!(!metrics.contains(SECRET), "a secret in the metrics");

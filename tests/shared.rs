@@ -144,12 +144,18 @@ async fn pods_of_a_staged_volume_share_one_mount_and_another_identity_gets_its_o
     node.node_publish_volume(req).await.unwrap();
     assert_eq!(mounts(&d).len(), 2);
     // The plugin's metrics count the pods of each mount.
+    // Two mounts of the volume: two series, told apart by their mount label.
     let metrics = d.metrics();
-    assert!(
-        metrics.contains(&format!("pail_volume_pods{{volume_id=\"{id}\"}} 3")),
-        "{metrics}"
-    );
-    assert!(metrics.contains(&format!("pail_volume_pods{{volume_id=\"{id}\"}} 1")));
+    let pods: Vec<(&str, &str)> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("pail_volume_pods{{volume_id=\"{id}\",mount=\"")))
+        .filter_map(|l| l.split_once("\"} "))
+        .collect();
+    assert_eq!(pods.len(), 2, "{metrics}");
+    assert_ne!(pods[0].0, pods[1].0, "{metrics}");
+    let mut counts: Vec<&str> = pods.iter().map(|p| p.1).collect();
+    counts.sort();
+    assert_eq!(counts, ["1", "3"], "{metrics}");
     assert_eq!(
         std::fs::read(r.join("from-a.txt")).unwrap(),
         b"written by pod a"

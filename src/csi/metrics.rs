@@ -1,7 +1,8 @@
 //! A minimal Prometheus text endpoint of the node plugin (`--metrics-address`): mounts,
 //! restarts, and per volume what its mount process reports (bytes, store requests and
-//! latencies, FUSE operation latencies, caches, memory), labelled by volume id (and by the
-//! pod's namespace only when the admin asks). Plain HTTP/1.0, one response per connection;
+//! latencies, FUSE operation latencies, caches, memory), labelled by volume id, the mount
+//! (a volume mounted for two identities is two mounts), and the pod's namespace only when
+//! the admin asks. Plain HTTP/1.0, one response per connection;
 //! anyone who reaches the node's address may connect, so connections are capped and each
 //! must send its request within seconds.
 
@@ -40,6 +41,8 @@ fn render(mounter: &dyn Mounter, namespaces: bool) -> String {
                 let ns = v.pod.as_ref().map_or("", |p| p.namespace.as_str());
                 l.push_str(&format!(",namespace=\"{}\"", label(ns)));
             }
+            // Two mounts of one volume (other identities) are two series, never one twice.
+            l.push_str(&format!(",mount=\"{}\"", label(&v.mount)));
             (l, v)
         })
         .collect();

@@ -100,6 +100,9 @@ pub type EventSink = std::sync::Arc<dyn Fn(MountEvent) + Send + Sync>;
 pub struct VolumeReport {
     /// CSI volume id.
     pub volume_id: String,
+    /// Which mount of the volume (a volume has several when pods of other identities use
+    /// it): a digest of its mount point, stable while it is mounted.
+    pub mount: String,
     /// Its pod, when known (a shared mount: the pod that started it).
     pub pod: Option<PodRef>,
     /// The pods that use it (a shared mount's binds; else 1).

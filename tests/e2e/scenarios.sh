@@ -107,7 +107,7 @@ node_untainted() { ! kc get node 127.0.0.1 -o 'jsonpath={.spec.taints[*].key}' |
 pod_event() { kc get events --field-selector "involvedObject.name=$1,reason=$2" -o name | grep -q .; }
 mount_log_in_plugin() { kc logs -n kube-system "$(node_plugin_pod)" | grep 'pail::mount' | grep -q "$1"; }
 # (No namespace label: the chart's metricsNamespaceLabels is off by default.)
-volume_read_bytes() { plugin_metrics | grep -q "^pail_volume_read_bytes_total{volume_id=\"$1\"} [1-9]"; }
+volume_read_bytes() { plugin_metrics | grep -q "^pail_volume_read_bytes_total{volume_id=\"$1\",mount=\"[0-9a-f]*\"} [1-9]"; }
 
 helm_install() {
   log "helm install (the node plugin registers itself with the kubelet; local images)"

@@ -728,6 +728,7 @@ impl Mounter for ProcessMounter {
                         .map_or(0, |s| s.restarts.load(Ordering::Relaxed)),
                     restarting: sup.as_ref().is_some_and(|s| s.down.load(Ordering::Acquire)),
                     snapshot: read_capped(&self.records.metrics_path(&r.target), 1 << 20),
+                    mount: super::state::slug(&r.target),
                     volume_id: r.volume_id,
                     pod: r.pod,
                 }
