@@ -113,10 +113,13 @@ impl Fs {
     /// The entries of directory `ino`, from `listing` if given.
     async fn list_dir_with(&self, ino: u64, given: Option<Listing>) -> FsResult<Vec<DirEntry>> {
         let dir = self.inode(ino)?;
-        let kept = given.or_else(|| self.listings.get(&dir.key).map(|l| (*l).clone()));
+        // With persisted metadata every listing is fresh (it HEADs each entry).
+        let kept = (!self.cfg.persist_metadata)
+            .then(|| given.or_else(|| self.listings.get(&dir.key).map(|l| (*l).clone())))
+            .flatten();
         let mut listing = match kept {
-            Some(kept) if !self.cfg.persist_metadata => kept,
-            _ => {
+            Some(kept) => kept,
+            None => {
                 self.counters.listings.fetch_add(1, Ordering::Relaxed);
                 let generation = self.listings.generation();
                 let listing = self.store.list_dir(&dir.key).await?;

@@ -55,13 +55,12 @@ struct Part {
 /// A consumed part, in the pieces the store sent it in.
 struct Ready {
     start: u64,
-    end: u64,
     data: Payload,
 }
 
 impl Ready {
     fn end(&self) -> u64 {
-        self.end
+        self.start + self.data.len()
     }
     fn contains(&self, off: u64) -> bool {
         off >= self.start && off < self.end()
@@ -219,7 +218,6 @@ impl Reader {
             drop(part.held);
             self.recent.push_back(Ready {
                 start: part.start,
-                end: part.end,
                 data,
             });
             while self.recent.len() > 2 {

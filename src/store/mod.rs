@@ -88,41 +88,46 @@ pub struct ListOptions {
 /// Bytes in the pieces they came in: the body of a write (chunks as they were written),
 /// or object data as it arrived from the store; sent on without being joined.
 #[derive(Debug, Default, Clone)]
-pub struct Payload(Vec<Bytes>);
+pub struct Payload {
+    pieces: Vec<Bytes>,
+    /// Their total length.
+    len: u64,
+}
 
 impl Payload {
     /// An empty body.
     pub fn new() -> Self {
-        Payload(Vec::new())
+        Payload::default()
     }
 
     /// Append a chunk.
     pub fn push(&mut self, b: Bytes) {
         if !b.is_empty() {
-            self.0.push(b);
+            self.len += b.len() as u64;
+            self.pieces.push(b);
         }
     }
 
     /// Total length in bytes.
     pub fn len(&self) -> u64 {
-        self.0.iter().map(|b| b.len() as u64).sum()
+        self.len
     }
 
     /// Whether it holds no bytes.
     pub fn is_empty(&self) -> bool {
-        self.0.iter().all(|b| b.is_empty())
+        self.len == 0
     }
 
     /// The chunks.
     pub fn chunks(&self) -> &[Bytes] {
-        &self.0
+        &self.pieces
     }
 
     /// Bytes `range` (clamped to the length), sharing the pieces: no copy.
     pub fn slice(&self, range: Range<u64>) -> Payload {
         let mut out = Payload::new();
         let mut pos = 0u64;
-        for b in &self.0 {
+        for b in &self.pieces {
             let (start, end) = (pos, pos + b.len() as u64);
             pos = end;
             if end <= range.start {
@@ -140,14 +145,14 @@ impl Payload {
 
     /// Append all pieces of `other`.
     pub fn extend(&mut self, other: Payload) {
-        for b in other.0 {
+        for b in other.pieces {
             self.push(b);
         }
     }
 
     /// All bytes in one buffer (copies unless there is a single chunk).
     pub fn to_bytes(&self) -> Bytes {
-        match self.0.as_slice() {
+        match self.pieces.as_slice() {
             [] => Bytes::new(),
             [one] => one.clone(),
             many => {
