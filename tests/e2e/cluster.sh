@@ -350,15 +350,8 @@ teardown() {
   log "tearing down"
   teardown_node_b || left=1
   [ -d "/run/netns" ] && [ -e "/run/netns/$NETNS" ] && {
-    local pid
     pkill -f "^$K8S_CACHE/bin/kubelet" 2>/dev/null
-    for _ in $(seq 60); do
-      pids=$(ip netns pids "$NETNS" 2>/dev/null)
-      [ -z "$pids" ] && break
-      for pid in $pids; do kill -9 "$pid" 2>/dev/null; done
-      sleep 0.5
-    done
-    [ -n "$(ip netns pids "$NETNS" 2>/dev/null)" ] && log "LEFT: processes $(ip netns pids "$NETNS" | tr '\n' ' ')" && left=1
+    kill_netns "$NETNS" || left=1
   }
   local m
   for _ in 1 2 3; do
@@ -403,18 +396,24 @@ teardown() {
   return "$left"
 }
 
+# kill -9 every process in the network namespace NS until none is left (30 s at most).
+kill_netns() {
+  local pids pid
+  for _ in $(seq 60); do
+    pids=$(ip netns pids "$1" 2>/dev/null)
+    [ -z "$pids" ] && return 0
+    for pid in $pids; do kill -9 "$pid" 2>/dev/null; done
+    sleep 0.5
+  done
+  [ -z "$(ip netns pids "$1" 2>/dev/null)" ] || { log "LEFT: processes of $1 $(ip netns pids "$1" | tr '\n' ' ')"; return 1; }
+}
+
 # Node B: every process in its network namespace (its holder too, so that its mount
 # namespace and the mounts only it had go with them), the namespace, its pod cgroups.
 teardown_node_b() {
-  local pids pid left=0 c
+  local left=0 c
   if [ -e "/run/netns/$NETNS_B" ]; then
-    for _ in $(seq 60); do
-      pids=$(ip netns pids "$NETNS_B" 2>/dev/null)
-      [ -z "$pids" ] && break
-      for pid in $pids; do kill -9 "$pid" 2>/dev/null; done
-      sleep 0.5
-    done
-    [ -n "$(ip netns pids "$NETNS_B" 2>/dev/null)" ] && log "LEFT: processes of node B $(ip netns pids "$NETNS_B" | tr '\n' ' ')" && left=1
+    kill_netns "$NETNS_B" || left=1
     ip netns del "$NETNS_B"
   fi
   for c in /sys/fs/cgroup/*/"$NODE_B_CGROUP"; do
