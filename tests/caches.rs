@@ -63,6 +63,94 @@ fn a_second_read_comes_from_the_page_cache_until_the_object_changes() {
     assert_eq!(fs::read(m.join("f")).unwrap(), new);
 }
 
+/// Pages of `path` the kernel holds (mincore of a shared mapping; mapping faults nothing in).
+fn resident(path: &std::path::Path) -> usize {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    // SAFETY: a read-only shared mapping of an open file, unmapped below; mincore writes one
+    // byte per page into a vector of that many bytes.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+        let mut pages = vec![0u8; len.div_ceil(4096)];
+        assert_eq!(libc::mincore(p, len, pages.as_mut_ptr()), 0);
+        libc::munmap(p, len);
+        pages.iter().filter(|b| **b & 1 == 1).count()
+    }
+}
+
+#[test]
+fn with_direct_first_read_a_large_objects_first_read_skips_the_page_cache() {
+    let _turn = one_at_a_time();
+    let s3 = s3();
+    let prefix = unique("directfirst");
+    let (big, other, small) = (data(3 << 20, 21), data(3 << 20, 22), data(1 << 20, 23));
+    put(&s3, &format!("{prefix}big"), big.clone());
+    put(&s3, &format!("{prefix}other"), other.clone());
+    put(&s3, &format!("{prefix}small"), small.clone());
+    let proxy = Proxy::start(&s3.endpoint);
+    let m = mount_via(&proxy, &s3, &prefix, &["--direct-first-read", "2M"]);
+    // Read with odd sizes: replies go straight into the reader's buffer.
+    let mut got = Vec::new();
+    let mut f = fs::File::open(m.join("big")).unwrap();
+    let mut buf = vec![0u8; 100_003];
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(f);
+    assert!(got == big, "the first read returned other bytes");
+    assert_eq!(resident(&m.join("big")), 0, "read past the page cache");
+    // The next open reads through the page cache, which then holds it.
+    assert!(fs::read(m.join("big")).unwrap() == big);
+    assert!(
+        resident(&m.join("big")) >= 700,
+        "the second read stayed in the page cache"
+    );
+    proxy.take_traffic();
+    assert!(fs::read(m.join("big")).unwrap() == big);
+    let (_, received) = proxy.take_traffic();
+    assert!(
+        received < 64 << 10,
+        "{received} bytes fetched for a third read"
+    );
+    // A file opened past the page cache can still be mapped shared (kernel 6.6+).
+    {
+        use std::os::fd::AsRawFd;
+        let f = fs::File::open(m.join("other")).unwrap();
+        // SAFETY: a read-only shared mapping of 3 MiB of an open file, read, then unmapped.
+        let mapped = unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                other.len(),
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+            let v = std::slice::from_raw_parts(p as *const u8, other.len()).to_vec();
+            libc::munmap(p, other.len());
+            v
+        };
+        assert!(mapped == other, "the mapping shows other bytes");
+    }
+    // Below the size: the page cache from the first read.
+    assert!(fs::read(m.join("small")).unwrap() == small);
+    assert!(resident(&m.join("small")) >= 200);
+}
+
 #[test]
 fn the_disk_cache_serves_a_second_read_and_never_an_old_version() {
     let _turn = one_at_a_time();

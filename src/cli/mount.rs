@@ -263,6 +263,7 @@ fn fs_config(args: &MountArgs, prefix: &str) -> FsConfig {
             part_size: v.part_size,
             initial_window: (1 << 20).min(v.part_size),
             max_window: v.max_prefetch,
+            direct_first_read: v.direct_first_read,
         },
         write: WriteConfig {
             part_size: v.part_size as usize,

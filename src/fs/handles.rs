@@ -109,6 +109,7 @@ impl Fs {
                 fh,
                 keep_cache: false,
                 backing: None,
+                direct: false,
             });
         }
         let attr = self.getattr(ino).await?;
@@ -138,11 +139,15 @@ impl Fs {
                 spec.cached = Some((rc.clone(), entry));
             }
         }
+        let above = self.config().read.direct_first_read;
+        let direct =
+            !keep_cache && !inode.local && backing.is_none() && above > 0 && attr.size >= above;
         let fh = self.new_fh(ino, Handle::Read(self.readers_for(ino, spec)));
         Ok(Opened {
             fh,
             keep_cache,
             backing,
+            direct,
         })
     }
 

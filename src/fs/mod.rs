@@ -174,6 +174,11 @@ pub struct Opened {
     /// A local file holding the whole object, verified, that the kernel may read directly
     /// (FUSE passthrough); kept alive by the handle.
     pub backing: Option<Arc<CachedObject>>,
+    /// The kernel may read this handle past its page cache (FOPEN_DIRECT_IO): the first
+    /// open of a large object that no page of the kernel holds, not written here, with no
+    /// local copy. A cold stream then costs one copy less; the next open of the unchanged
+    /// object uses the page cache, so a second read can be served from memory.
+    pub direct: bool,
 }
 
 /// How a file is created.

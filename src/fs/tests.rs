@@ -15,6 +15,7 @@ fn config() -> FsConfig {
             part_size: 1024,
             initial_window: 256,
             max_window: 4096,
+            direct_first_read: 0,
         },
         write: WriteConfig {
             part_size: 1000,
@@ -649,3 +650,25 @@ mod caches;
 mod edits;
 mod failures;
 mod trust;
+
+#[tokio::test]
+async fn a_stream_asks_for_ranges_that_never_cross_a_part_boundary() {
+    let store = memory();
+    let bytes: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8).collect();
+    put(store.as_ref(), "f", &bytes).await;
+    let fs = fs_over(store.clone());
+    let a = fs.lookup(ROOT_INO, "f").await.unwrap();
+    let h = fs.open(a.ino, OpenMode::default()).await.unwrap();
+    for off in (0..bytes.len() as u64).step_by(700) {
+        let got = fs.read(h, off, 700).await.unwrap();
+        let end = (off as usize + 700).min(bytes.len());
+        assert_eq!(&got[..], &bytes[off as usize..end]);
+    }
+    let ranges = store.ranges();
+    assert!(ranges.len() > 10, "{ranges:?}");
+    // After the window's ramp (256, 512 bytes), every range is one whole part of 1024
+    // bytes: none costs the store two of its pieces.
+    for r in &ranges {
+        assert_eq!(r.start / 1024, (r.end - 1) / 1024, "{r:?} of {ranges:?}");
+    }
+}

@@ -161,7 +161,9 @@ impl Filesystem for FuseFs {
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_MAX_PAGES
-            | InitFlags::FUSE_AUTO_INVAL_DATA;
+            | InitFlags::FUSE_AUTO_INVAL_DATA
+            // mmap of a file opened past the page cache (a large object's first open).
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
         if self.fs.config().read_cache {
             wanted |= InitFlags::FUSE_PASSTHROUGH;
             // Backing files may sit on an overlay (a container's /tmp): two levels.
@@ -171,6 +173,10 @@ impl Filesystem for FuseFs {
         let _ = config.add_capabilities(available);
         self.passthrough.enabled.store(
             available.contains(InitFlags::FUSE_PASSTHROUGH),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.passthrough.direct_io.store(
+            available.contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP),
             std::sync::atomic::Ordering::Relaxed,
         );
         self.initialized.set();
@@ -418,7 +424,7 @@ impl Filesystem for FuseFs {
         self.spawn("open", move |fs, _| async move {
             match fs.open_with_cache(ino.0, mode).await {
                 Ok(o) => {
-                    if !passthrough.open(reply, ino.0, o.fh, o.keep_cache, o.backing) {
+                    if !passthrough.open(reply, ino.0, o.fh, o.keep_cache, o.direct, o.backing) {
                         let _ = fs.release(o.fh).await;
                     }
                 }

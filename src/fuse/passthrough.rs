@@ -18,6 +18,9 @@ pub(super) struct Passthrough {
     /// The kernel supports it, the read cache is on, and registering a backing file has not
     /// been refused (it needs CAP_SYS_ADMIN).
     pub(super) enabled: std::sync::atomic::AtomicBool,
+    /// The kernel lets a file opened with FOPEN_DIRECT_IO be mmapped
+    /// (FUSE_DIRECT_IO_ALLOW_MMAP, 6.6+): only then is a handle opened that way.
+    pub(super) direct_io: std::sync::atomic::AtomicBool,
     state: std::sync::Mutex<PassthroughState>,
     /// This process may not register backing files itself (no CAP_SYS_ADMIN).
     own_denied: std::sync::atomic::AtomicBool,
@@ -78,6 +81,7 @@ impl Passthrough {
     pub(super) fn new(node: Option<SharedCopiesRef>) -> Passthrough {
         Passthrough {
             enabled: Default::default(),
+            direct_io: Default::default(),
             state: Default::default(),
             own_denied: Default::default(),
             node,
@@ -106,8 +110,9 @@ impl Passthrough {
     }
 
     /// Answer an open of `ino` as handle `fh`; `object` is a verified local copy the kernel
-    /// may read directly; `keep` lets the kernel keep its cached pages. While the kernel
-    /// reads an inode directly, it takes no other kind of open of it: those (a write, another
+    /// may read directly; `keep` lets the kernel keep its cached pages; `past_cache`
+    /// lets it read past its page cache (where mmap still works). While the kernel reads an
+    /// inode directly, it takes no other kind of open of it: those (a write, another
     /// version) fail with ETXTBSY, and false is returned so the caller drops the handle.
     pub(super) fn open(
         &self,
@@ -115,6 +120,7 @@ impl Passthrough {
         ino: u64,
         fh: u64,
         keep: bool,
+        past_cache: bool,
         object: Option<Arc<CachedObject>>,
     ) -> bool {
         use std::sync::atomic::Ordering;
@@ -186,11 +192,13 @@ impl Passthrough {
             return false;
         }
         io.cached += 1;
-        let flags = if keep {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
-        };
+        let mut flags = FopenFlags::empty();
+        if keep {
+            flags |= FopenFlags::FOPEN_KEEP_CACHE;
+        }
+        if past_cache && self.direct_io.load(Ordering::Relaxed) {
+            flags |= FopenFlags::FOPEN_DIRECT_IO;
+        }
         reply.opened(FileHandle(fh), flags);
         st.handles.insert(fh, (ino, false));
         true

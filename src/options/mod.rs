@@ -14,7 +14,10 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-pub use parse::{parse_ids, parse_mode, parse_size, parse_storage_class, parse_ttl, parse_word};
+pub use parse::{
+    parse_ids, parse_mode, parse_size, parse_size_or_off, parse_storage_class, parse_ttl,
+    parse_word,
+};
 pub use spec::{Auth, MountSpec, NetSpec, SPEC_FD};
 
 /// The environment variables of an egress proxy, which a mount process takes from the
@@ -186,8 +189,16 @@ pub struct VolumeOptions {
     pub max_prefetch: u64,
     /// How far the kernel reads ahead of a sequential reader, e.g. 4M (0: the kernel's
     /// 128 KiB); larger read-ahead means fewer, larger FUSE requests. Needs root to set.
-    #[arg(long, default_value = "4M", value_parser = parse_size, help_heading = "Caching and performance")]
+    #[arg(long, default_value = "4M", value_parser = parse_size_or_off, help_heading = "Caching and performance")]
     pub read_ahead: u64,
+    /// Read a file of at least this size past the kernel's page cache on the first open
+    /// the mount serves of it, e.g. 64M (0 or off: never, the default): FUSE replies land in
+    /// the reader's buffer, one copy fewer for a one-pass stream; later opens of the
+    /// unchanged object use the page cache, so the second read is a cold one. Needs kernel
+    /// 6.6+ (mmap of such a file); on older kernels files always use the page cache.
+    #[arg(long, default_value = "0", value_parser = parse_size_or_off, help_heading = "Caching and performance")]
+    #[serde(default)]
+    pub direct_first_read: u64,
     /// Parts uploading at once per file being written (1 to 64).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "Caching and performance")]
     pub upload_concurrency: u16,

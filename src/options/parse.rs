@@ -88,6 +88,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is out of range"))
 }
 
+/// [`parse_size`], or `0`/`off` for a feature a size turns on.
+pub fn parse_size_or_off(s: &str) -> Result<u64, String> {
+    match s.trim() {
+        "0" | "off" => Ok(0),
+        _ => parse_size(s),
+    }
+}
+
 /// `VolumeOptions` alone, as a command line without a program name.
 #[derive(Parser)]
 #[command(

@@ -178,6 +178,7 @@ mod tests {
         v.part_size = 16 << 20;
         v.max_prefetch = 64 << 20;
         v.read_ahead = 1 << 20;
+        v.direct_first_read = 128 << 20;
         v.upload_concurrency = 3;
         v.max_threads = 5;
         v.request_timeout = 9;

@@ -25,6 +25,10 @@ fn sizes_modes_and_ttls_take_their_units() {
     assert!(parse_size("8X").unwrap_err().contains("8X"));
     assert!(parse_size("0").is_err());
     assert!(parse_size("99999999999999T").is_err());
+    assert_eq!(parse_size_or_off("off").unwrap(), 0);
+    assert_eq!(parse_size_or_off("0").unwrap(), 0);
+    assert_eq!(parse_size_or_off("64M").unwrap(), 64 << 20);
+    assert!(parse_size_or_off("-1").unwrap_err().contains("-1"));
     assert_eq!(parse_mode("0644").unwrap(), 0o644);
     assert_eq!(parse_mode("755").unwrap(), 0o755);
     assert!(parse_mode("0999").is_err());
@@ -47,6 +51,10 @@ fn mount_options_accept_every_spelling_and_name_what_they_refuse() {
     assert!(o.read_only);
     assert_eq!(o.part_size, 16 << 20);
     assert_eq!(o.max_threads, 4);
+    let d = VolumeOptions::from_mount_options(["direct-first-read=64M"]).unwrap();
+    assert_eq!(d.direct_first_read, 64 << 20);
+    let k = VolumeOptions::from_mount_options(["read-ahead=0"]).unwrap();
+    assert_eq!(k.read_ahead, 0, "documented: the kernel's own read-ahead");
     for (bad, named) in [
         ("part-size=1K", "part-size"),
         ("cache-dir=/etc", "cache-dir"),
@@ -59,6 +67,8 @@ fn mount_options_accept_every_spelling_and_name_what_they_refuse() {
         ("endpoint-url=http", "endpoint-url"),
         ("uid", "uid"),
         ("read-only=yes", "read-only"),
+        ("direct-first-read=64Q", "64Q"),
+        ("direct-first-read=99999999999T", "direct-first-read"),
     ] {
         let e = VolumeOptions::from_mount_options([bad]).unwrap_err();
         assert!(e.contains(named), "{bad}: {e}");
@@ -154,6 +164,7 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(v.max_prefetch, 32 << 20);
     assert_eq!(v.memory_limit, 1 << 30);
     assert_eq!(v.metadata_ttl, Duration::from_secs(1));
+    assert_eq!(v.direct_first_read, 0, "the page cache by default");
     assert_eq!((v.file_mode, v.dir_mode), (0o644, 0o755));
     assert!(v.validate().is_ok());
 }

@@ -130,6 +130,8 @@ pub struct MemoryBucket {
     state: Arc<Mutex<State>>,
     counts: Arc<[AtomicU64; OPS]>,
     sent: Arc<AtomicU64>,
+    /// Every ranged GET's range, in order.
+    ranges: Arc<Mutex<Vec<Range<u64>>>>,
     min_part_size: u64,
     page_size: u32,
     capacity: u64,
@@ -152,6 +154,7 @@ impl MemoryBucket {
             state: Arc::default(),
             counts: Arc::new(std::array::from_fn(|_| AtomicU64::new(0))),
             sent: Arc::default(),
+            ranges: Arc::default(),
             min_part_size: 0,
             page_size: 1000,
             capacity: u64::MAX,
@@ -184,6 +187,14 @@ impl MemoryBucket {
     /// Bytes of data sent to the bucket (single writes and uploaded parts; not copies).
     pub fn bytes_sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
+    }
+
+    /// The ranges of every ranged GET so far, in the order they were asked for.
+    pub fn ranges(&self) -> Vec<Range<u64>> {
+        self.ranges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Reset every counter.
@@ -300,6 +311,10 @@ impl Bucket for MemoryBucket {
         if_match: Option<&str>,
     ) -> Result<Bytes> {
         self.tick(Op::Get);
+        self.ranges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(range.clone());
         let state = self.state();
         let o = state.objects.get(key).ok_or_else(|| not_found(key))?;
         if if_match.is_some_and(|e| e != o.etag) {
@@ -332,6 +347,7 @@ impl Bucket for MemoryBucket {
                 state: self.state.clone(),
                 counts: self.counts.clone(),
                 sent: self.sent.clone(),
+                ranges: self.ranges.clone(),
                 min_part_size: self.min_part_size,
                 page_size: self.page_size,
                 capacity: self.capacity,

@@ -84,6 +84,47 @@ async fn the_kernel_keeps_a_files_pages_until_the_object_changes() {
 }
 
 #[tokio::test]
+async fn only_the_first_open_of_a_large_object_reads_past_the_page_cache() {
+    let store = memory();
+    let big: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    put(store.as_ref(), "big", &big).await;
+    put(store.as_ref(), "small", b"tiny").await;
+    let mut cfg = config();
+    cfg.metadata_ttl = Duration::ZERO;
+    cfg.read.direct_first_read = 4096;
+    let fs = Fs::new(store.clone(), cfg);
+    let b = fs.lookup(ROOT_INO, "big").await.unwrap();
+    let (bytes, first) = read_via(&fs, b.ino).await;
+    assert_eq!(bytes, big, "read past the page cache, the same bytes");
+    assert!(
+        first.direct && !first.keep_cache,
+        "first open of a large object"
+    );
+    let (bytes, again) = read_via(&fs, b.ino).await;
+    assert_eq!(bytes, big);
+    assert!(
+        !again.direct && again.keep_cache,
+        "the next open: page cache"
+    );
+    let s = fs.lookup(ROOT_INO, "small").await.unwrap();
+    assert!(!read_via(&fs, s.ino).await.1.direct, "below the size");
+    // Another version of the object is a first read again.
+    let changed: Vec<u8> = big.iter().rev().copied().collect();
+    put(store.as_ref(), "big", &changed).await;
+    let (bytes, third) = read_via(&fs, b.ino).await;
+    assert_eq!(bytes, changed);
+    assert!(third.direct);
+    // A write handle never is.
+    let w = fs.open_with_cache(b.ino, rw()).await.unwrap();
+    assert!(!w.direct);
+    fs.release(w.fh).await.unwrap();
+    // Off (the default): never.
+    let off = Fs::new(store.clone(), config());
+    let b = off.lookup(ROOT_INO, "big").await.unwrap();
+    assert!(!read_via(&off, b.ino).await.1.direct);
+}
+
+#[tokio::test]
 async fn listings_are_kept_for_the_ttl_and_the_mounts_changes_show_at_once() {
     let store = memory();
     for i in 0..5 {
