@@ -63,30 +63,6 @@ fn a_second_read_comes_from_the_page_cache_until_the_object_changes() {
     assert_eq!(fs::read(m.join("f")).unwrap(), new);
 }
 
-/// Pages of `path` the kernel holds (mincore of a shared mapping; mapping faults nothing in).
-fn resident(path: &std::path::Path) -> usize {
-    use std::os::fd::AsRawFd;
-    let f = fs::File::open(path).unwrap();
-    let len = f.metadata().unwrap().len() as usize;
-    // SAFETY: a read-only shared mapping of an open file, unmapped below; mincore writes one
-    // byte per page into a vector of that many bytes.
-    unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        );
-        assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
-        let mut pages = vec![0u8; len.div_ceil(4096)];
-        assert_eq!(libc::mincore(p, len, pages.as_mut_ptr()), 0);
-        libc::munmap(p, len);
-        pages.iter().filter(|b| **b & 1 == 1).count()
-    }
-}
-
 #[test]
 fn with_direct_first_read_a_large_objects_first_read_skips_the_page_cache() {
     let _turn = one_at_a_time();

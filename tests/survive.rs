@@ -312,3 +312,42 @@ async fn a_new_plugin_version_takes_over_live_mounts_without_unmounting_them() {
         Some(&b"served by the new version"[..])
     );
 }
+
+#[tokio::test]
+async fn after_a_take_over_first_reads_use_the_page_cache() {
+    // The successor cannot know whether its predecessor's INIT let files opened past the
+    // page cache be mapped: it opens none that way (docs/SEMANTICS.md, take-over).
+    let Setup { s3, prefix, big } = setup("directtakeover", 3 << 20, 0).await;
+    let other = data(3 << 20, 31);
+    s3.store()
+        .put(
+            &format!("{prefix}other.bin"),
+            Payload::from(other.clone()),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let driver = Driver::start();
+    let mut node = driver.node().await;
+    let target = driver.target("direct");
+    let mut ctx = static_context(&s3, &prefix);
+    ctx.insert("mountOptions".into(), "direct-first-read=2M".into());
+    node.node_publish_volume(publish_req(&s3, "direct-vol", &target, ctx))
+        .await
+        .unwrap();
+    assert!(std::fs::read(target.join("big.bin")).unwrap() == big);
+    assert_eq!(
+        resident(&target.join("big.bin")),
+        0,
+        "read past the page cache"
+    );
+    kill9(&target);
+    assert!(std::fs::read(target.join("other.bin")).unwrap() == other);
+    assert!(
+        resident(&target.join("other.bin")) >= 700,
+        "after the take-over a first read goes through the page cache"
+    );
+    node.node_unpublish_volume(unpublish_req("direct-vol", &target))
+        .await
+        .unwrap();
+}

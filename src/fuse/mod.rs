@@ -39,6 +39,9 @@ pub struct FuseFs {
     passthrough: Arc<passthrough::Passthrough>,
     /// Replies of several pieces, when the session's descriptor is known.
     vectored: Option<Arc<reply::Vectored>>,
+    /// The connection was initialized by a predecessor whose INIT reply is not known: a
+    /// capability the kernel offered may not have been granted.
+    resumed: bool,
 }
 
 impl FuseFs {
@@ -61,6 +64,7 @@ impl FuseFs {
         });
         FuseFs {
             vectored,
+            resumed: false,
             fs: fs.clone(),
             rt,
             ttl,
@@ -69,6 +73,13 @@ impl FuseFs {
                 fs.config().shared_copies.clone(),
             )),
         }
+    }
+
+    /// The same, serving a connection a predecessor initialized (a take-over): capabilities
+    /// only a granted INIT makes safe stay off (files opened past the page cache).
+    pub fn resumed(mut self) -> Self {
+        self.resumed = true;
+        self
     }
 
     /// Run operation `op` on the runtime (it replies itself), timed.
@@ -175,8 +186,10 @@ impl Filesystem for FuseFs {
             available.contains(InitFlags::FUSE_PASSTHROUGH),
             std::sync::atomic::Ordering::Relaxed,
         );
+        // After a take-over the kernel answered a predecessor's INIT, which may not have asked
+        // for mmap of such files (an older pail): then an mmap would fail, so none is opened.
         self.passthrough.direct_io.store(
-            available.contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP),
+            !self.resumed && available.contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP),
             std::sync::atomic::Ordering::Relaxed,
         );
         self.initialized.set();

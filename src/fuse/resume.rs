@@ -148,7 +148,7 @@ pub fn serve_resumed(
     let c = config(cfg);
     let acl = c.acl;
     let initialized = Arc::new(Initialized::default());
-    let fuse = FuseFs::new(fs, rt, initialized.clone(), Some(pair.session.as_fd()));
+    let fuse = FuseFs::new(fs, rt, initialized.clone(), Some(pair.session.as_fd())).resumed();
     // Reads the INIT written above and answers it into the pair.
     let session = Session::from_fd(fuse, pair.session, acl, c)?;
     let mut reply = vec![0u8; 4096];

@@ -280,3 +280,27 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
         .unwrap()
         .block_on(f)
 }
+
+/// Pages of `path` the kernel holds (mincore of a shared mapping; mapping faults nothing in).
+pub fn resident(path: &std::path::Path) -> usize {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    // SAFETY: a read-only shared mapping of an open file, unmapped below; mincore writes one
+    // byte per page into a vector of that many bytes.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+        let mut pages = vec![0u8; len.div_ceil(4096)];
+        assert_eq!(libc::mincore(p, len, pages.as_mut_ptr()), 0);
+        libc::munmap(p, len);
+        pages.iter().filter(|b| **b & 1 == 1).count()
+    }
+}
