@@ -456,8 +456,9 @@ done'
   before=$(reads_ok)
   # While no plugin is registered (this restart, the upgrades below), the kubelet's periodic
   # republish of running pods' volumes (requiresRepublish: tokens for pod identity) fails
-  # once or twice and is retried; the mounts serve on meanwhile.
-  expect_warning '[^/]+' FailedMount 'MountVolume.SetUp failed .* not found in the list of registered CSI drivers'
+  # once or twice and is retried; the mounts serve on meanwhile. The kubelet words it by
+  # where the restart is: the driver not registered, or registered but its socket gone.
+  expect_warning '[^/]+' FailedMount 'MountVolume.SetUp failed .* (not found in the list of registered CSI drivers|check for STAGE_UNSTAGE_VOLUME capability: rpc error: code = Unavailable desc = connection error: .*csi.sock: connect: no such file or directory)'
   kc delete pod -n kube-system "$old" --wait=true --timeout=180s >/dev/null
   wait_until "a new node plugin pod Ready and registered" 120 plugin_ready "$old"
   wait_until "3 more whole reads of big.bin" 120 reads_at_least $((before + 3))
