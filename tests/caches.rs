@@ -102,26 +102,9 @@ fn with_direct_first_read_a_large_objects_first_read_skips_the_page_cache() {
         "{received} bytes fetched for a third read"
     );
     // A file opened past the page cache can still be mapped shared (kernel 6.6+).
-    {
-        use std::os::fd::AsRawFd;
-        let f = fs::File::open(m.join("other")).unwrap();
-        // SAFETY: a read-only shared mapping of 3 MiB of an open file, read, then unmapped.
-        let mapped = unsafe {
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                other.len(),
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            );
-            assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
-            let v = std::slice::from_raw_parts(p as *const u8, other.len()).to_vec();
-            libc::munmap(p, other.len());
-            v
-        };
-        assert!(mapped == other, "the mapping shows other bytes");
-    }
+    let f = fs::File::open(m.join("other")).unwrap();
+    let mapped = with_shared_map(&f, other.len(), |m| m.to_vec());
+    assert!(mapped == other, "the mapping shows other bytes");
     // Below the size: the page cache from the first read.
     assert!(fs::read(m.join("small")).unwrap() == small);
     assert!(resident(&m.join("small")) >= 200);

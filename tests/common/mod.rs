@@ -281,26 +281,36 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-/// Pages of `path` the kernel holds (mincore of a shared mapping; mapping faults nothing in).
-pub fn resident(path: &std::path::Path) -> usize {
+/// Run `f` over a read-only shared mapping of the whole of `file` (`len` bytes).
+pub fn with_shared_map<T>(file: &std::fs::File, len: usize, f: impl FnOnce(&[u8]) -> T) -> T {
     use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path).unwrap();
-    let len = f.metadata().unwrap().len() as usize;
-    // SAFETY: a read-only shared mapping of an open file, unmapped below; mincore writes one
-    // byte per page into a vector of that many bytes.
+    // SAFETY: a read-only shared mapping of an open file, alive while `f` runs, then unmapped;
+    // the slice covers exactly the mapping.
     unsafe {
         let p = libc::mmap(
             std::ptr::null_mut(),
             len,
             libc::PROT_READ,
             libc::MAP_SHARED,
-            f.as_raw_fd(),
+            file.as_raw_fd(),
             0,
         );
         assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
-        let mut pages = vec![0u8; len.div_ceil(4096)];
-        assert_eq!(libc::mincore(p, len, pages.as_mut_ptr()), 0);
+        let out = f(std::slice::from_raw_parts(p as *const u8, len));
         libc::munmap(p, len);
-        pages.iter().filter(|b| **b & 1 == 1).count()
+        out
     }
+}
+
+/// Pages of `path` the kernel holds (mincore of a shared mapping, which faults nothing in).
+pub fn resident(path: &std::path::Path) -> usize {
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    with_shared_map(&f, len, |m| {
+        let mut pages = vec![0u8; len.div_ceil(4096)];
+        // SAFETY: mincore writes one byte per page of the mapping into `pages`.
+        let rc = unsafe { libc::mincore(m.as_ptr() as *mut libc::c_void, len, pages.as_mut_ptr()) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        pages.iter().filter(|b| **b & 1 == 1).count()
+    })
 }
