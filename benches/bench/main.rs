@@ -3,12 +3,14 @@
 //! against the S3 test server. Prints one table: medians of several runs, pail/direct, and
 //! the peak RSS of the mount process. Run with `scripts/bench.sh`.
 
+mod cpu;
 mod csi;
 mod work;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use cpu::{Cpu, ServerApart, Timed, cpu_note, online_cpus};
 use pail::store::{BucketExt, SharedBucket};
 use work::*;
 
@@ -85,35 +87,61 @@ async fn main() {
         rss,
     };
 
+    let mut cpu_notes: Vec<String> = Vec::new();
     if only("seq") {
-        // By default, then with the first read of a large object past the page cache.
-        for (flags, what) in [
-            (&[][..], ""),
-            (&["--direct-first-read", "64M"][..], ", direct 1st read"),
+        // By default and with the first read past the page cache; then both again with the
+        // server on a core of its own (a remote store does not take the reader's cores).
+        for (flags, apart, what) in [
+            (&[][..], false, ""),
+            (
+                &["--direct-first-read", "64M"][..],
+                false,
+                ", direct 1st read",
+            ),
+            (&[][..], true, ", server on its own core"),
+            (
+                &["--direct-first-read", "64M"][..],
+                true,
+                ", direct 1st read, server apart",
+            ),
         ] {
+            let _apart = if apart {
+                match ServerApart::new() {
+                    Some(a) => Some(a),
+                    None => continue,
+                }
+            } else {
+                None
+            };
             println!("sequential read of {big_mib} MiB{what}...");
+            let cpu = std::cell::RefCell::new(Vec::new());
             let r = runs(e.runs, || async {
                 let m = Mount::with(&e, flags);
+                let c0 = Cpu::now(Some(m.pid()));
                 let t = blocking({
                     let p = m.path("big.bin");
                     move || read_file(p)
                 })
                 .await;
+                let cp = Cpu::now(Some(m.pid())).since(c0);
                 let rss = m.peak_rss_mib();
                 drop(m);
-                (
-                    mb(e.big, t),
-                    direct_read(&store, "bench/big.bin", e.big).await,
-                    Some(rss),
-                )
+                drop_caches();
+                let c1 = Cpu::now(None);
+                let d = direct_seq_read(&store, "bench/big.bin", e.big).await;
+                let cd = Cpu::now(None).since(c1);
+                cpu.borrow_mut().push(Timed {
+                    pail: t,
+                    pail_cpu: cp,
+                    direct: d,
+                    direct_cpu: cd,
+                });
+                (mb(e.big, t), mb(e.big, d), Some(rss))
             })
             .await;
-            rows.push(row(
-                format!("sequential read {big_mib} MiB (cold){what}"),
-                "MB/s",
-                r,
-                true,
-            ));
+            let name = format!("sequential read {big_mib} MiB (cold){what}");
+            cpu_notes.push(cpu_note(&name, e.big, &cpu.into_inner()));
+            rows.push(row(name, "MB/s", r, true));
         }
     }
 
@@ -532,4 +560,14 @@ async fn main() {
         "(medians of {} runs; direct = pail's store layer without FUSE, same run; ratio = pail/direct)",
         e.runs
     );
+    if !cpu_notes.is_empty() {
+        println!();
+        println!(
+            "CPU-seconds per GiB read, whole machine ({} cores), medians:",
+            online_cpus()
+        );
+        for n in &cpu_notes {
+            println!("{n}");
+        }
+    }
 }

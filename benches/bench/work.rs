@@ -119,6 +119,10 @@ impl Mount {
         Mount { child, dir }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join("mnt").join(rel)
     }
