@@ -15,4 +15,5 @@ cargo bench --locked --bench bench --no-run
 state=$(mktemp -d /tmp/pail-bench.XXXXXX)
 trap 'scripts/test-servers.sh stop "$state"; rm -rf "$state"' EXIT
 eval "$(scripts/test-servers.sh start "$state")"
+export PAIL_BENCH_SERVER_PID=$(cat "$state/weed.pid")  # the server whose CPU is counted and pinned
 PAIL_BIN=$PWD/target/release/pail cargo bench --locked --bench bench

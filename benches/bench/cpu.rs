@@ -14,7 +14,7 @@ pub struct Timed {
 }
 
 /// CPU time spent so far, in seconds: the whole machine (all cores, busy time from
-/// `/proc/stat`), the S3 server's processes (`weed`), and one process (the mount).
+/// `/proc/stat`), the S3 server (`server_pids`), and one process (the mount).
 #[derive(Clone, Copy, Default)]
 pub struct Cpu {
     pub machine: f64,
@@ -64,13 +64,9 @@ impl Cpu {
         };
         let busy = busy_of("cpu");
         let core = [busy_of("cpu0") as f64 / hz, busy_of("cpu1") as f64 / hz];
-        let server: u64 = std::fs::read_dir("/proc")
+        let server: u64 = server_pids()
             .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
             .filter_map(proc_ticks)
-            .filter(|(comm, _)| comm == "weed")
             .map(|(_, t)| t)
             .sum();
         let mount = mount.and_then(proc_ticks).map_or(0, |(_, t)| t);
@@ -115,7 +111,15 @@ pub fn online_cpus() -> usize {
     (unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).max(1) as usize
 }
 
+/// The S3 server: the one `scripts/bench.sh` started (`PAIL_BENCH_SERVER_PID`), else every
+/// process named `weed`.
 fn server_pids() -> Vec<u32> {
+    if let Some(pid) = std::env::var("PAIL_BENCH_SERVER_PID")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+    {
+        return vec![pid];
+    }
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
