@@ -304,13 +304,32 @@ pub fn with_shared_map<T>(file: &std::fs::File, len: usize, f: impl FnOnce(&[u8]
 
 /// Pages of `path` the kernel holds (mincore of a shared mapping, which faults nothing in).
 pub fn resident(path: &std::path::Path) -> usize {
-    let f = std::fs::File::open(path).unwrap();
+    resident_of(&std::fs::File::open(path).unwrap())
+}
+
+/// Pages of an open file the kernel holds, asked through that descriptor (no new open,
+/// which could itself drop the pages).
+pub fn resident_of(f: &std::fs::File) -> usize {
     let len = f.metadata().unwrap().len() as usize;
-    with_shared_map(&f, len, |m| {
+    with_shared_map(f, len, |m| {
         let mut pages = vec![0u8; len.div_ceil(4096)];
         // SAFETY: mincore writes one byte per page of the mapping into `pages`.
         let rc = unsafe { libc::mincore(m.as_ptr() as *mut libc::c_void, len, pages.as_mut_ptr()) };
         assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
         pages.iter().filter(|b| **b & 1 == 1).count()
     })
+}
+
+/// Bytes a re-read of `path` may fetch from the store: next to nothing (64 KiB for requests
+/// and headers) while the kernel holds every page of it; if the kernel dropped some, up to
+/// the file once more. Not only memory pressure drops pages: proactive reclaim does (this
+/// lab's VM runs DAMON `pageout`, docs/BENCHMARKS.md "The caches").
+/// Asked through `f`, a descriptor the earlier read used, so that this check opens nothing.
+pub fn refetch_allowed(f: &std::fs::File) -> u64 {
+    let len = f.metadata().unwrap().len();
+    if resident_of(f) as u64 >= len.div_ceil(4096) {
+        64 << 10
+    } else {
+        (64 << 10) + len
+    }
 }
