@@ -1,7 +1,8 @@
 //! The benchmark: each workload through a pail mount and through pail's own store layer with
 //! no FUSE in between (the "direct" client, the practical limit here), in the same run,
 //! against the S3 test server. Prints one table: medians of several runs, pail/direct, and
-//! the peak RSS of the mount process. Run with `scripts/bench.sh`.
+//! the peak RSS of the mount process; then, for the streaming rows, where the machine's CPU
+//! went. Run with `scripts/bench.sh`.
 
 mod cpu;
 mod csi;
@@ -537,7 +538,7 @@ async fn main() {
 
     println!();
     println!(
-        "{:<46} {:>8} {:>11} {:>11} {:>8} {:>14}",
+        "{:<64} {:>8} {:>11} {:>11} {:>8} {:>14}",
         "workload", "unit", "pail", "direct", "ratio", "peak RSS MiB"
     );
     for r in &rows {
@@ -547,7 +548,7 @@ async fn main() {
             " (lower is better)"
         };
         println!(
-            "{:<46} {:>8} {:>11.2} {:>11.2} {:>8.2} {:>14}{note}",
+            "{:<64} {:>8} {:>11.2} {:>11.2} {:>8.2} {:>14}{note}",
             r.name,
             r.unit,
             r.pail,
