@@ -168,7 +168,10 @@ scenario_node_b_failures() {
   before_b=$(oks reader-b)
   t0=$(date +%s)
   kill -9 "$plugin"
-  sleep 1
+  # The mount serves on without its plugin. It is killed once a new plugin has adopted it:
+  # a mount process that dies while no plugin runs loses its mount (docs/SEMANTICS.md,
+  # limits), and the kubelet may take seconds to restart the plugin.
+  wait_until "a new node plugin on $NODE_B that adopted its mounts" 120 plugin_back_on_b "$plugin"
   kill -9 "$mount"
   wait_until "a successor of B's mount process" 60 b_mount_replaced "$mount"
   wait_until "a node plugin on $NODE_B again" 120 plugin_ready_on "$NODE_B"
@@ -326,6 +329,12 @@ YAML
   assert_node_clean
 }
 b_mount_replaced() { local now; now=$(b_mount_processes); [ -n "$now" ] && ! grep -qx "$1" <<<"$now"; }
+plugin_back_on_b() { # a node plugin other than $1 runs on B and serves CSI (it adopts the live mounts first)
+  local now
+  now=$(procs_in "$NETNS_B" '^/usr/bin/pail csi --mode=node' | head -1)
+  [ -n "$now" ] && [ "$now" != "$1" ] &&
+    kc logs -n kube-system "$(node_plugin_pod "$NODE_B")" -c pail 2>/dev/null | grep -q 'serving CSI'
+}
 roamer_on() { local p; p=$(running_pods roamer); [ -n "$p" ] && [ "$(pod_node "$p")" = "$1" ]; }
 
 scenario_identity_per_node() {
