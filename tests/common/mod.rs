@@ -320,11 +320,12 @@ pub fn resident_of(f: &std::fs::File) -> usize {
     })
 }
 
-/// Bytes a re-read of `path` may fetch from the store: next to nothing (64 KiB for requests
-/// and headers) while the kernel holds every page of it; if the kernel dropped some, up to
-/// the file once more. Not only memory pressure drops pages: proactive reclaim does (this
-/// lab's VM runs DAMON `pageout`, docs/BENCHMARKS.md "The caches").
-/// Asked through `f`, a descriptor the earlier read used, so that this check opens nothing.
+/// Bytes a re-read of the file open as `f` may fetch from the store: next to nothing
+/// (64 KiB for requests and headers) while the kernel holds every page of it; if the kernel
+/// dropped some, up to the file once more. Not only memory pressure drops pages: proactive
+/// reclaim does (this lab's VM runs DAMON `pageout`, docs/BENCHMARKS.md "The caches").
+/// `f` is the descriptor the earlier read used, so that this check opens nothing (an open
+/// without `FOPEN_KEEP_CACHE` would itself drop the pages and hide that bug).
 pub fn refetch_allowed(f: &std::fs::File) -> u64 {
     let len = f.metadata().unwrap().len();
     if resident_of(f) as u64 >= len.div_ceil(4096) {
