@@ -33,3 +33,37 @@ fn a_missing_local_bucket_names_the_directory() {
         .expect("must fail");
     assert!(err.contains("/definitely/not/here"), "{err}");
 }
+
+#[test]
+fn closing_a_file_opened_for_reading_does_not_wait_for_the_mount_process() {
+    let bucket = tempfile::tempdir().unwrap();
+    fs::write(bucket.path().join("r.txt"), b"read only").unwrap();
+    let m = mount(&format!("file://{}", bucket.path().display()), &[], &[]);
+    let read = fs::File::open(m.join("r.txt")).unwrap();
+    let written = fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("r.txt"))
+        .unwrap();
+    let pid = m.pid() as i32;
+    // SAFETY: pausing and resuming the mount process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let closed = std::thread::spawn(move || drop(read));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !closed.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let read_closed = closed.is_finished();
+    // A handle that may have written still asks the mount at close() (FLUSH stores it).
+    let closing = std::thread::spawn(move || drop(written));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let write_waited = !closing.is_finished();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    closing.join().unwrap();
+    assert!(
+        read_closed,
+        "close() of a read-only file waited for the stopped mount process"
+    );
+    assert!(write_waited, "close() of a writable file did not flush");
+    assert_eq!(fs::read(m.join("r.txt")).unwrap(), b"read only");
+}

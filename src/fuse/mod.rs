@@ -433,11 +433,19 @@ impl Filesystem for FuseFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let mode = open_mode(flags.0, req.pid());
+        let read_only = !mode.write && !mode.truncate && !mode.append;
         let passthrough = self.passthrough.clone();
         self.spawn("open", move |fs, _| async move {
             match fs.open_with_cache(ino.0, mode).await {
                 Ok(o) => {
-                    if !passthrough.open(reply, ino.0, o.fh, o.keep_cache, o.direct, o.backing) {
+                    let mut asked = FopenFlags::empty();
+                    asked.set(FopenFlags::FOPEN_KEEP_CACHE, o.keep_cache);
+                    asked.set(FopenFlags::FOPEN_DIRECT_IO, o.direct);
+                    // A handle that writes nothing has nothing to store at close(): the
+                    // kernel skips the round trip (5.16+; older kernels ask, pail answers at
+                    // once), and a close() never waits on a mount nobody serves right now.
+                    asked.set(FopenFlags::FOPEN_NOFLUSH, read_only);
+                    if !passthrough.open(reply, ino.0, o.fh, asked, o.backing) {
                         let _ = fs.release(o.fh).await;
                     }
                 }

@@ -110,8 +110,10 @@ impl Passthrough {
     }
 
     /// Answer an open of `ino` as handle `fh`; `object` is a verified local copy the kernel
-    /// may read directly; `keep` lets the kernel keep its cached pages; `past_cache`
-    /// lets it read past its page cache (where mmap still works). While the kernel reads an
+    /// may read directly; `asked` holds what the file system allows: `FOPEN_KEEP_CACHE`
+    /// (keep its cached pages), `FOPEN_DIRECT_IO` (read past its page cache, given only
+    /// where mmap still works) and `FOPEN_NOFLUSH` (a read-only handle: its close() has
+    /// nothing to store). While the kernel reads an
     /// inode directly, it takes no other kind of open of it: those (a write, another
     /// version) fail with ETXTBSY, and false is returned so the caller drops the handle.
     pub(super) fn open(
@@ -119,8 +121,7 @@ impl Passthrough {
         reply: ReplyOpen,
         ino: u64,
         fh: u64,
-        keep: bool,
-        past_cache: bool,
+        asked: FopenFlags,
         object: Option<Arc<CachedObject>>,
     ) -> bool {
         use std::sync::atomic::Ordering;
@@ -169,13 +170,17 @@ impl Passthrough {
             let (registered, _) = io.backing.as_ref().expect("set above");
             match registered {
                 Registered::Own(id) => {
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id)
+                    reply.opened_passthrough(FileHandle(fh), asked & FopenFlags::FOPEN_NOFLUSH, id)
                 }
                 Registered::Node(raw, _) => {
                     // SAFETY: the plugin registered `raw` on this connection; it stays open
                     // until `Registered` is dropped (not by this wrapper: into_raw).
                     let id = unsafe { reply.wrap_backing(*raw) };
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                    reply.opened_passthrough(
+                        FileHandle(fh),
+                        asked & FopenFlags::FOPEN_NOFLUSH,
+                        &id,
+                    );
                     let _ = id.into_raw();
                 }
             }
@@ -192,12 +197,9 @@ impl Passthrough {
             return false;
         }
         io.cached += 1;
-        let mut flags = FopenFlags::empty();
-        if keep {
-            flags |= FopenFlags::FOPEN_KEEP_CACHE;
-        }
-        if past_cache && self.direct_io.load(Ordering::Relaxed) {
-            flags |= FopenFlags::FOPEN_DIRECT_IO;
+        let mut flags = asked;
+        if !self.direct_io.load(Ordering::Relaxed) {
+            flags.remove(FopenFlags::FOPEN_DIRECT_IO);
         }
         reply.opened(FileHandle(fh), flags);
         st.handles.insert(fh, (ino, false));
