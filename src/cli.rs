@@ -4,6 +4,7 @@
 mod csi;
 mod daemon;
 mod harden;
+mod keeper;
 mod logging;
 mod mount;
 mod seccomp;
@@ -33,6 +34,16 @@ enum Command {
         #[arg(long, default_value_t = pail::options::SPEC_FD)]
         spec_fd: i32,
     },
+    /// Holds a mount's FUSE connection (descriptor 4) for its node plugin.
+    #[command(hide = true)]
+    KeepConnection {
+        /// The mount's user.
+        #[arg(long)]
+        uid: u32,
+        /// The mount's group.
+        #[arg(long)]
+        gid: u32,
+    },
 }
 
 /// Run the parsed command.
@@ -41,5 +52,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(args) => mount::run(*args),
         Command::Csi(args) => csi::run(*args),
         Command::MountWorker { spec_fd } => mount::run_worker(spec_fd),
+        Command::KeepConnection { uid, gid } => keeper::run(uid, gid),
     }
 }

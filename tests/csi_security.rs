@@ -312,48 +312,57 @@ async fn the_mount_process_runs_unprivileged_with_no_capabilities_and_a_filter()
     assert_eq!(fs::read(t.join("f")).unwrap(), b"still works");
     let pids = mount_pids(&t);
     assert_eq!(pids.len(), 1);
-    let status = fs::read_to_string(format!("/proc/{}/status", pids[0])).unwrap();
-    let field = |name: &str| {
-        status
+    // Its keeper, which holds a copy of the connection, is confined the same way.
+    let keeper = keeper_pid(&t).expect("the mount's keeper is recorded");
+    for pid in [pids[0], keeper] {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {status}"))
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let uid = field("Uid:").parse::<u32>().unwrap();
+        assert!(
+            (d.first_uid..d.first_uid + 1000).contains(&uid),
+            "{uid} is not one of the driver's mount users"
+        );
+        assert_eq!(Some(uid), mount_uid(&t));
+        assert_eq!(field("Gid:"), uid.to_string());
+        assert_eq!(field("CapEff:"), "0000000000000000");
+        assert_eq!(field("CapPrm:"), "0000000000000000");
+        assert_eq!(field("CapBnd:"), "0000000000000000");
+        assert_eq!(field("NoNewPrivs:"), "1");
+        assert_eq!(field("Seccomp:"), "2");
+        // In a cgroup of its own whose memory limit is the volume's memory-limit.
+        let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let limit = cgroups
             .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_else(|| panic!("no {name} in {status}"))
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    let uid = field("Uid:").parse::<u32>().unwrap();
-    assert!(
-        (d.first_uid..d.first_uid + 1000).contains(&uid),
-        "{uid} is not one of the driver's mount users"
+            .find_map(|l| {
+                let (_, rest) = l.split_once(':')?;
+                let (controllers, path) = rest.split_once(':')?;
+                let file = match controllers {
+                    "" => format!("/sys/fs/cgroup{path}/memory.max"),
+                    c if c.split(',').any(|c| c == "memory") => {
+                        format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+                    }
+                    _ => return None,
+                };
+                assert!(path.contains("pail.slice/mount-"), "{cgroups}");
+                Some(fs::read_to_string(file).unwrap().trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no memory cgroup in {cgroups}"));
+        assert_eq!(limit, (200u64 << 20).to_string());
+    }
+    assert_eq!(
+        fs::read_to_string(format!("/proc/{}/cgroup", pids[0])).unwrap(),
+        fs::read_to_string(format!("/proc/{keeper}/cgroup")).unwrap(),
+        "the keeper is not in its mount's cgroup"
     );
-    assert_eq!(Some(uid), mount_uid(&t));
-    assert_eq!(field("Gid:"), uid.to_string());
-    assert_eq!(field("CapEff:"), "0000000000000000");
-    assert_eq!(field("CapPrm:"), "0000000000000000");
-    assert_eq!(field("CapBnd:"), "0000000000000000");
-    assert_eq!(field("NoNewPrivs:"), "1");
-    assert_eq!(field("Seccomp:"), "2");
-    // In a cgroup of its own whose memory limit is the volume's memory-limit.
-    let cgroups = fs::read_to_string(format!("/proc/{}/cgroup", pids[0])).unwrap();
-    let limit = cgroups
-        .lines()
-        .find_map(|l| {
-            let (_, rest) = l.split_once(':')?;
-            let (controllers, path) = rest.split_once(':')?;
-            let file = match controllers {
-                "" => format!("/sys/fs/cgroup{path}/memory.max"),
-                c if c.split(',').any(|c| c == "memory") => {
-                    format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
-                }
-                _ => return None,
-            };
-            assert!(path.contains("pail.slice/mount-"), "{cgroups}");
-            Some(fs::read_to_string(file).unwrap().trim().to_string())
-        })
-        .unwrap_or_else(|| panic!("no memory cgroup in {cgroups}"));
-    assert_eq!(limit, (200u64 << 20).to_string());
     node.node_unpublish_volume(unpublish_req("v", &t))
         .await
         .unwrap();

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::csi::{Driver, mount_pids, publish_req, static_context, unpublish_req};
+use common::csi::{
+    Driver, keeper_pid, mount_pids, publish_req, static_context, unpublish_req, zombie_or_gone,
+};
 use common::*;
 use futures::StreamExt;
 
@@ -350,4 +352,101 @@ async fn after_a_take_over_first_reads_use_the_page_cache() {
     node.node_unpublish_volume(unpublish_req("direct-vol", &target))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_mount_whose_process_dies_while_the_plugin_is_down_is_served_again_when_it_returns() {
+    let Setup { s3, prefix, big } = setup("keeper", 16 << 20, 0).await;
+    let mut driver = Driver::start();
+    let mut node = driver.node().await;
+    let target = driver.target("orphaned");
+    node.node_publish_volume(publish_req(
+        &s3,
+        "keeper-vol",
+        &target,
+        static_context(&s3, &prefix),
+    ))
+    .await
+    .unwrap();
+    let keeper = keeper_pid(&target).expect("the mount's keeper is recorded");
+    let mut open = std::fs::File::open(target.join("big.bin")).unwrap();
+    let mut head = vec![0u8; 1 << 20];
+    open.read_exact(&mut head).unwrap();
+    // The plugin dies; then, while no plugin runs, the mount's process.
+    drop(node);
+    driver.kill();
+    let first = mount_pids(&target);
+    assert_eq!(first.len(), 1, "{first:?}");
+    // SAFETY: signalling the mount process found above.
+    unsafe { libc::kill(first[0] as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mount_pids(&target) == first {
+        assert!(Instant::now() < deadline, "the mount process did not die");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A read now waits (the keeper holds the connection: no ENOTCONN) ...
+    let reader = std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        open.read_to_end(&mut rest).map(|_| rest)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !reader.is_finished(),
+        "a read was answered with no process serving"
+    );
+    assert!(
+        is_mounted(&target),
+        "the mount is kept while nothing serves it"
+    );
+    // ... until a plugin runs again: it takes the connection from the keeper and starts a
+    // successor, which answers the waiting read with the right bytes.
+    driver.spawn();
+    let mut node = driver.node().await;
+    let rest = reader
+        .join()
+        .unwrap()
+        .expect("the waiting read is answered");
+    head.extend_from_slice(&rest);
+    assert!(
+        head == big,
+        "the open file reads on with the object's bytes"
+    );
+    assert!(
+        driver
+            .log()
+            .contains("a successor serves it on the connection its keeper held"),
+        "{}",
+        driver.log()
+    );
+    assert_eq!(
+        keeper_pid(&target),
+        Some(keeper),
+        "the same keeper holds on"
+    );
+    std::fs::write(target.join("after.txt"), b"served again").unwrap();
+    node.node_unpublish_volume(unpublish_req("keeper-vol", &target))
+        .await
+        .unwrap();
+    assert!(!is_mounted(&target));
+    assert!(
+        mount_pids(&target).is_empty(),
+        "processes of the mount's user left"
+    );
+    // Unpublish SIGKILLs every process of the mount's user; the keeper is one of them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !zombie_or_gone(keeper) {
+        assert!(
+            Instant::now() < deadline,
+            "the keeper outlived the unpublish"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        s3.store()
+            .get_all(&format!("{prefix}after.txt"))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"served again"[..])
+    );
 }

@@ -247,6 +247,7 @@ mod tests {
             cache_size: 0,
             memory: 0,
             pod: None,
+            keeper: None,
         };
         assert!(verify(&r).is_some());
         for other in [

@@ -225,6 +225,7 @@ mod tests {
                     name: "p".into(),
                     uid: "u".into(),
                 }),
+                keeper: None,
             })
             .unwrap();
         let events = Arc::new(Mutex::new(Vec::new()));

@@ -59,6 +59,18 @@ pub struct Record {
     /// The pod it serves.
     #[serde(default)]
     pub pod: Option<super::PodRef>,
+    /// The process holding its FUSE connection besides the mount process and the plugin
+    /// (`pail keep-connection`), so that both dying at once does not lose the mount.
+    #[serde(default)]
+    pub keeper: Option<Keeper>,
+}
+
+/// Which process holds a mount's connection: its pid, start time and binary, as started.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Keeper {
+    pub pid: u32,
+    pub start_time: u64,
+    pub exe: Option<(u64, u64)>,
 }
 
 /// A pod's bind of a shared mount.

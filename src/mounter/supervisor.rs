@@ -71,7 +71,13 @@ fn memfd(bytes: &[u8]) -> std::io::Result<OwnedFd> {
 impl Spawner {
     /// Tell the pods of `target`'s mount (when they are known): its own pod, or every pod
     /// bound to a shared mount.
-    fn event(&self, target: &Path, reason: &'static str, warning: bool, message: String) {
+    pub(super) fn event(
+        &self,
+        target: &Path,
+        reason: &'static str,
+        warning: bool,
+        message: String,
+    ) {
         let (Some(sink), Some(r)) = (&self.events, self.records.load(target)) else {
             return;
         };
@@ -111,8 +117,46 @@ impl Spawner {
             memfd(&spec.to_json()).map_err(|e| format!("handing over the mount spec: {e}"))?;
         let mut cmd = Command::new(&self.bin);
         cmd.args(["mount-worker", &format!("--spec-fd={SPEC_FD}")])
-            .env_clear()
-            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let fds = vec![(fuse, FUSE_FD), (spec_fd.as_fd(), SPEC_FD)];
+        self.launch(target, &spec, cmd, fds)
+    }
+
+    /// Start the keeper of `target`'s connection (`pail keep-connection`): a process of the
+    /// mount's user, in the mount's cgroup, that only holds `fuse`.
+    pub fn start_keeper(
+        &self,
+        target: &Path,
+        spec: &MountSpec,
+        fuse: BorrowedFd<'_>,
+    ) -> Result<Started, String> {
+        let Some((uid, gid)) = spec.args.run_as else {
+            return Err("the mount has no user of its own".into());
+        };
+        let mut cmd = Command::new(&self.bin);
+        cmd.args([
+            "keep-connection",
+            &format!("--uid={uid}"),
+            &format!("--gid={gid}"),
+        ]);
+        self.launch(target, spec, cmd, vec![(fuse, FUSE_FD)])
+    }
+
+    /// Run `cmd` (environment cleared but for what it was given, no stdio) with `fds`, in
+    /// `target`'s cgroup, and wait until it reports ready.
+    fn launch(
+        &self,
+        target: &Path,
+        spec: &MountSpec,
+        mut cmd: Command,
+        fds: Vec<(BorrowedFd<'_>, i32)>,
+    ) -> Result<Started, String> {
+        let envs: Vec<(std::ffi::OsString, std::ffi::OsString)> = cmd
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+            .collect();
+        cmd.env_clear()
+            .envs(envs)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -129,13 +173,12 @@ impl Spawner {
             None => Vec::new(),
         };
         let opts = SpawnOptions {
-            fds: vec![(fuse, FUSE_FD), (spec_fd.as_fd(), SPEC_FD)],
+            fds,
             new_session: true,
             cgroups: cgroups.iter().map(|f| f.as_fd()).collect(),
         };
         let (mut child, readiness) = spawn_and_wait_with(&mut cmd, &opts, self.ready_timeout)
             .map_err(|e| format!("starting the mount process: {e}"))?;
-        drop(spec_fd);
         let failure = match readiness {
             Readiness::Ready => None,
             Readiness::Failed(why) => Some(why),
@@ -354,7 +397,7 @@ fn give_up(spawner: &Spawner, target: &Path, sup: &Supervised, why: &str) {
 }
 
 /// Whether `fd` is a `/dev/fuse` connection (character device 10:229).
-fn is_fuse(fd: &OwnedFd) -> bool {
+pub fn is_fuse(fd: BorrowedFd<'_>) -> bool {
     // SAFETY: fstat into plain data on a valid descriptor.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
@@ -379,12 +422,28 @@ pub fn adopt(r: &Record) -> std::io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: a new descriptor we own.
     let fuse = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    if !is_fuse(&fuse) {
+    if !is_fuse(fuse.as_fd()) {
         return Err(std::io::Error::other(
             "its descriptor 4 is not a FUSE connection",
         ));
     }
     Ok((pidfd, fuse))
+}
+
+/// Take `r`'s connection from its keeper, once [`identity::verify`] confirms the keeper is
+/// the process that was started (its user, start time and binary): when the mount's own
+/// process is gone, it is the only holder left.
+pub fn take_from_keeper(r: &Record) -> std::io::Result<OwnedFd> {
+    let k = r
+        .keeper
+        .ok_or_else(|| std::io::Error::other("the mount has no keeper"))?;
+    let as_keeper = Record {
+        pid: k.pid,
+        start_time: k.start_time,
+        exe: k.exe,
+        ..r.clone()
+    };
+    adopt(&as_keeper).map(|(_, fuse)| fuse)
 }
 
 /// A fingerprint of the program in `path`: its size and a CRC-64 of its bytes.

@@ -166,11 +166,16 @@ impl Driver {
 
     /// SIGKILL the plugin (mounts it started keep running), then start a new one.
     pub fn kill_and_restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// SIGKILL the node plugin (its mounts' processes run on).
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
             c.wait().unwrap();
         }
-        self.spawn();
     }
 
     pub fn target(&self, pod: &str) -> PathBuf {
@@ -312,7 +317,7 @@ fn real_uid(pid: u32) -> Option<u32> {
         .ok()
 }
 
-fn zombie_or_gone(pid: u32) -> bool {
+pub fn zombie_or_gone(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
             s.rsplit(')')
@@ -356,12 +361,18 @@ pub fn mount_pids(target: &Path) -> Vec<u32> {
         .find(|r| r["target"].as_str() == Some(&target.display().to_string()));
     let own_uid = own.and_then(|r| r["uid"].as_u64());
     let own_pid = own.and_then(|r| r["pid"].as_u64()).unwrap_or(0) as u32;
+    // Each mount's keeper (`pail keep-connection`) runs as its user too, and serves nothing.
+    let keepers: std::collections::HashSet<u32> = records
+        .iter()
+        .filter_map(|r| r["keeper"]["pid"].as_u64())
+        .map(|p| p as u32)
+        .collect();
     let mut pids = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        if zombie_or_gone(pid) {
+        if zombie_or_gone(pid) || keepers.contains(&pid) {
             continue;
         }
         let Some(uid) = real_uid(pid) else { continue };
@@ -374,17 +385,26 @@ pub fn mount_pids(target: &Path) -> Vec<u32> {
     pids
 }
 
-/// The user a mount's process runs as, from the driver's record.
-pub fn mount_uid(target: &Path) -> Option<u32> {
+/// The driver's record of the mount at `target`.
+fn record_of(target: &Path) -> Option<serde_json::Value> {
     let dir = target
         .ancestors()
         .skip(1)
         .find(|a| a.join("uids").is_file())?;
     let slug = pail::mounter::state::slug(target);
-    let r: serde_json::Value =
-        serde_json::from_slice(&fs::read(dir.join(format!("state/mounts/{slug}.json"))).ok()?)
-            .ok()?;
-    r["uid"].as_u64().map(|u| u as u32)
+    serde_json::from_slice(&fs::read(dir.join(format!("state/mounts/{slug}.json"))).ok()?).ok()
+}
+
+/// The keeper of `target`'s connection, from the driver's record.
+pub fn keeper_pid(target: &Path) -> Option<u32> {
+    record_of(target)?["keeper"]["pid"]
+        .as_u64()
+        .map(|p| p as u32)
+}
+
+/// The user a mount's process runs as, from the driver's record.
+pub fn mount_uid(target: &Path) -> Option<u32> {
+    record_of(target)?["uid"].as_u64().map(|u| u as u32)
 }
 
 /// Run the shell `script` with `args` as `uid` (group `uid`, no other groups): its stdout.

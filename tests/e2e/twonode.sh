@@ -13,6 +13,7 @@ b_mounts() {
     "/proc/$(cat "$LAB/$NODE_B/holder.pid")/mounts"
 }
 b_mount_processes() { procs_in "$NETNS_B" "^/usr/bin/pail mount-worker "; }
+b_keepers() { procs_in "$NETNS_B" "^/usr/bin/pail keep-connection " | sort | tr '\n' ' '; }
 b_csi_volume_dirs() {
   find "$LAB/$NODE_B/kubelet/pods" -mindepth 4 -maxdepth 4 -path '*/volumes/kubernetes.io~csi/*' 2>/dev/null || true
 }
@@ -153,9 +154,9 @@ readers_fine() {
 }
 
 scenario_node_b_failures() {
-  log "scenario: kill -9 of node B's plugin and of one of its mount processes: B's pods pause at most, A's never"
+  log "scenario: kill -9 of node B's plugin, then of one of its mount processes while no plugin runs: B's pods pause at most, A's never"
   start_readers
-  local plugin mount before_a before_b t0 pause_a
+  local plugin mount keepers before_a before_b t0 pause_a
   plugin=$(procs_in "$NETNS_B" '^/usr/bin/pail csi --mode=node' | head -1)
   mount=$(b_mount_processes | head -1)
   [ -n "$plugin" ] && [ -n "$mount" ] || die "no node plugin ($plugin) or mount process ($mount) on $NODE_B"
@@ -167,13 +168,18 @@ scenario_node_b_failures() {
   before_a=$(oks reader-a)
   before_b=$(oks reader-b)
   t0=$(date +%s)
+  keepers=$(b_keepers)
+  [ -n "$keepers" ] || die "no keeper (pail keep-connection) holds B's mount connections"
   kill -9 "$plugin"
-  # The mount serves on without its plugin. It is killed once a new plugin has adopted it:
-  # a mount process that dies while no plugin runs loses its mount (docs/SEMANTICS.md,
-  # limits), and the kubelet may take seconds to restart the plugin.
-  wait_until "a new node plugin on $NODE_B that adopted its mounts" 120 plugin_back_on_b "$plugin"
+  # Then the mount process, while no plugin runs: its keeper holds the connection, B's reads
+  # wait instead of failing, and the next plugin takes the connection from the keeper and
+  # starts a successor (docs/SEMANTICS.md, "When the mount process dies").
   kill -9 "$mount"
+  wait_until "a new node plugin on $NODE_B" 120 plugin_back_on_b "$plugin"
+  # (Until the kubelet has restarted the container, `kubectl logs` shows the killed one's.)
+  wait_until "B's new plugin reviving the mount from its keeper" 60 b_revived
   wait_until "a successor of B's mount process" 60 b_mount_replaced "$mount"
+  [ "$(b_keepers)" = "$keepers" ] || die "B's keepers changed: $keepers -> $(b_keepers)"
   wait_until "a node plugin on $NODE_B again" 120 plugin_ready_on "$NODE_B"
   wait_until "3 more reads on B" 120 oks_at_least reader-b $((before_b + 3))
   wait_until "3 more reads on A" 60 oks_at_least reader-a $((before_a + 3))
@@ -333,7 +339,10 @@ plugin_back_on_b() { # a node plugin other than $1 runs on B and serves CSI (it 
   local now
   now=$(procs_in "$NETNS_B" '^/usr/bin/pail csi --mode=node' | head -1)
   [ -n "$now" ] && [ "$now" != "$1" ] &&
-    kc logs -n kube-system "$(node_plugin_pod "$NODE_B")" -c pail 2>/dev/null | grep -q 'serving CSI'
+    grep -q 'serving CSI' <<<"$(kc logs -n kube-system "$(node_plugin_pod "$NODE_B")" -c pail 2>/dev/null)"
+}
+b_revived() { # the log of B's plugin (read whole first: grep -q would close the pipe early)
+  grep -q 'a successor serves it on the connection its keeper held' <<<"$(kc logs -n kube-system "$(node_plugin_pod "$NODE_B")" -c pail 2>/dev/null)"
 }
 roamer_on() { local p; p=$(running_pods roamer); [ -n "$p" ] && [ "$(pod_node "$p")" = "$1" ]; }
 

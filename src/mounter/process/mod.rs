@@ -5,6 +5,7 @@
 //! every process of the mount's user and removes the target. Both are idempotent and
 //! serialised per target; budgets and users are given out one publish at a time.
 
+mod keeper;
 mod shared;
 
 use std::collections::{HashMap, HashSet};
@@ -244,6 +245,7 @@ impl ProcessMounter {
                             .store(true, std::sync::atomic::Ordering::Release);
                     }
                     self.supervise(&r.target, sup.clone());
+                    self.keep_adopted(&r, &sup);
                     if other {
                         tracing::info!(target = %r.target.display(), pid = r.pid, "handing the mount over to this version");
                         sup.signal(libc::SIGTERM);
@@ -252,6 +254,9 @@ impl ProcessMounter {
                 }
                 Err(e) => {
                     tracing::warn!(target = %r.target.display(), pid = r.pid, error = %e, "not adopting this mount's process");
+                    if r.keeper.is_some() && self.revive(&r, spec) {
+                        adopted += 1;
+                    }
                 }
             }
         }
@@ -363,6 +368,7 @@ impl ProcessMounter {
             cache_size: v.max_cache_size,
             memory: v.memory_limit,
             pod: req.pod.clone(),
+            keeper: None,
         };
         self.records
             .save(&record)
@@ -511,6 +517,7 @@ impl ProcessMounter {
         record.pid = started.pid;
         record.start_time = started.start_time;
         record.exe = started.exe;
+        record.keeper = self.keep(target, &spec, fuse.as_fd());
         if let Err(e) = self.records.save(&record) {
             drop(fuse);
             self.cleanup(target);
