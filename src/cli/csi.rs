@@ -138,21 +138,6 @@ pub struct CsiArgs {
     pub debug: bool,
 }
 
-/// The node's memory, from /proc/meminfo (1 GiB if it cannot be read).
-fn node_memory_bytes() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))?
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .map_or(1 << 30, |kib| kib * 1024)
-}
-
 /// The node service: a process mounter with its records, and its metrics endpoint.
 fn node_service(args: &CsiArgs) -> anyhow::Result<NodeService> {
     if args.node_id.is_empty() {
@@ -165,7 +150,7 @@ fn node_service(args: &CsiArgs) -> anyhow::Result<NodeService> {
     mounter.max_failed_restarts = args.max_failed_restarts;
     let node_memory = args
         .node_memory_limit
-        .unwrap_or_else(|| node_memory_bytes() / 2);
+        .unwrap_or_else(|| pail::options::node_memory().unwrap_or(1 << 30) / 2);
     mounter.cgroups = Some(pail::mounter::cgroup::Placement {
         root: args
             .host_cgroup_root

@@ -15,8 +15,8 @@ use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 pub use parse::{
-    parse_ids, parse_mode, parse_size, parse_size_or_off, parse_storage_class, parse_ttl,
-    parse_word,
+    node_memory, parse_direct_first_read, parse_ids, parse_mode, parse_size, parse_size_or_off,
+    parse_storage_class, parse_ttl, parse_word,
 };
 pub use spec::{Auth, MountSpec, NetSpec, SPEC_FD};
 
@@ -192,11 +192,13 @@ pub struct VolumeOptions {
     #[arg(long, default_value = "4M", value_parser = parse_size_or_off, help_heading = "Caching and performance")]
     pub read_ahead: u64,
     /// Read a file of at least this size past the kernel's page cache on the first open
-    /// the mount serves of it, e.g. 64M (0 or off: never, the default): FUSE replies land in
-    /// the reader's buffer, one copy fewer for a one-pass stream; later opens of the
-    /// unchanged object use the page cache, so the second read is a cold one. Needs kernel
-    /// 6.6+ (mmap of such a file); on older kernels files always use the page cache.
-    #[arg(long, default_value = "0", value_parser = parse_size_or_off, help_heading = "Caching and performance")]
+    /// the mount serves of it, e.g. 64M; auto (the default): half the node's memory; 0 or
+    /// off: never. FUSE replies land in the reader's buffer, one copy fewer for a one-pass
+    /// stream, and a file too large to stay cached does not push the node's other cached
+    /// data out; later opens of the unchanged object use the page cache, so the second read
+    /// is a cold one. Needs kernel 6.6+ (mmap of such a file); on older kernels files
+    /// always use the page cache.
+    #[arg(long, default_value = "auto", value_parser = parse_direct_first_read, help_heading = "Caching and performance")]
     #[serde(default)]
     pub direct_first_read: u64,
     /// Parts uploading at once per file being written (1 to 64).

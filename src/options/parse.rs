@@ -96,6 +96,32 @@ pub fn parse_size_or_off(s: &str) -> Result<u64, String> {
     }
 }
 
+/// The node's memory (`MemTotal` of /proc/meminfo, which no container namespaces), or
+/// `None` when it cannot be read.
+pub fn node_memory() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .split_whitespace()
+        .next()?
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(1024)
+}
+
+/// `--direct-first-read`: [`parse_size_or_off`], or `auto`: half the node's memory (off
+/// when that cannot be read). A file that large rarely stays cached beside what the node's
+/// pods hold, and a sequential re-read of a file larger than the memory left gets nothing
+/// from the page cache (the read evicts its own start before the next reaches it), so its
+/// first read skips the cache and the copies into it.
+pub fn parse_direct_first_read(s: &str) -> Result<u64, String> {
+    match s.trim() {
+        "auto" => Ok(node_memory().map_or(0, |m| m / 2)),
+        _ => parse_size_or_off(s),
+    }
+}
+
 /// `VolumeOptions` alone, as a command line without a program name.
 #[derive(Parser)]
 #[command(

@@ -53,6 +53,15 @@ fn mount_options_accept_every_spelling_and_name_what_they_refuse() {
     assert_eq!(o.max_threads, 4);
     let d = VolumeOptions::from_mount_options(["direct-first-read=64M"]).unwrap();
     assert_eq!(d.direct_first_read, 64 << 20);
+    for off in ["direct-first-read=off", "direct-first-read=0"] {
+        let d = VolumeOptions::from_mount_options([off]).unwrap();
+        assert_eq!(d.direct_first_read, 0, "{off}: the page cache always");
+    }
+    let auto = VolumeOptions::from_mount_options(["direct-first-read=auto"]).unwrap();
+    assert_eq!(
+        auto.direct_first_read,
+        VolumeOptions::default().direct_first_read
+    );
     let k = VolumeOptions::from_mount_options(["read-ahead=0"]).unwrap();
     assert_eq!(k.read_ahead, 0, "documented: the kernel's own read-ahead");
     for (bad, named) in [
@@ -164,7 +173,12 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(v.max_prefetch, 32 << 20);
     assert_eq!(v.memory_limit, 1 << 30);
     assert_eq!(v.metadata_ttl, Duration::from_secs(1));
-    assert_eq!(v.direct_first_read, 0, "the page cache by default");
+    let half = super::node_memory().expect("/proc/meminfo names MemTotal") / 2;
+    assert!(half > 0);
+    assert_eq!(
+        v.direct_first_read, half,
+        "by default a file of half the node's memory or more skips the page cache on its first read"
+    );
     assert_eq!((v.file_mode, v.dir_mode), (0o644, 0o755));
     assert!(v.validate().is_ok());
 }
