@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::csi::{
-    Driver, keeper_pid, mount_pids, publish_req, static_context, unpublish_req, zombie_or_gone,
+    Driver, keeper_pid, mount_pids, mount_uid, publish_req, static_context, unpublish_req,
+    zombie_or_gone,
 };
 use common::*;
 use futures::StreamExt;
@@ -354,6 +355,19 @@ async fn after_a_take_over_first_reads_use_the_page_cache() {
         .unwrap();
 }
 
+/// SIGKILL the one process serving `target` and wait until it is gone.
+fn kill_the_mount_process(target: &std::path::Path) {
+    let pids = mount_pids(target);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    // SAFETY: signalling the mount process found above.
+    unsafe { libc::kill(pids[0] as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mount_pids(target) == pids {
+        assert!(Instant::now() < deadline, "the mount process did not die");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[tokio::test]
 async fn a_mount_whose_process_dies_while_the_plugin_is_down_is_served_again_when_it_returns() {
     let Setup { s3, prefix, big } = setup("keeper", 16 << 20, 0).await;
@@ -375,15 +389,7 @@ async fn a_mount_whose_process_dies_while_the_plugin_is_down_is_served_again_whe
     // The plugin dies; then, while no plugin runs, the mount's process.
     drop(node);
     driver.kill();
-    let first = mount_pids(&target);
-    assert_eq!(first.len(), 1, "{first:?}");
-    // SAFETY: signalling the mount process found above.
-    unsafe { libc::kill(first[0] as i32, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while mount_pids(&target) == first {
-        assert!(Instant::now() < deadline, "the mount process did not die");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    kill_the_mount_process(&target);
     // A read now waits (the keeper holds the connection: no ENOTCONN) ...
     let reader = std::thread::spawn(move || {
         let mut rest = Vec::new();
@@ -449,4 +455,77 @@ async fn a_mount_whose_process_dies_while_the_plugin_is_down_is_served_again_whe
             .as_deref(),
         Some(&b"served again"[..])
     );
+}
+
+#[tokio::test]
+async fn a_keeper_that_dies_while_the_plugin_runs_is_replaced_and_keeps_the_mount() {
+    let Setup { s3, prefix, big } = setup("rekept", 4 << 20, 0).await;
+    let mut driver = Driver::start();
+    let mut node = driver.node().await;
+    let target = driver.target("rekept");
+    node.node_publish_volume(publish_req(
+        &s3,
+        "rekept-vol",
+        &target,
+        static_context(&s3, &prefix),
+    ))
+    .await
+    .unwrap();
+    let first = keeper_pid(&target).expect("the mount's keeper is recorded");
+    // SAFETY: signalling the keeper the record names.
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let second = loop {
+        if let Some(k) = keeper_pid(&target)
+            && k != first
+            && !zombie_or_gone(k)
+        {
+            break k;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the keeper was not replaced: {}",
+            driver.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let status = std::fs::read_to_string(format!("/proc/{second}/status")).unwrap();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u32>().ok());
+    assert_eq!(
+        uid,
+        mount_uid(&target),
+        "the new keeper runs as the mount's user"
+    );
+    // The new keeper does a keeper's work: the plugin dies, then the mount's process, and a
+    // new plugin serves the mount again on the connection it held.
+    drop(node);
+    driver.kill();
+    kill_the_mount_process(&target);
+    driver.spawn();
+    let mut node = driver.node().await;
+    assert!(
+        std::fs::read(target.join("big.bin")).unwrap() == big,
+        "the mount serves the object's bytes again"
+    );
+    let log = driver.log();
+    assert!(
+        log.contains("a successor serves it on the connection its keeper held"),
+        "{log}"
+    );
+    assert_eq!(keeper_pid(&target), Some(second), "the new keeper holds on");
+    node.node_unpublish_volume(unpublish_req("rekept-vol", &target))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !zombie_or_gone(second) {
+        assert!(
+            Instant::now() < deadline,
+            "the keeper outlived the unpublish"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -434,16 +434,25 @@ pub fn adopt(r: &Record) -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// the process that was started (its user, start time and binary): when the mount's own
 /// process is gone, it is the only holder left.
 pub fn take_from_keeper(r: &Record) -> std::io::Result<OwnedFd> {
-    let k = r
-        .keeper
-        .ok_or_else(|| std::io::Error::other("the mount has no keeper"))?;
-    let as_keeper = Record {
+    let k = as_keeper(r).ok_or_else(|| std::io::Error::other("the mount has no keeper"))?;
+    adopt(&k).map(|(_, fuse)| fuse)
+}
+
+/// The pidfd of `r`'s keeper, once [`identity::verify`] confirms it is the process that was
+/// started; `None` when it has none or it is gone.
+pub fn keeper_pidfd(r: &Record) -> Option<OwnedFd> {
+    identity::verify(&as_keeper(r)?)
+}
+
+/// `r` as a record of its keeper's process (same user and target).
+fn as_keeper(r: &Record) -> Option<Record> {
+    let k = r.keeper?;
+    Some(Record {
         pid: k.pid,
         start_time: k.start_time,
         exe: k.exe,
         ..r.clone()
-    };
-    adopt(&as_keeper).map(|(_, fuse)| fuse)
+    })
 }
 
 /// A fingerprint of the program in `path`: its size and a CRC-64 of its bytes.

@@ -2,29 +2,37 @@
 //! used by a plugin that finds the mount's process gone (it died while no plugin ran) to
 //! take the connection over and start a successor, instead of losing the mount.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
+use super::super::identity;
 use super::super::state::{Keeper, Record};
-use super::super::supervisor::{self, Supervised};
+use super::super::supervisor::{self, MAX_FAILED_STARTS, Supervised};
 use super::ProcessMounter;
 use crate::options::MountSpec;
 
 impl ProcessMounter {
-    /// Start the keeper of `target`'s connection. Without one (it did not start) the mount
-    /// survives its process dying or its plugin dying, but not both at once.
+    /// Start the keeper of `target`'s connection: what to record, and its pidfd for
+    /// [`Self::watch_keeper`]. Without one (it did not start) the mount survives its process
+    /// dying or its plugin dying, but not both at once.
     pub(super) fn keep(
         &self,
         target: &Path,
         spec: &MountSpec,
         fuse: BorrowedFd<'_>,
-    ) -> Option<Keeper> {
+    ) -> Option<(Keeper, OwnedFd)> {
         match self.spawner().start_keeper(target, spec, fuse) {
-            Ok(s) => Some(Keeper {
-                pid: s.pid,
-                start_time: s.start_time,
-                exe: s.exe,
-            }),
+            Ok(s) => Some((
+                Keeper {
+                    pid: s.pid,
+                    start_time: s.start_time,
+                    exe: s.exe,
+                },
+                s.pidfd,
+            )),
             Err(e) => {
                 tracing::warn!(target = %target.display(), error = %e, "no keeper for this mount's connection: it will not survive its process and its plugin dying at once");
                 None
@@ -32,20 +40,81 @@ impl ProcessMounter {
         }
     }
 
-    /// A live mount adopted from a predecessor plugin: give it a keeper if its own is gone
-    /// (or it predates keepers).
-    pub(super) fn keep_adopted(&self, r: &Record, sup: &Supervised) {
-        if r.keeper.is_some() && supervisor::take_from_keeper(r).is_ok() {
+    /// A live mount adopted from a predecessor plugin: watch its keeper, or give it a new
+    /// one if its own is gone (or it predates keepers).
+    pub(super) fn keep_adopted(&self, r: &Record, sup: &Arc<Supervised>) {
+        if let Some(pidfd) = supervisor::keeper_pidfd(r) {
+            self.watch_keeper(&r.target, sup, pidfd);
             return;
         }
-        if let Some(k) = self.keep(&r.target, &sup.spec, sup.fuse.as_fd())
-            && let Some(mut now) = self.records.load(&r.target)
-        {
-            now.keeper = Some(k);
-            if let Err(e) = self.records.save(&now) {
-                tracing::warn!(target = %r.target.display(), error = %e, "could not record the mount's keeper");
+        if let Some((k, pidfd)) = self.keep(&r.target, &sup.spec, sup.fuse.as_fd()) {
+            if let Some(mut now) = self.records.load(&r.target) {
+                now.keeper = Some(k);
+                if let Err(e) = self.records.save(&now) {
+                    tracing::warn!(target = %r.target.display(), error = %e, "could not record the mount's keeper");
+                }
             }
+            self.watch_keeper(&r.target, sup, pidfd);
         }
+    }
+
+    /// Replace `target`'s keeper (whose pidfd is `pidfd`) each time it dies while the mount
+    /// is published, so that the mount keeps surviving its process and its plugin dying at
+    /// once. Holds `sup` weakly: an unpublished mount's connection is not kept open by this.
+    pub(super) fn watch_keeper(&self, target: &Path, sup: &Arc<Supervised>, pidfd: OwnedFd) {
+        let spawner = self.spawner();
+        let target = target.to_path_buf();
+        let lock = self.lock(&target);
+        let sup = Arc::downgrade(sup);
+        std::thread::Builder::new()
+            .name("pail-keeper-watch".into())
+            .spawn(move || {
+                let mut pidfd = pidfd;
+                let mut started = Instant::now();
+                let mut quick_deaths = 0;
+                loop {
+                    identity::wait_exit(&pidfd, None);
+                    if started.elapsed() < Duration::from_secs(10) {
+                        quick_deaths += 1;
+                        if quick_deaths >= MAX_FAILED_STARTS {
+                            tracing::warn!(target = %target.display(), "the mount's keepers keep dying: no new one; the mount will not survive its process and its plugin dying at once");
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(250u64 << quick_deaths.min(7)));
+                    } else {
+                        quick_deaths = 0;
+                    }
+                    let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    // An unpublish kills the keeper with the rest of the mount's user.
+                    let Some(sup) = sup.upgrade() else { return };
+                    if sup.stopping.load(Ordering::Acquire) || sup.gave_up.load(Ordering::Acquire)
+                    {
+                        return;
+                    }
+                    match spawner.start_keeper(&target, &sup.spec, sup.fuse.as_fd()) {
+                        Ok(new) => {
+                            if let Some(mut r) = spawner.records.load(&target) {
+                                r.keeper = Some(Keeper {
+                                    pid: new.pid,
+                                    start_time: new.start_time,
+                                    exe: new.exe,
+                                });
+                                if let Err(e) = spawner.records.save(&r) {
+                                    tracing::warn!(target = %target.display(), error = %e, "could not record the mount's new keeper");
+                                }
+                            }
+                            tracing::info!(target = %target.display(), pid = new.pid, "the mount's keeper died; a new one holds its connection");
+                            pidfd = new.pidfd;
+                            started = Instant::now();
+                        }
+                        Err(e) => {
+                            tracing::warn!(target = %target.display(), error = %e, "the mount's keeper died and no new one started: the mount will not survive its process and its plugin dying at once");
+                            return;
+                        }
+                    }
+                }
+            })
+            .expect("spawning a keeper watcher thread");
     }
 
     /// A recorded mount whose process died while no plugin ran: take its connection from
@@ -71,10 +140,12 @@ impl ProcessMounter {
                 }
                 let pid = new.pid;
                 let sup = Supervised::new(fuse, spec, new.pid, new.pidfd);
-                sup.restarts
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                sup.restarts.fetch_add(1, Ordering::Relaxed);
                 drop(_guard);
-                self.supervise(&r.target, sup);
+                self.supervise(&r.target, sup.clone());
+                if let Some(pidfd) = supervisor::keeper_pidfd(r) {
+                    self.watch_keeper(&r.target, &sup, pidfd);
+                }
                 tracing::info!(target = %r.target.display(), pid, "the mount's process had died while no plugin ran; a successor serves it on the connection its keeper held");
                 self.spawner().event(
                     &r.target,

@@ -517,18 +517,21 @@ impl ProcessMounter {
         record.pid = started.pid;
         record.start_time = started.start_time;
         record.exe = started.exe;
-        record.keeper = self.keep(target, &spec, fuse.as_fd());
+        let kept = self.keep(target, &spec, fuse.as_fd());
+        record.keeper = kept.as_ref().map(|(k, _)| *k);
         if let Err(e) = self.records.save(&record) {
             drop(fuse);
             self.cleanup(target);
             return Err(MountError::Io(format!("saving the mount record: {e}")));
         }
-        // The plugin keeps the connection and replaces the process if it dies.
+        // The plugin keeps the connection and replaces the process if it dies, and the
+        // keeper if it dies.
         let pid = started.pid;
-        self.supervise(
-            target,
-            Supervised::new(fuse, spec, started.pid, started.pidfd),
-        );
+        let sup = Supervised::new(fuse, spec, started.pid, started.pidfd);
+        self.supervise(target, sup.clone());
+        if let Some((_, pidfd)) = kept {
+            self.watch_keeper(target, &sup, pidfd);
+        }
         tracing::info!(volume_id = %req.volume_id, target = %target.display(), pid, uid = record.uid, "published");
         Ok(())
     }
