@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::csi::{
-    Driver, keeper_pid, mount_pids, mount_uid, publish_req, static_context, unpublish_req,
-    zombie_or_gone,
+    Driver, keeper_pid, mount_pids, mount_uid, publish_req, recorded_connection,
+    set_recorded_connection, static_context, unpublish_req, zombie_or_gone,
 };
 use common::*;
 use futures::StreamExt;
@@ -522,6 +522,68 @@ async fn a_keeper_that_dies_while_the_plugin_runs_is_replaced_and_keeps_the_moun
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !zombie_or_gone(second) {
+        assert!(
+            Instant::now() < deadline,
+            "the keeper outlived the unpublish"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[tokio::test]
+async fn a_keeper_holding_another_connection_is_refused_and_the_mount_fails_instead_of_hanging() {
+    let Setup { s3, prefix, .. } = setup("wrongconn", 1 << 20, 0).await;
+    let mut driver = Driver::start();
+    let mut node = driver.node().await;
+    let target = driver.target("wrongconn");
+    node.node_publish_volume(publish_req(
+        &s3,
+        "wrongconn-vol",
+        &target,
+        static_context(&s3, &prefix),
+    ))
+    .await
+    .unwrap();
+    let Some(connection) = recorded_connection(&target) else {
+        // A kernel that does not name a descriptor's connection: nothing to check.
+        return;
+    };
+    let keeper = keeper_pid(&target).expect("the mount's keeper is recorded");
+    // While no plugin runs, the record and what the keeper holds disagree (as if the keeper
+    // held a fresh /dev/fuse or another mount's connection), and the mount's process dies.
+    drop(node);
+    driver.kill();
+    set_recorded_connection(&target, connection + 1);
+    kill_the_mount_process(&target);
+    driver.spawn();
+    let mut node = driver.node().await;
+    // The plugin does not start a successor on that descriptor; the mount's calls fail
+    // (ENOTCONN) instead of waiting forever for a server that will not come.
+    let path = target.join("big.bin");
+    let reader = std::thread::spawn(move || std::fs::read(path));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reader.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "a read of the lost mount still waits: {}",
+            driver.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let e = reader.join().unwrap().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+    let log = driver.log();
+    assert!(log.contains("is not the mount's FUSE connection"), "{log}");
+    assert!(
+        !log.contains("a successor serves it on the connection its keeper held"),
+        "{log}"
+    );
+    node.node_unpublish_volume(unpublish_req("wrongconn-vol", &target))
+        .await
+        .unwrap();
+    assert!(!is_mounted(&target));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !zombie_or_gone(keeper) {
         assert!(
             Instant::now() < deadline,
             "the keeper outlived the unpublish"

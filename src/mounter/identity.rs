@@ -248,6 +248,7 @@ mod tests {
             memory: 0,
             pod: None,
             keeper: None,
+            connection: None,
         };
         assert!(verify(&r).is_some());
         for other in [

@@ -6,7 +6,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -276,6 +276,20 @@ pub fn mount_fuse(target: &Path, fsname: &str, read_only: bool) -> io::Result<Ow
     Ok(fd)
 }
 
+/// The FUSE connection `fd` (a `/dev/fuse` descriptor of this process) belongs to, as the
+/// kernel numbers it (the `fuse_connection` line of the descriptor's fdinfo, the number under
+/// /sys/fs/fuse/connections): `None` for a descriptor not mounted, and on kernels that do
+/// not say (6.18 does).
+pub fn fuse_connection(fd: BorrowedFd<'_>) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("fuse_connection:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Unmount `target`; a busy mount is detached. Not mounted is success.
 pub fn unmount(target: &Path) -> io::Result<()> {
     let c = cstr(target)?;
@@ -410,6 +424,49 @@ mod tests {
         assert!(!r.join("pod/volumes/v/mount").exists());
         remove_beneath(r, &r.join("pod/volumes/v/mount")).unwrap();
         assert!(open_beneath(r, Path::new("/elsewhere"), false).is_err());
+    }
+
+    #[test]
+    fn a_descriptor_names_the_connection_it_was_mounted_with() {
+        use std::os::fd::AsFd;
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let fds: Vec<OwnedFd> = dirs
+            .iter()
+            .map(|d| mount_fuse(d.path(), "pail:test", true).unwrap())
+            .collect();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let got: Vec<Option<u64>> = fds.iter().map(|f| fuse_connection(f.as_fd())).collect();
+        let fresh: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .unwrap()
+            .into();
+        let unmounted = fuse_connection(fresh.as_fd());
+        for d in &dirs {
+            unmount(d.path()).unwrap();
+        }
+        if got[0].is_none() {
+            // A kernel that does not say (before the fdinfo line): the check is skipped.
+            return;
+        }
+        for (d, got) in dirs.iter().zip(got) {
+            // mountinfo's major:minor of the mount; the kernel numbers the connection
+            // major << 20 | minor.
+            let want = d.path().to_string_lossy();
+            let dev = mountinfo
+                .lines()
+                .find(|l| l.split(' ').nth(4).is_some_and(|mp| unescape(mp) == want))
+                .and_then(|l| l.split(' ').nth(2))
+                .unwrap();
+            let (major, minor) = dev.split_once(':').unwrap();
+            let number = (major.parse::<u64>().unwrap() << 20) | minor.parse::<u64>().unwrap();
+            assert_eq!(got, Some(number), "{}", d.path().display());
+        }
+        assert_eq!(
+            unmounted, None,
+            "a descriptor never mounted has no connection"
+        );
     }
 
     #[test]

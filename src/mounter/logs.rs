@@ -226,6 +226,7 @@ mod tests {
                     uid: "u".into(),
                 }),
                 keeper: None,
+                connection: None,
             })
             .unwrap();
         let events = Arc::new(Mutex::new(Vec::new()));

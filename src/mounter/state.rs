@@ -63,6 +63,11 @@ pub struct Record {
     /// (`pail keep-connection`), so that both dying at once does not lose the mount.
     #[serde(default)]
     pub keeper: Option<Keeper>,
+    /// Its FUSE connection, as the kernel numbers it (`fuse_connection` in the fdinfo of
+    /// its descriptor; `None` where the kernel does not say): a descriptor taken from its
+    /// process or keeper must be that connection.
+    #[serde(default)]
+    pub connection: Option<u64>,
 }
 
 /// Which process holds a mount's connection: its pid, start time and binary, as started.

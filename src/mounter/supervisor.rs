@@ -427,6 +427,14 @@ pub fn adopt(r: &Record) -> std::io::Result<(OwnedFd, OwnedFd)> {
             "its descriptor 4 is not a FUSE connection",
         ));
     }
+    // Not just any connection (a fresh /dev/fuse, or another mount's): the one recorded.
+    if let Some(want) = r.connection
+        && super::kernel::fuse_connection(fuse.as_fd()) != Some(want)
+    {
+        return Err(std::io::Error::other(format!(
+            "its descriptor 4 is not the mount's FUSE connection ({want})"
+        )));
+    }
     Ok((pidfd, fuse))
 }
 

@@ -387,12 +387,34 @@ pub fn mount_pids(target: &Path) -> Vec<u32> {
 
 /// The driver's record of the mount at `target`.
 fn record_of(target: &Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&fs::read(record_path(target)?).ok()?).ok()
+}
+
+/// Where the driver keeps `target`'s record.
+fn record_path(target: &Path) -> Option<PathBuf> {
     let dir = target
         .ancestors()
         .skip(1)
         .find(|a| a.join("uids").is_file())?;
     let slug = pail::mounter::state::slug(target);
-    serde_json::from_slice(&fs::read(dir.join(format!("state/mounts/{slug}.json"))).ok()?).ok()
+    Some(dir.join(format!("state/mounts/{slug}.json")))
+}
+
+/// The FUSE connection `target`'s record names (`None` where the kernel does not say).
+pub fn recorded_connection(target: &Path) -> Option<u64> {
+    record_of(target)?["connection"].as_u64()
+}
+
+/// Make `target`'s record name connection `number` (a record that disagrees with what its
+/// processes hold), while no plugin runs.
+pub fn set_recorded_connection(target: &Path, number: u64) {
+    let mut r = record_of(target).expect("a record");
+    r["connection"] = number.into();
+    fs::write(
+        record_path(target).unwrap(),
+        serde_json::to_vec(&r).unwrap(),
+    )
+    .unwrap();
 }
 
 /// The keeper of `target`'s connection, from the driver's record.

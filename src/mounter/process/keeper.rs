@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::super::identity;
 use super::super::state::{Keeper, Record};
 use super::super::supervisor::{self, MAX_FAILED_STARTS, Supervised};
+use super::super::{identity, kernel};
 use super::ProcessMounter;
 use crate::options::MountSpec;
 
@@ -123,7 +123,10 @@ impl ProcessMounter {
         let fuse = match supervisor::take_from_keeper(r) {
             Ok(f) => f,
             Err(e) => {
-                tracing::warn!(target = %r.target.display(), error = %e, "the mount's process and its keeper are gone: the mount is lost");
+                // Gone, or not holding the mount's connection: nothing will serve the calls
+                // waiting on it, so they fail (ENOTCONN) rather than wait forever.
+                let aborted = kernel::abort_connection(&r.target);
+                tracing::warn!(target = %r.target.display(), error = %e, ?aborted, "the mount's process is gone and its keeper cannot give the connection back: the mount is lost");
                 return false;
             }
         };

@@ -369,6 +369,7 @@ impl ProcessMounter {
             memory: v.memory_limit,
             pod: req.pod.clone(),
             keeper: None,
+            connection: None,
         };
         self.records
             .save(&record)
@@ -517,6 +518,7 @@ impl ProcessMounter {
         record.pid = started.pid;
         record.start_time = started.start_time;
         record.exe = started.exe;
+        record.connection = kernel::fuse_connection(fuse.as_fd());
         let kept = self.keep(target, &spec, fuse.as_fd());
         record.keeper = kept.as_ref().map(|(k, _)| *k);
         if let Err(e) = self.records.save(&record) {
