@@ -355,6 +355,19 @@ async fn after_a_take_over_first_reads_use_the_page_cache() {
         .unwrap();
 }
 
+/// Wait for the keeper `pid` to be gone: unpublish SIGKILLs every process of the mount's
+/// user, the keeper among them.
+fn keeper_gone_after_unpublish(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !zombie_or_gone(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the keeper outlived the unpublish"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// SIGKILL the one process serving `target` and wait until it is gone.
 fn kill_the_mount_process(target: &std::path::Path) {
     let pids = mount_pids(target);
@@ -438,15 +451,7 @@ async fn a_mount_whose_process_dies_while_the_plugin_is_down_is_served_again_whe
         mount_pids(&target).is_empty(),
         "processes of the mount's user left"
     );
-    // Unpublish SIGKILLs every process of the mount's user; the keeper is one of them.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !zombie_or_gone(keeper) {
-        assert!(
-            Instant::now() < deadline,
-            "the keeper outlived the unpublish"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    keeper_gone_after_unpublish(keeper);
     assert_eq!(
         s3.store()
             .get_all(&format!("{prefix}after.txt"))
@@ -520,14 +525,7 @@ async fn a_keeper_that_dies_while_the_plugin_runs_is_replaced_and_keeps_the_moun
     node.node_unpublish_volume(unpublish_req("rekept-vol", &target))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !zombie_or_gone(second) {
-        assert!(
-            Instant::now() < deadline,
-            "the keeper outlived the unpublish"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    keeper_gone_after_unpublish(second);
 }
 
 #[tokio::test]
@@ -582,12 +580,5 @@ async fn a_keeper_holding_another_connection_is_refused_and_the_mount_fails_inst
         .await
         .unwrap();
     assert!(!is_mounted(&target));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !zombie_or_gone(keeper) {
-        assert!(
-            Instant::now() < deadline,
-            "the keeper outlived the unpublish"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    keeper_gone_after_unpublish(keeper);
 }

@@ -222,12 +222,15 @@ mod tests {
         assert!(UidRange::parse("0-10").is_err());
         assert!(UidRange::parse("10-5").is_err());
         assert!(UidRange::parse("x").is_err());
-        let r = UidRange::parse("900000000-900000002").unwrap();
+        // Ids no process runs as while this runs: the integration tests' drivers take
+        // ranges of 1,000 from 900000000 up to 900899999 (tests/common/csi.rs), and their
+        // mount processes run meanwhile.
+        let r = UidRange::parse("900999000-900999002").unwrap();
         let mut taken = HashSet::new();
-        assert_eq!(r.pick(&taken, 0), Some(900000000));
-        assert_eq!(r.pick(&taken, 900000000), Some(900000001));
-        assert_eq!(r.pick(&taken, 900000002), Some(900000000));
-        taken.extend([900000000, 900000001, 900000002]);
+        assert_eq!(r.pick(&taken, 0), Some(900999000));
+        assert_eq!(r.pick(&taken, 900999000), Some(900999001));
+        assert_eq!(r.pick(&taken, 900999002), Some(900999000));
+        taken.extend([900999000, 900999001, 900999002]);
         assert_eq!(r.pick(&taken, 0), None);
     }
 
