@@ -18,6 +18,8 @@ use common::csi::{
 };
 use common::*;
 use futures::StreamExt;
+use pail::csi::pb::node_client::NodeClient;
+use tonic::transport::Channel;
 
 fn digest(bytes: &[u8]) -> u64 {
     crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, bytes)
@@ -355,6 +357,45 @@ async fn after_a_take_over_first_reads_use_the_page_cache() {
         .unwrap();
 }
 
+/// A driver with one volume (`NAME-vol`, the object `big.bin` of `size` bytes) published at
+/// a target of its own, and the keeper its record names.
+struct Kept {
+    s3: S3,
+    prefix: String,
+    big: Vec<u8>,
+    driver: Driver,
+    target: PathBuf,
+    volume: String,
+    keeper: u32,
+}
+
+async fn publish_kept(name: &str, size: usize) -> (Kept, NodeClient<Channel>) {
+    let Setup { s3, prefix, big } = setup(name, size, 0).await;
+    let driver = Driver::start();
+    let mut node = driver.node().await;
+    let target = driver.target(name);
+    let volume = format!("{name}-vol");
+    node.node_publish_volume(publish_req(
+        &s3,
+        &volume,
+        &target,
+        static_context(&s3, &prefix),
+    ))
+    .await
+    .unwrap();
+    let keeper = keeper_pid(&target).expect("the mount's keeper is recorded");
+    let kept = Kept {
+        s3,
+        prefix,
+        big,
+        driver,
+        target,
+        volume,
+        keeper,
+    };
+    (kept, node)
+}
+
 /// Wait for the keeper `pid` to be gone: unpublish SIGKILLs every process of the mount's
 /// user, the keeper among them.
 fn keeper_gone_after_unpublish(pid: u32) {
@@ -383,19 +424,16 @@ fn kill_the_mount_process(target: &std::path::Path) {
 
 #[tokio::test]
 async fn a_mount_whose_process_dies_while_the_plugin_is_down_is_served_again_when_it_returns() {
-    let Setup { s3, prefix, big } = setup("keeper", 16 << 20, 0).await;
-    let mut driver = Driver::start();
-    let mut node = driver.node().await;
-    let target = driver.target("orphaned");
-    node.node_publish_volume(publish_req(
-        &s3,
-        "keeper-vol",
-        &target,
-        static_context(&s3, &prefix),
-    ))
-    .await
-    .unwrap();
-    let keeper = keeper_pid(&target).expect("the mount's keeper is recorded");
+    let (k, node) = publish_kept("orphaned", 16 << 20).await;
+    let Kept {
+        s3,
+        prefix,
+        big,
+        mut driver,
+        target,
+        volume,
+        keeper,
+    } = k;
     let mut open = std::fs::File::open(target.join("big.bin")).unwrap();
     let mut head = vec![0u8; 1 << 20];
     open.read_exact(&mut head).unwrap();
@@ -443,7 +481,7 @@ async fn a_mount_whose_process_dies_while_the_plugin_is_down_is_served_again_whe
         "the same keeper holds on"
     );
     std::fs::write(target.join("after.txt"), b"served again").unwrap();
-    node.node_unpublish_volume(unpublish_req("keeper-vol", &target))
+    node.node_unpublish_volume(unpublish_req(&volume, &target))
         .await
         .unwrap();
     assert!(!is_mounted(&target));
@@ -464,19 +502,15 @@ async fn a_mount_whose_process_dies_while_the_plugin_is_down_is_served_again_whe
 
 #[tokio::test]
 async fn a_keeper_that_dies_while_the_plugin_runs_is_replaced_and_keeps_the_mount() {
-    let Setup { s3, prefix, big } = setup("rekept", 4 << 20, 0).await;
-    let mut driver = Driver::start();
-    let mut node = driver.node().await;
-    let target = driver.target("rekept");
-    node.node_publish_volume(publish_req(
-        &s3,
-        "rekept-vol",
-        &target,
-        static_context(&s3, &prefix),
-    ))
-    .await
-    .unwrap();
-    let first = keeper_pid(&target).expect("the mount's keeper is recorded");
+    let (k, node) = publish_kept("rekept", 4 << 20).await;
+    let Kept {
+        big,
+        mut driver,
+        target,
+        volume,
+        keeper: first,
+        ..
+    } = k;
     // SAFETY: signalling the keeper the record names.
     unsafe { libc::kill(first as i32, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -522,7 +556,7 @@ async fn a_keeper_that_dies_while_the_plugin_runs_is_replaced_and_keeps_the_moun
         "{log}"
     );
     assert_eq!(keeper_pid(&target), Some(second), "the new keeper holds on");
-    node.node_unpublish_volume(unpublish_req("rekept-vol", &target))
+    node.node_unpublish_volume(unpublish_req(&volume, &target))
         .await
         .unwrap();
     keeper_gone_after_unpublish(second);
@@ -530,23 +564,18 @@ async fn a_keeper_that_dies_while_the_plugin_runs_is_replaced_and_keeps_the_moun
 
 #[tokio::test]
 async fn a_keeper_holding_another_connection_is_refused_and_the_mount_fails_instead_of_hanging() {
-    let Setup { s3, prefix, .. } = setup("wrongconn", 1 << 20, 0).await;
-    let mut driver = Driver::start();
-    let mut node = driver.node().await;
-    let target = driver.target("wrongconn");
-    node.node_publish_volume(publish_req(
-        &s3,
-        "wrongconn-vol",
-        &target,
-        static_context(&s3, &prefix),
-    ))
-    .await
-    .unwrap();
+    let (k, node) = publish_kept("wrongconn", 1 << 20).await;
+    let Kept {
+        mut driver,
+        target,
+        volume,
+        keeper,
+        ..
+    } = k;
     let Some(connection) = recorded_connection(&target) else {
         // A kernel that does not name a descriptor's connection: nothing to check.
         return;
     };
-    let keeper = keeper_pid(&target).expect("the mount's keeper is recorded");
     // While no plugin runs, the record and what the keeper holds disagree (as if the keeper
     // held a fresh /dev/fuse or another mount's connection), and the mount's process dies.
     drop(node);
@@ -576,7 +605,7 @@ async fn a_keeper_holding_another_connection_is_refused_and_the_mount_fails_inst
         !log.contains("a successor serves it on the connection its keeper held"),
         "{log}"
     );
-    node.node_unpublish_volume(unpublish_req("wrongconn-vol", &target))
+    node.node_unpublish_volume(unpublish_req(&volume, &target))
         .await
         .unwrap();
     assert!(!is_mounted(&target));

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::identity;
 use super::ready::{Readiness, SpawnOptions, spawn_and_wait_with};
-use super::state::{Record, StateDir};
+use super::state::{Keeper, Record, StateDir};
 use crate::options::{MountSpec, SPEC_FD};
 
 /// Descriptor number of the FUSE connection in the mount process.
@@ -50,6 +50,17 @@ pub struct Started {
     pub start_time: u64,
     /// The binary it runs.
     pub exe: Option<(u64, u64)>,
+}
+
+impl Started {
+    /// It, as a mount's record names its keeper.
+    pub fn as_keeper(&self) -> Keeper {
+        Keeper {
+            pid: self.pid,
+            start_time: self.start_time,
+            exe: self.exe,
+        }
+    }
 }
 
 /// A memory file holding `bytes`, read from its start.

@@ -78,6 +78,8 @@ fn mount_options_accept_every_spelling_and_name_what_they_refuse() {
         ("read-only=yes", "read-only"),
         ("direct-first-read=64Q", "64Q"),
         ("direct-first-read=99999999999T", "direct-first-read"),
+        ("direct-first-read=automatic", "automatic"),
+        ("direct-first-read=auto\n64M", "64M"),
     ] {
         let e = VolumeOptions::from_mount_options([bad]).unwrap_err();
         assert!(e.contains(named), "{bad}: {e}");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::super::state::{Keeper, Record};
+use super::super::state::{Keeper, Record, StateDir};
 use super::super::supervisor::{self, MAX_FAILED_STARTS, Supervised};
 use super::super::{identity, kernel};
 use super::ProcessMounter;
@@ -25,14 +25,7 @@ impl ProcessMounter {
         fuse: BorrowedFd<'_>,
     ) -> Option<(Keeper, OwnedFd)> {
         match self.spawner().start_keeper(target, spec, fuse) {
-            Ok(s) => Some((
-                Keeper {
-                    pid: s.pid,
-                    start_time: s.start_time,
-                    exe: s.exe,
-                },
-                s.pidfd,
-            )),
+            Ok(s) => Some((s.as_keeper(), s.pidfd)),
             Err(e) => {
                 tracing::warn!(target = %target.display(), error = %e, "no keeper for this mount's connection: it will not survive its process and its plugin dying at once");
                 None
@@ -48,12 +41,7 @@ impl ProcessMounter {
             return;
         }
         if let Some((k, pidfd)) = self.keep(&r.target, &sup.spec, sup.fuse.as_fd()) {
-            if let Some(mut now) = self.records.load(&r.target) {
-                now.keeper = Some(k);
-                if let Err(e) = self.records.save(&now) {
-                    tracing::warn!(target = %r.target.display(), error = %e, "could not record the mount's keeper");
-                }
-            }
+            record_keeper(&self.records, &r.target, k);
             self.watch_keeper(&r.target, sup, pidfd);
         }
     }
@@ -93,16 +81,7 @@ impl ProcessMounter {
                     }
                     match spawner.start_keeper(&target, &sup.spec, sup.fuse.as_fd()) {
                         Ok(new) => {
-                            if let Some(mut r) = spawner.records.load(&target) {
-                                r.keeper = Some(Keeper {
-                                    pid: new.pid,
-                                    start_time: new.start_time,
-                                    exe: new.exe,
-                                });
-                                if let Err(e) = spawner.records.save(&r) {
-                                    tracing::warn!(target = %target.display(), error = %e, "could not record the mount's new keeper");
-                                }
-                            }
+                            record_keeper(&spawner.records, &target, new.as_keeper());
                             tracing::info!(target = %target.display(), pid = new.pid, "the mount's keeper died; a new one holds its connection");
                             pidfd = new.pidfd;
                             started = Instant::now();
@@ -124,8 +103,10 @@ impl ProcessMounter {
             Ok(f) => f,
             Err(e) => {
                 // Gone, or not holding the mount's connection: nothing will serve the calls
-                // waiting on it, so they fail (ENOTCONN) rather than wait forever.
-                let aborted = kernel::abort_connection(&r.target);
+                // waiting on it, so they fail (ENOTCONN) rather than wait forever. (Only
+                // pail's own mount there: never another file system's connection.)
+                let aborted = (kernel::mount_type(&r.target).as_deref() == Some("fuse.pail"))
+                    .then(|| kernel::abort_connection(&r.target));
                 tracing::warn!(target = %r.target.display(), error = %e, ?aborted, "the mount's process is gone and its keeper cannot give the connection back: the mount is lost");
                 return false;
             }
@@ -162,6 +143,16 @@ impl ProcessMounter {
                 tracing::warn!(target = %r.target.display(), error = %why, "no successor for a mount whose process died while no plugin ran");
                 false
             }
+        }
+    }
+}
+
+/// Name `keeper` in `target`'s record (a warning when it cannot be saved).
+fn record_keeper(records: &StateDir, target: &Path, keeper: Keeper) {
+    if let Some(mut r) = records.load(target) {
+        r.keeper = Some(keeper);
+        if let Err(e) = records.save(&r) {
+            tracing::warn!(target = %target.display(), error = %e, "could not record the mount's keeper");
         }
     }
 }
